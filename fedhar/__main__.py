@@ -1,0 +1,5 @@
+import sys
+
+from fedhar.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""The `fedhar` command line: one entry point, one sub-command per job.
+
+Errors fedhar expects (bad data, missing datasets, bad options) print as one line
+prefixed "fedhar: error:" and exit with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedhar import __version__
+from fedhar.errors import FedharError
+
+DESCRIPTION = """\
+fedhar simulates federated fine-tuning of a frozen, self-supervised Transformer with
+low-rank adapters (LoRA / QLoRA) for Human Activity Recognition on inertial data.
+
+Start with:
+  fedhar data list             which datasets fedhar knows and where it found them
+  fedhar data info synthetic   the embedded synthetic data (no download needed)
+  fedhar data info hapt        windows per class and subject of a real dataset
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fedhar.data import cli as data_cli
+
+    parser = argparse.ArgumentParser(
+        prog="fedhar", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    data_cli.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.run(args) or 0)
+    except FedharError as exc:
+        print(f"fedhar: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedhar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Real and synthetic HAR data in one harmonised form (see schema.py)."""
+
+from fedhar.data.harmonise import WindowConfig
+from fedhar.data.labels import ACTIVITIES, LabelSpace
+from fedhar.data.loading import Prepared, find_dataset, load
+from fedhar.data.schema import CHANNELS, CHANNEL_UNITS, PrepareReport, Recording, WindowSet
+from fedhar.data.splits import Normaliser, subject_split, train_test
+
+__all__ = [
+    "ACTIVITIES",
+    "CHANNELS",
+    "CHANNEL_UNITS",
+    "LabelSpace",
+    "Normaliser",
+    "Prepared",
+    "PrepareReport",
+    "Recording",
+    "WindowConfig",
+    "WindowSet",
+    "find_dataset",
+    "load",
+    "subject_split",
+    "train_test",
+]

@@ -1,0 +1,184 @@
+"""`fedhar data ...`: list, inspect, prepare and download datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedhar.data import paths
+from fedhar.data.labels import ACTIVITIES
+from fedhar.data.loading import Prepared, load
+from fedhar.data.registry import SYNTHETIC, dataset_names, get_reader, reader_names
+from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
+from fedhar.data.splits import subject_split
+from fedhar.errors import FedharError
+
+
+def register(commands) -> None:
+    data = commands.add_parser(
+        "data",
+        help="list, inspect, prepare and download HAR datasets",
+        description="Datasets in their published layouts, harmonised to 50 Hz, 6 channels, "
+        "128-sample windows with 50%% overlap.",
+    )
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    def common(p, many=False):
+        if many:
+            p.add_argument("names", nargs="*", metavar="DATASET", help=f"one of: {', '.join(dataset_names())}")
+        else:
+            p.add_argument("name", metavar="DATASET", help=f"one of: {', '.join(dataset_names())}")
+        p.add_argument("--data-dir", type=Path, help="folder holding the datasets (else $FEDHAR_DATA_DIR, ./data, ...)")
+        add_synthetic_options(p)
+
+    p = sub.add_parser("list", help="which datasets are known and where they were found")
+    p.add_argument("--data-dir", type=Path, help="also look in this folder first")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("info", help="windows per class and per subject, label mapping, repairs and drops")
+    common(p)
+    p.add_argument("--rebuild", action="store_true", help="ignore the cache and prepare again")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("prepare", help="prepare datasets into the window cache")
+    common(p, many=True)
+    p.add_argument("--all", action="store_true", help="every dataset that is found")
+    p.add_argument("--rebuild", action="store_true", help="ignore the cache and prepare again")
+    p.set_defaults(run=cmd_prepare)
+
+    p = sub.add_parser("download", help="fetch a dataset from its canonical source, verify and unpack it")
+    p.add_argument("name", metavar="DATASET", choices=reader_names(), help=f"one of: {', '.join(reader_names())}")
+    p.add_argument("--dest", type=Path, help=f"folder to unpack into (default {paths.download_dir()})")
+    p.add_argument("--force", action="store_true", help="fetch again even if present")
+    p.set_defaults(run=cmd_download)
+
+
+def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("synthetic data (dataset 'synthetic')")
+    g.add_argument("--domains", type=int, help="number of domains (like datasets)")
+    g.add_argument("--subjects", type=int, help="subjects per domain")
+    g.add_argument("--seed", type=int, help="generator seed")
+
+
+def synthetic_config(args):
+    from fedhar.data.synthetic import SyntheticConfig
+
+    changes = {}
+    if getattr(args, "domains", None) is not None:
+        changes["n_domains"] = args.domains
+    if getattr(args, "subjects", None) is not None:
+        changes["subjects_per_domain"] = args.subjects
+    if getattr(args, "seed", None) is not None:
+        changes["seed"] = args.seed
+    return SyntheticConfig(**changes)
+
+
+def _load(name: str, args, rebuild: bool = False) -> Prepared:
+    if name not in dataset_names():
+        raise FedharError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    synthetic = synthetic_config(args) if name == SYNTHETIC else None
+    return load(name, args.data_dir, synthetic=synthetic, progress=True, rebuild=rebuild)
+
+
+def cmd_list(args) -> int:
+    dirs = paths.data_dirs(args.data_dir)
+    print("Data directories searched, in order:")
+    for d, why in dirs:
+        print(f"  {'found ' if d.is_dir() else 'absent'}  {d}  ({why})")
+    rows = []
+    for name in reader_names():
+        reader = get_reader(name)
+        where = "not found"
+        for d, _ in dirs:
+            root = reader.locate(d)
+            if root is not None:
+                where = str(root)
+                break
+        rows.append((name, reader.title, where))
+    rows.append((SYNTHETIC, "embedded synthetic HAR generator (fedhar.data.synthetic)", "generated, needs no files"))
+    width = max(len(r[0]) for r in rows)
+    print("\nDatasets:")
+    for name, title, where in rows:
+        print(f"  {name:<{width}}  {where}\n  {'':<{width}}  {title}")
+    missing = [r[0] for r in rows if r[2] == "not found"]
+    if missing:
+        print(f"\nNot found: {', '.join(missing)}. `fedhar data download NAME` fetches one.")
+    return 0
+
+
+def counts_table(prepared: Prepared) -> pd.DataFrame:
+    ws = prepared.windows
+    df = pd.DataFrame({"subject": ws.subject_keys() if len(ws.datasets()) > 1 else ws.subject,
+                       "activity": np.asarray(ACTIVITIES)[ws.y]})
+    table = pd.crosstab(df["subject"], df["activity"], margins=True, margins_name="total")
+    ordered = [a for a in ACTIVITIES if a in table.columns] + ["total"]
+    return table[ordered]
+
+
+def cmd_info(args) -> int:
+    prepared = _load(args.name, args, args.rebuild)
+    ws, report = prepared.windows, prepared.report
+    origin = "cache" if prepared.from_cache else "prepared now"
+    print(f"dataset      {args.name}")
+    if prepared.root is not None:
+        print(f"read from    {prepared.root}")
+    print(f"windows      {len(ws)}  ({origin}, {prepared.seconds:.2f} s; cache {prepared.cache_file})")
+    print(f"form         {ws.x.shape[1]} channels x {ws.x.shape[2]} samples at 50 Hz: "
+          + ", ".join(f"{c} [{u}]" for c, u in zip(CHANNELS, CHANNEL_UNITS)))
+    print(f"subjects     {len(np.unique(ws.subject_keys()))}")
+    print(f"activities   {len(np.unique(ws.y))}")
+    if args.name != SYNTHETIC:
+        reader = get_reader(args.name)
+        if reader.channels_note:
+            print(f"channels     {reader.channels_note}")
+        print("\nLabel mapping (native -> fedhar activity; None = dropped on purpose):")
+        for native, name in reader.label_map.items():
+            print(f"  {native!s:>20} -> {name}")
+        if reader.published_test_subjects:
+            train, test = subject_split(ws, test_subjects={args.name: reader.published_test_subjects})
+            print(f"\nPublished split: test subjects {list(reader.published_test_subjects)}: "
+                  f"{len(train)} train / {len(test)} test windows")
+    print(f"\nRead: {report.files_read} files, {report.recordings} recordings, {report.samples_in} samples")
+    for title, counter in (("Repairs (deliberate, known quirks)", report.repairs), ("Dropped", report.dropped)):
+        if counter:
+            print(f"{title}:")
+            for what, n in sorted(counter.items()):
+                print(f"  {n:>10}  {what}")
+    for note in report.notes:
+        print(f"Note: {note}")
+    print("\nWindows per subject and activity:")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
+        print(counts_table(prepared).to_string())
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    names = list(args.names)
+    if args.all:
+        from fedhar.data.loading import find_dataset
+
+        for name in reader_names():
+            try:
+                find_dataset(name, args.data_dir)
+            except FedharError:
+                continue
+            names.append(name)
+    if not names:
+        raise FedharError("name at least one dataset, or --all")
+    for name in names:
+        prepared = _load(name, args, args.rebuild)
+        origin = "from cache" if prepared.from_cache else "prepared"
+        print(f"{name}: {len(prepared.windows)} windows, {len(np.unique(prepared.windows.subject_keys()))} "
+              f"subjects ({origin} in {prepared.seconds:.1f} s) -> {prepared.cache_file}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from fedhar.data.download import download
+
+    root = download(args.name, args.dest, force=args.force)
+    print(f"{args.name} is ready in {root}")
+    return 0

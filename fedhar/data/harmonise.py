@@ -1,0 +1,106 @@
+"""Turn native-rate recordings into the common window form.
+
+Resampling: a polyphase FIR filter (scipy.signal.resample_poly, Kaiser window) that
+low-pass filters before decimating, so 100/200 Hz recordings do not alias into 0-25 Hz.
+Labels are carried to the new clock by nearest sample.
+
+Window label rule: windows are cut only inside runs of one activity, so every sample of
+a window has the window's label ("pure" windows, the UCI-HAR convention). Unlabelled
+samples, and the tail of a run too short for another window, are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from fedhar.data.labels import UNLABELLED
+from fedhar.data.schema import PrepareReport, Recording, WindowSet
+from fedhar.errors import FedharError
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    rate: float = 50.0  # Hz
+    length: int = 128  # samples per window (2.56 s at 50 Hz)
+    step: int = 64  # samples between window starts (50% overlap)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resample(rec: Recording, rate: float) -> Recording:
+    """Anti-aliased resampling of a recording to ``rate`` Hz."""
+    if abs(rec.rate - rate) < 1e-9:
+        return rec
+    ratio = Fraction(rate / rec.rate).limit_denominator(1000)
+    up, down = ratio.numerator, ratio.denominator
+    signal = resample_poly(rec.signal, up, down, axis=0)
+    n_out = len(signal)
+    # nearest original sample for each new sample time
+    src = np.minimum(np.rint(np.arange(n_out) * rec.rate / rate).astype(np.int64), len(rec.labels) - 1)
+    return Recording(signal, rec.labels[src], rate, rec.subject, rec.source)
+
+
+def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, stop, label) of each maximal run of equal labels."""
+    if len(labels) == 0:
+        return []
+    change = np.flatnonzero(np.diff(labels)) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(labels)]])
+    return [(int(a), int(b), int(labels[a])) for a, b in zip(starts, stops)]
+
+
+def cut_windows(rec: Recording, cfg: WindowConfig, dataset: str, report: PrepareReport) -> WindowSet:
+    """Pure windows of one recording already at ``cfg.rate``."""
+    xs, ys = [], []
+    for start, stop, label in label_runs(rec.labels):
+        n = stop - start
+        if label == UNLABELLED:
+            report.dropped["unlabelled samples"] += n
+            continue
+        if n < cfg.length:
+            report.dropped["samples in activity runs shorter than a window"] += n
+            continue
+        k = 1 + (n - cfg.length) // cfg.step
+        covered = (k - 1) * cfg.step + cfg.length
+        if covered < n:
+            report.dropped["samples at the end of a run, after its last window"] += n - covered
+        idx = start + np.arange(k)[:, None] * cfg.step + np.arange(cfg.length)[None, :]
+        xs.append(rec.signal[idx])  # (k, L, 6)
+        ys.append(np.full(k, label, np.int64))
+    if not xs:
+        return WindowSet.empty(cfg.length)
+    x = np.concatenate(xs).transpose(0, 2, 1).astype(np.float32)
+    y = np.concatenate(ys)
+    return WindowSet(x, y, np.full(len(y), rec.subject, np.int64), np.full(len(y), dataset, "<U32"))
+
+
+def harmonise(items, cfg: WindowConfig, dataset: str, report: PrepareReport) -> WindowSet:
+    """Resample and window every item a reader yields.
+
+    Items are Recordings, or WindowSets for datasets published already windowed (their
+    reader checks that the published form matches ``cfg``).
+    """
+    parts = []
+    for item in items:
+        if isinstance(item, WindowSet):
+            if cfg != WindowConfig() or item.x.shape[2] != cfg.length:
+                raise FedharError(
+                    f"{dataset} is published as fixed windows (50 Hz, 128 samples, 50% overlap); "
+                    f"it cannot be re-windowed to {cfg}"
+                )
+            parts.append(item)
+            continue
+        report.recordings += 1
+        report.samples_in += len(item.labels)
+        if not np.isfinite(item.signal).all():
+            raise ValueError(f"{item.source}: reader yielded non-finite samples (a reader bug)")
+        parts.append(cut_windows(resample(item, cfg.rate), cfg, dataset, report))
+    out = WindowSet.concat(parts)
+    report.windows = len(out)
+    return out

@@ -1,0 +1,1 @@
+"""Readers of the published layouts of the reference HAR datasets."""

@@ -1,0 +1,98 @@
+"""Subject-disjoint train/test splits and per-dataset z-normalisation.
+
+Windows of one subject overlap in time and share a gait: a split that puts one subject's
+windows on both sides leaks. Every split here is by subject, per dataset, seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhar.data.schema import WindowSet
+
+
+def split_subjects(
+    subjects, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle the unique subjects (seeded) and hold out round(test_fraction * n) of them.
+
+    At least one subject lands on each side when there are two or more.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    unique = np.unique(np.asarray(subjects))
+    if len(unique) < 2:
+        raise ValueError(f"a subject-disjoint split needs >= 2 subjects, got {len(unique)}")
+    order = np.random.default_rng(seed).permutation(unique)
+    n_test = int(np.clip(round(test_fraction * len(unique)), 1, len(unique) - 1))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def subject_split(
+    ws: WindowSet,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    test_subjects: dict[str, tuple] | None = None,
+) -> tuple[WindowSet, WindowSet]:
+    """Split each dataset of ``ws`` by subject into (train, test).
+
+    test_subjects: per dataset, a fixed list of test subjects (e.g. a published split)
+    used instead of the seeded draw for that dataset.
+    """
+    test_subjects = test_subjects or {}
+    is_test = np.zeros(len(ws), bool)
+    for name in ws.datasets():
+        in_ds = ws.dataset == name
+        if name in test_subjects:
+            held_out = np.asarray(test_subjects[name])
+        else:
+            _, held_out = split_subjects(ws.subject[in_ds], test_fraction, seed)
+        is_test |= in_ds & np.isin(ws.subject, held_out)
+    return ws.subset(~is_test), ws.subset(is_test)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-dataset, per-channel z-normalisation fitted on training windows only."""
+
+    mean: dict[str, np.ndarray]  # dataset -> (6,)
+    std: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, train: WindowSet) -> "Normaliser":
+        mean, std = {}, {}
+        for name in train.datasets():
+            x = train.x[train.dataset == name]
+            mean[name] = x.mean(axis=(0, 2)).astype(np.float32)
+            # a flat channel (std 0) would divide by zero: leave its scale alone
+            s = x.std(axis=(0, 2)).astype(np.float32)
+            std[name] = np.where(s > 1e-8, s, 1.0).astype(np.float32)
+        return cls(mean, std)
+
+    def apply(self, ws: WindowSet) -> WindowSet:
+        x = np.empty_like(ws.x)
+        for name in ws.datasets():
+            if name not in self.mean:
+                raise KeyError(
+                    f"no normalisation statistics for dataset {name!r}: it had no training windows"
+                )
+            rows = ws.dataset == name
+            x[rows] = (ws.x[rows] - self.mean[name][:, None]) / self.std[name][:, None]
+        return WindowSet(x, ws.y, ws.subject, ws.dataset)
+
+    def to_dict(self) -> dict:
+        return {
+            name: {"mean": self.mean[name].tolist(), "std": self.std[name].tolist()}
+            for name in self.mean
+        }
+
+
+def train_test(
+    ws: WindowSet, test_fraction: float = 0.3, seed: int = 0, test_subjects=None
+) -> tuple[WindowSet, WindowSet, Normaliser]:
+    """Subject-disjoint split, then z-normalise both sides with training statistics."""
+    train, test = subject_split(ws, test_fraction, seed, test_subjects)
+    norm = Normaliser.fit(train)
+    return norm.apply(train), norm.apply(test), norm
