@@ -104,16 +104,20 @@ def load(
 
     t0 = time.perf_counter()
     if name == SYNTHETIC:
-        from fedhar.data.synthetic import SyntheticConfig, generate_recordings
+        from fedhar.data import synthetic as synth
 
-        cfg = synthetic or SyntheticConfig()
-        key_parts = {"dataset": name, "config": cfg.as_dict(), "window": window.as_dict(), "v": 1}
+        cfg = synthetic or synth.SyntheticConfig()
+        key_parts = {"dataset": name, "config": cfg.as_dict(), "window": window.as_dict(), "v": synth.VERSION}
         root = None
 
         def prepare():
             report = PrepareReport(dataset=name)
+            report.notes.append("synthetic data (fedhar.data.synthetic), not recordings of people")
+            report.notes.extend(
+                ", ".join(f"{k} {v}" for k, v in d.items()) for d in synth.domain_summary(cfg)
+            )
             parts = []
-            for domain, recs in generate_recordings(cfg):
+            for domain, recs in synth.generate_recordings(cfg):
                 parts.append(harmonise(shown(recs, domain), window, domain, report))
             ws = WindowSet.concat(parts)
             report.windows = len(ws)
