@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedhar.data.loading import find_dataset
 from fedhar.data.harmonise import WindowConfig, harmonise
 from fedhar.data.labels import ACTIVITY_ID, UNLABELLED
 from fedhar.data.registry import get_reader
@@ -48,15 +50,22 @@ def test_registry_and_locate_published(tmp_path, uci_root):
     assert reader.locate(tmp_path / "nothing-here") is None
 
 
-def test_published_form_wins_over_hapt(tmp_path, uci_root):
+def test_published_form_wins_over_hapt(tmp_path, uci_root, monkeypatch):
     write_hapt(tmp_path / "hapt")
     assert UciHarReader().locate(tmp_path) == uci_root
+    # also when HAPT sits in a data dir searched before the published form
+    first = tmp_path / "first"
+    write_hapt(first / "hapt")
+    monkeypatch.setenv("FEDHAR_DATA_DIR", os.pathsep.join([str(first), str(tmp_path)]))
+    assert find_dataset("uci-har") == uci_root
 
 
 def test_falls_back_to_hapt(tmp_path):
     hapt_root = write_hapt(tmp_path / "hapt")
     reader = UciHarReader()
-    assert reader.locate(tmp_path) == hapt_root
+    assert reader.locate(tmp_path) is None
+    assert reader.locate_fallback(tmp_path) == hapt_root
+    assert find_dataset("uci-har", data_dir=tmp_path) == hapt_root
     assert reader.looks_like_root(hapt_root)
     assert reader.source_files(hapt_root) == HaptReader().source_files(hapt_root)
 
@@ -197,7 +206,7 @@ REFERENCE_TRAIN, REFERENCE_TEST = 7415, 2996
 def real_derived():
     data_dir = shared_data_dir()
     reader = UciHarReader()
-    root = reader.locate(data_dir)
+    root = reader.locate(data_dir) or reader.locate_fallback(data_dir)
     if root is None or not HaptReader().looks_like_root(root):
         pytest.skip(f"{data_dir} holds a published UCI HAR Dataset: not the HAPT-derived form")
     report = PrepareReport(dataset="uci-har")

@@ -10,11 +10,11 @@ import pandas as pd
 
 from fedhar.data import paths
 from fedhar.data.labels import ACTIVITIES
-from fedhar.data.loading import Prepared, load
+from fedhar.data.loading import Prepared, find_dataset, load
 from fedhar.data.registry import SYNTHETIC, dataset_names, get_reader, reader_names
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
-from fedhar.errors import FedharError
+from fedhar.errors import DatasetNotFoundError, FedharError
 
 
 def register(commands) -> None:
@@ -91,12 +91,10 @@ def cmd_list(args) -> int:
     rows = []
     for name in reader_names():
         reader = get_reader(name)
-        where = "not found"
-        for d, _ in dirs:
-            root = reader.locate(d)
-            if root is not None:
-                where = str(root)
-                break
+        try:
+            where = str(find_dataset(name, args.data_dir))
+        except DatasetNotFoundError:
+            where = "not found"
         rows.append((name, reader.title, where))
     rows.append((SYNTHETIC, "embedded synthetic HAR generator (fedhar.data.synthetic)", "generated, needs no files"))
     width = max(len(r[0]) for r in rows)
@@ -158,8 +156,6 @@ def cmd_info(args) -> int:
 def cmd_prepare(args) -> int:
     names = list(args.names)
     if args.all:
-        from fedhar.data.loading import find_dataset
-
         for name in reader_names():
             try:
                 find_dataset(name, args.data_dir)

@@ -37,12 +37,13 @@ class Prepared:
 def find_dataset(name: str, data_dir: str | Path | None = None) -> Path:
     """The root folder of dataset ``name``; a clear error listing where we looked if absent."""
     reader = get_reader(name)
-    searched = []
-    for directory, why in paths.data_dirs(data_dir):
-        root = reader.locate(directory)
-        if root is not None:
-            return root
-        searched.append(f"  {directory}  ({why})")
+    dirs = paths.data_dirs(data_dir)
+    for locate in (reader.locate, reader.locate_fallback):
+        for directory, _ in dirs:
+            root = locate(directory)
+            if root is not None:
+                return root
+    searched = [f"  {directory}  ({why})" for directory, why in dirs]
     folders = " or ".join(reader.folder_names)
     raise DatasetNotFoundError(
         f"dataset {name!r} not found. Looked for a folder {folders} in:\n"

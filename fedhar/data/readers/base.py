@@ -41,6 +41,10 @@ class Reader(ABC):
                 return root
         return None
 
+    def locate_fallback(self, data_dir: Path) -> Path | None:
+        """A second-choice source, tried in every data dir only after ``locate`` failed in all."""
+        return None
+
     @abstractmethod
     def looks_like_root(self, root: Path) -> bool:
         """True when the marker files of the published layout are in ``root``."""

@@ -86,12 +86,16 @@ class UciHarReader(Reader):
     )
 
     def locate(self, data_dir: Path) -> Path | None:
-        """The published folder if present, else a HAPT root to derive UCI-HAR from."""
+        """The published folder, if present."""
         for folder in self.folder_names:
             root = Path(data_dir) / folder
             if root.is_dir() and is_published_root(root):
                 return root
-        return super().locate(data_dir) or HaptReader().locate(data_dir)
+        return None
+
+    def locate_fallback(self, data_dir: Path) -> Path | None:
+        """A HAPT root to derive UCI-HAR from (used only where no data dir has the published form)."""
+        return HaptReader().locate(data_dir)
 
     def looks_like_root(self, root: Path) -> bool:
         return is_published_root(root) or HaptReader().looks_like_root(root)
