@@ -177,4 +177,8 @@ def cmd_download(args) -> int:
 
     root = download(args.name, args.dest, force=args.force)
     print(f"{args.name} is ready in {root}")
+    searched = {d.resolve() for d, _ in paths.data_dirs()}
+    if args.dest is not None and args.dest.resolve() not in searched:
+        print(f"{args.dest} is not searched by default: pass --data-dir {args.dest} "
+              f"or set FEDHAR_DATA_DIR={args.dest}")
     return 0

@@ -1,0 +1,131 @@
+"""Masked-autoencoder pretraining of the shared backbone, cached and resumable.
+
+A finished backbone is identified by what made it: the MAE and optimiser settings and a
+fingerprint of the exact windows it saw. Asking again for the same thing returns the
+existing checkpoint instead of training again; a run that was interrupted resumes from
+its last finished epoch (a ``.partial.pt`` file beside the final checkpoint).
+
+Pretraining windows are z-normalised per dataset with that dataset's own statistics:
+pretraining data is never the data a model is evaluated on (LODO holds it out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedhar.data.paths import cache_root
+from fedhar.data.schema import WindowSet
+from fedhar.data.splits import Normaliser
+from fedhar.model.checkpoint import load_mae, save_mae
+from fedhar.model.mae import MAEConfig, MaskedAutoencoder
+from fedhar.model.training import pretrain_step
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    model: MAEConfig = field(default_factory=MAEConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def fingerprint(ws: WindowSet) -> str:
+    """A short hash of exactly which windows (values, labels, subjects, datasets) were seen."""
+    h = hashlib.sha256()
+    for part in (ws.x, ws.y, ws.subject, ws.dataset.astype("<U32")):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()[:16]
+
+
+def backbone_dir() -> Path:
+    return cache_root() / "backbones"
+
+
+def checkpoint_path(windows: WindowSet, cfg: PretrainConfig, out_dir: Path | None = None) -> Path:
+    key = json.dumps({"config": cfg.to_dict(), "data": fingerprint(windows)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    names = "+".join(windows.datasets()) if len(windows.datasets()) <= 3 else f"{len(windows.datasets())}sets"
+    return (out_dir or backbone_dir()) / f"mae-{names}-{digest}.safetensors"
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir: Path | None = None,
+             quiet: bool = False) -> Path:
+    """Pretrain an MAE on ``windows`` (raw units); returns the checkpoint path (reused if done)."""
+    path = checkpoint_path(windows, cfg, out_dir)
+    info_path = path.with_suffix(".json")
+    if path.exists() and info_path.exists():
+        _log(f"backbone: reusing {path}", quiet)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.from_numpy(Normaliser.fit(windows).apply(windows).x)
+
+    torch.manual_seed(cfg.seed)
+    mae = MaskedAutoencoder(cfg.model)
+    optimizer = torch.optim.AdamW(mae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(x) / cfg.batch_size)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
+    )
+    partial = path.with_suffix(".partial.pt")
+    start, history = 0, []
+    if partial.exists():
+        state = torch.load(partial, weights_only=False)
+        mae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"])
+        _log(f"backbone: resuming {path.name} after epoch {start}", quiet)
+
+    _log(f"backbone: pretraining MAE on {len(x)} windows of {', '.join(windows.datasets())} "
+         f"for {cfg.epochs} epochs -> {path}", quiet)
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        losses = []
+        for i in range(0, len(x), cfg.batch_size):
+            losses.append(pretrain_step(mae, x[order[i:i + cfg.batch_size]], optimizer))
+            schedule.step()
+        history.append(float(np.mean(losses)))
+        elapsed = time.perf_counter() - t0
+        left = elapsed / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
+        _log(f"backbone: epoch {epoch + 1}/{cfg.epochs}  masked MSE {history[-1]:.4f}  "
+             f"({elapsed:.0f} s, ~{left:.0f} s left)", quiet)
+        torch.save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history,
+                    "rng": torch.get_rng_state()}, partial)
+
+    save_mae(mae, path)
+    info = {"config": cfg.to_dict(), "data_fingerprint": fingerprint(windows),
+            "datasets": windows.datasets(), "windows": len(windows),
+            "loss_per_epoch": history, "seconds": time.perf_counter() - t0}
+    tmp = info_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, info_path)  # the .json marks the checkpoint finished
+    partial.unlink(missing_ok=True)
+    return path
+
+
+def load_backbone(path: Path) -> MaskedAutoencoder:
+    return load_mae(path)
