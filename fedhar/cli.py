@@ -21,11 +21,13 @@ Start with:
   fedhar data list             which datasets fedhar knows and where it found them
   fedhar data info synthetic   the embedded synthetic data (no download needed)
   fedhar data info hapt        windows per class and subject of a real dataset
+  fedhar fl                    a short federated LoRA run on the synthetic data
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fedhar.data import cli as data_cli
+    from simulations import cli as fl_cli
 
     parser = argparse.ArgumentParser(
         prog="fedhar", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(commands)
+    fl_cli.register(commands)
     return parser
 
 
