@@ -92,7 +92,9 @@ def cmd_list(args) -> int:
     for name in reader_names():
         reader = get_reader(name)
         try:
-            where = str(find_dataset(name, args.data_dir))
+            root = find_dataset(name, args.data_dir)
+            note = reader.describe_root(root)
+            where = f"{root} ({note})" if note else str(root)
         except DatasetNotFoundError:
             where = "not found"
         rows.append((name, reader.title, where))

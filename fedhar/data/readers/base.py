@@ -45,6 +45,10 @@ class Reader(ABC):
         """A second-choice source, tried in every data dir only after ``locate`` failed in all."""
         return None
 
+    def describe_root(self, root: Path) -> str:
+        """A note on the form found at ``root`` for `fedhar data list` ("" = the usual one)."""
+        return ""
+
     @abstractmethod
     def looks_like_root(self, root: Path) -> bool:
         """True when the marker files of the published layout are in ``root``."""

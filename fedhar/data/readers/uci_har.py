@@ -97,6 +97,9 @@ class UciHarReader(Reader):
         """A HAPT root to derive UCI-HAR from (used only where no data dir has the published form)."""
         return HaptReader().locate(data_dir)
 
+    def describe_root(self, root: Path) -> str:
+        return "" if is_published_root(root) else "derived from the HAPT raw recordings by the UCI-HAR protocol"
+
     def looks_like_root(self, root: Path) -> bool:
         return is_published_root(root) or HaptReader().looks_like_root(root)
 
