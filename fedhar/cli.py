@@ -21,11 +21,14 @@ Start with:
   fedhar data list             which datasets fedhar knows and where it found them
   fedhar data info synthetic   the embedded synthetic data (no download needed)
   fedhar data info hapt        windows per class and subject of a real dataset
+  fedhar pretrain              pretrain the MAE backbone (cached, resumable)
+  fedhar lodo --datasets ...   the centralised Leave-One-Dataset-Out baseline
   fedhar fl                    a short federated LoRA run on the synthetic data
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedhar import experiments_cli
     from fedhar.data import cli as data_cli
     from simulations import cli as fl_cli
 
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(commands)
+    experiments_cli.register(commands)
     fl_cli.register(commands)
     return parser
 

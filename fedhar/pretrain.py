@@ -116,10 +116,10 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
                     "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history,
                     "rng": torch.get_rng_state()}, partial)
 
-    save_mae(mae, path)
     info = {"config": cfg.to_dict(), "data_fingerprint": fingerprint(windows),
             "datasets": windows.datasets(), "windows": len(windows),
             "loss_per_epoch": history, "seconds": time.perf_counter() - t0}
+    save_mae(mae, path, extra={"pretrain": json.dumps(info, sort_keys=True)})
     tmp = info_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, info_path)  # the .json marks the checkpoint finished

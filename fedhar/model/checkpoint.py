@@ -48,9 +48,20 @@ def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
-def save_mae(mae: MaskedAutoencoder, path: str | Path) -> None:
-    metadata = {"format": MAE_FORMAT, "config": json.dumps(mae.config.to_dict(), sort_keys=True)}
+def save_mae(mae: MaskedAutoencoder, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    """Save the MAE; ``extra`` string metadata (e.g. the data fingerprint) is stored beside its config."""
+    metadata = {str(k): str(v) for k, v in (extra or {}).items()}
+    metadata.update({"format": MAE_FORMAT, "config": json.dumps(mae.config.to_dict(), sort_keys=True)})
     save_file(_contiguous(mae.state_dict()), str(path), metadata=metadata)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors checkpoint (format, config, and any extra)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def load_mae(path: str | Path) -> MaskedAutoencoder:

@@ -1,0 +1,216 @@
+"""Leave-One-Dataset-Out (LODO), the centralised baseline of arXiv 2512.17983.
+
+For each held-out dataset: pretrain the MAE on the other datasets (cached), fine-tune on a
+subject-disjoint 70% of the held-out dataset, evaluate on its other 30%, for every mode,
+rank, training fraction and seed asked for. One tidy row per run is appended to
+``runs.csv`` as soon as the run ends, so an interrupted study resumes where it stopped and a
+later session can extend a table (new seeds, ranks, datasets) without redoing finished rows.
+
+Pretraining sources: the other datasets of the study, minus any recorded from the same
+people as the held-out one (HAPT and UCI-HAR share their 30 volunteers). Where nothing is
+left, the backbone is pretrained on a separate synthetic population (seed + 1000), and the
+``pretrained_on`` column says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedhar.data import LabelSpace, WindowSet, load
+from fedhar.data.registry import SYNTHETIC, get_reader
+from fedhar.data.splits import train_test
+from fedhar.data.synthetic import SyntheticConfig
+from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
+from fedhar.pretrain import PretrainConfig, pretrain
+
+#: datasets recorded from the same subjects: never pretrain on one and test on the other
+SAME_PEOPLE = ({"hapt", "uci-har"},)
+KEY = ("held_out", "mode", "rank", "train_fraction", "seed", "epochs", "split")
+
+
+@dataclass(frozen=True)
+class LodoPlan:
+    datasets: tuple[str, ...]  # "synthetic" stands for its domains, each a dataset
+    held_out: tuple[str, ...] = ()  # () = every dataset in turn
+    modes: tuple[str, ...] = ("full", "lora", "qlora")
+    ranks: tuple[int, ...] = (16,)
+    train_fractions: tuple[float, ...] = (0.7,)
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 20
+    batch_size: int = 64
+    pretrain_epochs: int = 30
+    split: str = "random"  # "random" (seeded, subject-disjoint) | "published" where a dataset has one
+    data_dir: str = ""
+    synthetic_domains: int = 4
+    synthetic_subjects: int = 8
+    synthetic_seed: int = 0
+    fresh_process: bool = True  # each run in a new process: clean peak-memory numbers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synthetic_config(plan: LodoPlan, pretraining: bool = False) -> SyntheticConfig:
+    seed = plan.synthetic_seed + (1000 if pretraining else 0)
+    return SyntheticConfig(n_domains=plan.synthetic_domains, subjects_per_domain=plan.synthetic_subjects, seed=seed)
+
+
+def load_study(plan: LodoPlan) -> dict[str, WindowSet]:
+    """Windows of every dataset of the study, by name (synthetic expanded to its domains)."""
+    out = {}
+    for name in plan.datasets:
+        synth = synthetic_config(plan) if name == SYNTHETIC else None
+        ws = load(name, plan.data_dir or None, synthetic=synth).windows
+        for part in ws.datasets():
+            out[part] = ws.subset(ws.dataset == part)
+    return out
+
+
+def pretrain_sources(held_out: str, available: list[str]) -> list[str]:
+    excluded = {held_out}
+    for group in SAME_PEOPLE:
+        if held_out in group:
+            excluded |= group
+    return [d for d in available if d not in excluded]
+
+
+def backbone_for(held_out: str, study: dict[str, WindowSet], plan: LodoPlan, log) -> tuple[Path, str]:
+    sources = pretrain_sources(held_out, list(study))
+    if sources:
+        windows, described = WindowSet.concat([study[s] for s in sources]), "+".join(sources)
+    else:
+        windows = load(SYNTHETIC, synthetic=synthetic_config(plan, pretraining=True)).windows
+        described = f"synthetic population (seed {plan.synthetic_seed + 1000}, no real dataset left)"
+    log(f"[{held_out}] backbone pretrained on {described}")
+    return pretrain(windows, PretrainConfig(epochs=plan.pretrain_epochs, seed=0)), described
+
+
+def runs_of(plan: LodoPlan, held_out: str) -> list[dict]:
+    runs = []
+    for seed in plan.seeds:
+        for fraction in plan.train_fractions:
+            for mode in plan.modes:
+                for rank in ([0] if mode == "full" else plan.ranks):
+                    runs.append({"held_out": held_out, "mode": mode, "rank": rank, "train_fraction": fraction,
+                                 "seed": seed, "epochs": plan.epochs, "split": plan.split})
+    return runs
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[k]) for k in KEY)
+
+
+def done_keys(csv_path: Path) -> set[tuple]:
+    if not csv_path.exists():
+        return set()
+    return {_key(r) for r in pd.read_csv(csv_path).to_dict("records")}
+
+
+def append_row(csv_path: Path, row: dict) -> None:
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def split_for(ws: WindowSet, name: str, run: dict, plan: LodoPlan):
+    test_subjects = None
+    if plan.split == "published":
+        try:
+            published = get_reader(name).published_test_subjects
+        except KeyError:  # a synthetic domain: no published split
+            published = None
+        if not published:
+            raise ValueError(f"{name} has no published split; use split='random'")
+        test_subjects = {name: published}
+    return train_test(ws, test_fraction=1.0 - run["train_fraction"], seed=run["seed"], test_subjects=test_subjects)
+
+
+def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.DataFrame:
+    """Run (or resume) the plan; returns every row of ``out_dir/runs.csv``."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "runs.csv"
+    study = load_study(plan)
+    held = list(plan.held_out) or list(study)
+    missing = [h for h in held if h not in study]
+    if missing:
+        raise ValueError(f"held-out {missing} not in the study's datasets {sorted(study)}")
+    todo = [r for h in held for r in runs_of(plan, h)]
+    finished = done_keys(csv_path)
+    pending = [r for r in todo if _key(r) not in finished]
+    log(f"LODO: {len(todo)} runs planned, {len(todo) - len(pending)} already in {csv_path}, {len(pending)} to go")
+    _write_plan(out_dir, plan, command)
+    t_start, n_done = time.perf_counter(), 0
+    backbones: dict[str, tuple[Path, str]] = {}
+    for run in pending:
+        name = run["held_out"]
+        if name not in backbones:
+            backbones[name] = backbone_for(name, study, plan, log)
+        path, described = backbones[name]
+        train, test, _ = split_for(study[name], name, run, plan)
+        labels = LabelSpace.from_ids(study[name].y)
+        cfg = FinetuneConfig(mode=run["mode"], rank=max(run["rank"], 1), epochs=plan.epochs,
+                             batch_size=plan.batch_size, seed=run["seed"])
+        log(f"[{name}] {run['mode']} rank {run['rank']} train {run['train_fraction']:.0%} seed {run['seed']}: "
+            f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
+        run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
+        result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
+                         labels.size, cfg=cfg)
+        row = {**run, "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
+               "alpha": cfg.effective_alpha if run["mode"] != "full" else 0, **result.row(),
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        append_row(csv_path, row)
+        n_done += 1
+        rate = (time.perf_counter() - t_start) / n_done
+        log(f"[{name}] {run['mode']} r{run['rank']}: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} "
+            f"({result.sec_per_epoch:.1f} s/epoch) - {n_done}/{len(pending)} done, ~{rate * (len(pending) - n_done) / 60:.0f} min left")
+    rows = pd.read_csv(csv_path)
+    (out_dir / "table.md").write_text(markdown_table(rows))
+    return rows
+
+
+def _write_plan(out_dir: Path, plan: LodoPlan, command: str) -> None:
+    plans = out_dir / "plan.json"
+    history = json.loads(plans.read_text()) if plans.exists() else []
+    entry = {"command": command, "plan": plan.to_dict(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    history.append(entry)
+    plans.write_text(json.dumps(history, indent=1))
+
+
+def markdown_table(rows: pd.DataFrame) -> str:
+    """Mean ± standard deviation over seeds, one line per (held-out, mode, rank, fraction)."""
+    group = ["held_out", "pretrained_on", "split", "train_fraction", "mode", "rank", "epochs"]
+    agg = rows.groupby(group, sort=False).agg(
+        seeds=("seed", "nunique"),
+        acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"),
+        f1_mean=("macro_f1", "mean"), f1_std=("macro_f1", "std"),
+        precision=("macro_precision", "mean"), recall=("macro_recall", "mean"),
+        trainable=("trainable_params", "first"), total=("total_params", "first"),
+        frozen_kb=("frozen_bytes", lambda b: b.iloc[0] / 1024), trainable_kb=("trainable_bytes", lambda b: b.iloc[0] / 1024),
+        state_mb=("state_bytes", lambda b: b.iloc[0] / 2**20), peak_mb=("peak_mem_mb", "max"), sec_epoch=("sec_per_epoch", "median"),
+    ).reset_index()
+
+    def pm(mean, std):
+        return f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+    lines = ["| held out | pretrained on | split | train | mode | rank | epochs | seeds | accuracy | macro-F1 | "
+             "precision | recall | trainable / total params | frozen KiB | trainable KiB | train state MiB | peak RSS MiB | s/epoch |",
+             "|" + "---|" * 18]
+    for r in agg.itertuples():
+        lines.append(
+            f"| {r.held_out} | {r.pretrained_on} | {r.split} | {r.train_fraction:.0%} | {r.mode} | "
+            f"{r.rank if r.mode != 'full' else '-'} | {r.epochs} | {r.seeds} | {pm(r.acc_mean, r.acc_std)} | "
+            f"{pm(r.f1_mean, r.f1_std)} | {r.precision:.3f} | {r.recall:.3f} | {r.trainable:,} / {r.total:,} | "
+            f"{r.frozen_kb:,.0f} | {r.trainable_kb:,.0f} | {r.state_mb:.1f} | {r.peak_mb:.0f} | {r.sec_epoch:.1f} |")
+    return "\n".join(lines) + "\n"
