@@ -56,6 +56,7 @@ def register(commands) -> None:
     p.add_argument("--split", choices=("random", "published"), default="random")
     p.add_argument("--synthetic-domains", type=int, default=4)
     p.add_argument("--synthetic-subjects", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for runs.csv, table.md, plan.json")
     p.set_defaults(run=cmd_lodo)
@@ -90,6 +91,7 @@ def cmd_lodo(args) -> int:
         train_fractions=args.train_fractions, seeds=args.seeds, epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs, split=args.split, data_dir=str(args.data_dir or ""),
         synthetic_domains=args.synthetic_domains, synthetic_subjects=args.synthetic_subjects,
+        threads=args.threads,
     )
     for mode in plan.modes:
         if mode not in ("full", "lora", "qlora"):

@@ -121,8 +121,10 @@ def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes
     )
 
 
-def finetune_checkpoint(backbone_path: str, *args, **kwargs) -> FinetuneResult:
+def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -> FinetuneResult:
     """``finetune`` on a backbone loaded from disk: picklable, for a fresh worker process."""
+    if threads:
+        torch.set_num_threads(threads)
     from fedhar.model.adapters import prepare_for_finetune  # noqa: F401  (imports peft before measuring)
     from fedhar.model.checkpoint import load_mae
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fedhar.data import LabelSpace, WindowSet, load
 from fedhar.data.registry import SYNTHETIC, get_reader
@@ -53,6 +54,7 @@ class LodoPlan:
     synthetic_subjects: int = 8
     synthetic_seed: int = 0
     fresh_process: bool = True  # each run in a new process: clean peak-memory numbers
+    threads: int = 0  # torch threads (0 = torch's default); 1 keeps runs steady on a shared machine
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +141,8 @@ def split_for(ws: WindowSet, name: str, run: dict, plan: LodoPlan):
 def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.DataFrame:
     """Run (or resume) the plan; returns every row of ``out_dir/runs.csv``."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "runs.csv"
     study = load_study(plan)
@@ -166,8 +170,8 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
             f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
         run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
         result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
-                         labels.size, cfg=cfg)
-        row = {**run, "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
+                         labels.size, cfg=cfg, threads=plan.threads)
+        row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] != "full" else 0, **result.row(),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         append_row(csv_path, row)

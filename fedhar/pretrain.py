@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -43,6 +44,19 @@ class PretrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.1):
+    """LR multiplier: linear warm-up over the first 10% of steps, then cosine decay to 0."""
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def fingerprint(ws: WindowSet) -> str:
@@ -84,9 +98,7 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
     mae = MaskedAutoencoder(cfg.model)
     optimizer = torch.optim.AdamW(mae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(x) / cfg.batch_size)))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps_per_epoch))
     partial = path.with_suffix(".partial.pt")
     start, history = 0, []
     if partial.exists():

@@ -1,34 +1,52 @@
 """fedhar ClientApp: a client trains only its adapters and head on the shared frozen backbone.
 
-What travels: the trainable tensors (adapters + head, see fedhar.model.adapters); the frozen
-backbone (float32 or 4-bit) never leaves the client. The client's partition is
-``context.node_config["partition-id"]`` (set by the simulation engine, or by
-``--node-config`` on a SuperNode).
+What travels: the trainable tensors (adapters + head, see fedhar.model.adapters), plus, from
+the server, dense base updates for FedEx-LoRA / FLoRA. The frozen backbone (float32 or 4-bit)
+never leaves the client. The client's partition is ``context.node_config["partition-id"]``
+(set by the simulation engine, or by ``--node-config`` on a SuperNode).
+
+Per-strategy client behaviour (the server side is in strategies/lora_strategies.py):
+  ffa      A is frozen at its seeded init, identical on every client; only B and the head travel
+  fedsa    B stays on the client (kept in context.state); A and the head are averaged
+  fedex    the residual sum_k p_k B_k A_k - mean(B) mean(A) arrives as a dense base update
+  flora    fresh adapters every round; the stacked product arrives as a dense base update
+  hetlora  each client has its own rank; it truncates what the server sends to it
+  fedprox  a proximal term mu/2 ||w - w_global||^2 on the trainable tensors
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedhar.model import trainable_state_dict
 from simulations.config import FLConfig
 from simulations.task import (
+    add_base_deltas,
     build_model,
     client_data,
     ensure_backbone,
     evaluate_local,
     federation,
-    set_trainable,
+    load_partial,
     train_local,
 )
-from fedhar.model import trainable_state_dict
+from strategies.lora_math import adapter_part, adapter_ranks, hetlora_truncate
+from strategies.lora_strategies import DELTA_SUFFIX, is_delta_key
+
+LOCAL_B = "fedsa-local-b"
 
 
 def _nbytes(record: ArrayRecord) -> int:
     return int(sum(a.numpy().nbytes for a in record.values()))
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by a client named in the inject-failure config (fault tests)."""
 
 
 def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
@@ -39,29 +57,57 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         torch.set_num_threads(1)  # one CPU per simulated client: no oversubscription
         cfg = fixed or FLConfig.from_run_config(dict(context.run_config))
         pid = int(context.node_config["partition-id"])
+        server_round = int(msg.content["config"]["server-round"])
         data = client_data(cfg, pid)
-        model = build_model(cfg, federation(cfg).labels.size, ensure_backbone(cfg, quiet=True))
+        seed = cfg.seed + server_round if cfg.strategy == "flora" else None  # FLoRA: fresh adapters
+        model = build_model(cfg, federation(cfg).labels.size, ensure_backbone(cfg, quiet=True), pid, seed)
         arrays = msg.content["arrays"]
-        set_trainable(model, {k: v.numpy() for k, v in arrays.items()})
-        return cfg, pid, data, model, _nbytes(arrays)
+        incoming = {k: v.numpy() for k, v in arrays.items()}
+        deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}
+        state = {k: v for k, v in incoming.items() if not is_delta_key(k)}
+        if cfg.strategy == "hetlora":
+            mine = cfg.client_rank(pid)
+            if any(r > mine for r in adapter_ranks(state).values()):
+                state = hetlora_truncate(state, mine)
+        if cfg.strategy == "fedsa" and LOCAL_B in context.state:
+            state.update({k: v.numpy() for k, v in context.state[LOCAL_B].items()})
+        load_partial(model, state)
+        add_base_deltas(model, deltas)
+        return cfg, pid, server_round, data, model, _nbytes(arrays)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, pid, data, model, received = setup(msg, context)
+        cfg, pid, server_round, data, model, received = setup(msg, context)
+        fault = cfg.fault(pid, server_round)
+        if fault == "raise":
+            raise InjectedFailure(f"client {pid} fails in round {server_round} (inject-failure)")
         t0 = time.perf_counter()
-        server_round = int(msg.content["config"]["server-round"])
-        metrics = train_local(model, data, cfg, seed=cfg.seed * 10007 + server_round * 101 + pid)
-        reply = ArrayRecord(trainable_state_dict(model))
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        metrics = train_local(model, data, cfg, seed=cfg.seed * 10007 + server_round * 101 + pid, proximal_mu=mu)
+        state = trainable_state_dict(model)
+        if cfg.strategy == "fedsa":
+            b = {k: v for k, v in state.items() if adapter_part(k) == "B"}
+            context.state[LOCAL_B] = ArrayRecord(b)
+            state = {k: v for k, v in state.items() if k not in b}  # B never leaves the client
+        if fault == "nan":  # a corrupted update: the server must reject it, not average it
+            state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        reply = ArrayRecord(state)
         metrics.update({"partition-id": pid, "seconds": time.perf_counter() - t0,
                         "bytes-received": received, "bytes-sent": _nbytes(reply)})
         return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        _, pid, data, model, received = setup(msg, context)
+        _, pid, _, data, model, received = setup(msg, context)
         metrics = evaluate_local(model, data)
         metrics.update({"partition-id": pid, "bytes-received": received})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Which partition this node holds, so the server can sample clients reproducibly."""
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
     return app
 

@@ -39,12 +39,20 @@ class FLConfig:
     local_epochs: int = 1
     batch_size: int = 64
     lr: float = 2e-3
+    client_ranks: str = ""  # per-client LoRA ranks by partition id, e.g. "4,8,16" (cycled); "" = rank
+    client_modes: str = ""  # per-client modes by partition id, e.g. "lora,qlora" (cycled); "" = mode
     # federation
     strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # fedprox only
+    server_lr: float = 0.01  # fedadam / fedyogi / fedadagrad: server step (eta)
     rounds: int = 3
     fraction_train: float = 1.0
+    min_train_replies: int = 1  # a round with fewer valid replies leaves the global adapters unchanged
+    round_timeout: float = 600.0  # seconds to wait for replies; late clients count as timed out
     seed: int = 0
     out_dir: str = ""  # "" = runs/<timestamp>
+    resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
+    inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
 
     def __post_init__(self):
         if self.partition not in PARTITIONS:
@@ -54,8 +62,32 @@ class FLConfig:
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs"):
             if getattr(self, name) < 1:
                 raise FedharError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for mode in [m.strip() for m in self.client_modes.split(",") if m.strip()]:
+            if mode not in ("lora", "qlora"):
+                raise FedharError(f"client-modes mixes lora and qlora clients, got {mode!r}")
         if not 0 < self.fraction_train <= 1:
             raise FedharError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+
+    def client_rank(self, pid: int) -> int:
+        ranks = [int(r) for r in self.client_ranks.split(",") if r.strip()]
+        return ranks[pid % len(ranks)] if ranks else self.rank
+
+    def client_mode(self, pid: int) -> str:
+        modes = [m.strip() for m in self.client_modes.split(",") if m.strip()]
+        return modes[pid % len(modes)] if modes else self.mode
+
+    @property
+    def max_rank(self) -> int:
+        ranks = [int(r) for r in self.client_ranks.split(",") if r.strip()]
+        return max([self.rank, *ranks])
+
+    def fault(self, pid: int, server_round: int) -> str:
+        """The fault injected into client pid in this round: "" (none), "raise" or "nan"."""
+        for item in filter(None, (p.strip() for p in self.inject_failure.split(","))):
+            parts = item.split(":")
+            if parts[:2] == [str(pid), str(server_round)]:
+                return parts[2] if len(parts) > 2 else "raise"
+        return ""
 
     @property
     def datasets(self) -> list[str]:
@@ -75,6 +107,10 @@ class FLConfig:
                 raise FedharError(f"unknown run-config key {key!r}; known: {', '.join(sorted(cls().to_run_config()))}")
             default = known[name].default
             try:
+                if isinstance(default, bool) and isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(value)
+                    value = value.lower() in ("true", "1")
                 values[name] = type(default)(value)
             except (TypeError, ValueError):
                 raise FedharError(f"run-config {key}={value!r}: expected {type(default).__name__}") from None

@@ -12,14 +12,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Context
-from flwr.serverapp import Grid, ServerApp
+from logging import INFO
 
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log as flwr_log
+
+from fedhar.errors import FedharError
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
+from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.task import build_model, ensure_backbone, federation
-from strategies import RoundLog, make_strategy
+from strategies import HETEROGENEOUS_RANKS, RoundLog, make_strategy, strategy_options
 
 
 def default_out_dir() -> Path:
@@ -39,7 +45,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
         out.append({
             "round": r,
             "clients_trained": len(t),
-            "failures": int((df["round"] == r).sum() - len(t) - len(e)),
+            "failed": int(((df["round"] == r) & df["status"].isin(["failed", "timeout"])).sum()),
+            "rejected": int(((df["round"] == r) & (df["status"] == "rejected")).sum()),
             "train_loss": t["train_loss"].mean() if len(t) else float("nan"),
             "accuracy": (e["accuracy"] * w).sum() / w.sum() if len(e) else float("nan"),
             "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if len(e) else float("nan"),
@@ -60,9 +67,28 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))
+        if cfg.client_ranks and cfg.strategy not in HETEROGENEOUS_RANKS:
+            raise FedharError(f"client-ranks needs a strategy that aggregates different ranks: "
+                              f"{', '.join(HETEROGENEOUS_RANKS)} (got {cfg.strategy})")
         fed = federation(cfg)
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
         params = count_parameters(model)
+        n_clients = len(fed.parts)
+        n_train = max(1, int(round(cfg.fraction_train * n_clients)))
+        log = RoundLog(out_dir / "clients.csv", fed.client_names)
+        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **strategy_options(
+            cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr))
+        arrays, first_round = ArrayRecord(trainable_state_dict(model)), 1
+        if cfg.resume:
+            saved = load_checkpoint(out_dir, cfg)
+            if saved is None:
+                log_info(f"resume: no checkpoint in {out_dir}, starting at round 1")
+            else:
+                arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
+                vars(strategy).update(saved["strategy_state"])
+                log.rows = saved["log_rows"]
+                first_round = saved["round"] + 1
+                log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.to_run_config(),
             "clients": fed.client_names,
@@ -70,17 +96,17 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
-        log = RoundLog(out_dir / "clients.csv", fed.client_names)
-        strategy = make_strategy(cfg.strategy, len(fed.parts), cfg.fraction_train, log)
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(trainable_state_dict(model)),
-            num_rounds=cfg.rounds,
-            train_config=ConfigRecord({"lr": cfg.lr}),
-        )
+        node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
+        log.partition_of = {nid: pid for pid, nid in node_of.items()}
+        run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round)
+        log.flush()
         summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
 
     return app
+
+
+def log_info(message: str) -> None:
+    flwr_log(INFO, message)
 
 
 app = build_server_app()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fedhar.data import LabelSpace, WindowSet, load
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
@@ -122,18 +123,60 @@ def client_data(cfg: FLConfig, partition_id: int) -> ClientData:
     return ClientData(name, train.x, fed.labels.encode(train.y), test.x, fed.labels.encode(test.y))
 
 
-def build_model(cfg: FLConfig, n_classes: int, backbone: Path) -> Classifier:
-    """Classifier on the frozen backbone, set up for cfg.mode; seeded, so every side agrees."""
-    torch.manual_seed(cfg.seed)
-    model = Classifier.from_mae(_mae(str(backbone)), n_classes)
-    return prepare_for_finetune(model, cfg.mode, rank=cfg.rank, alpha=cfg.lora_alpha)
+def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None = None,
+                seed: int | None = None) -> Classifier:
+    """Classifier on the frozen backbone, set up for client ``pid``'s mode and rank (the
+    server's model: cfg.mode at the largest rank). Seeded, so every side builds the same
+    head and the same initial A; FLoRA passes a per-round seed for its fresh adapters."""
+    mode = cfg.client_mode(pid) if pid is not None else cfg.mode
+    rank = cfg.client_rank(pid) if pid is not None else cfg.max_rank
+    mae = _mae(str(backbone))  # loading builds (randomly initialised) modules: before seeding
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    model = Classifier.from_mae(mae, n_classes)
+    prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha)
+    if cfg.strategy == "ffa":  # FFA-LoRA: A stays at its shared random init and never travels
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad = False
+    return model
 
 
-def train_local(model: Classifier, data: ClientData, cfg: FLConfig, seed: int) -> dict:
+def load_partial(model: Classifier, state: dict[str, np.ndarray]) -> None:
+    """Copy the given tensors into the model's trainable ones; tensors not given keep their
+    value (FedSA's local B, FLoRA's fresh adapters). Unknown keys or shapes are errors."""
+    own = trainable_state_dict(model)
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise KeyError(f"the server sent tensors this client does not have: {unknown[:5]}")
+    merged = {k: (torch.from_numpy(np.asarray(state[k])).to(v.dtype) if k in state else v) for k, v in own.items()}
+    load_trainable_state_dict(model, merged)
+
+
+def add_base_deltas(model: Classifier, deltas: dict[str, np.ndarray]) -> None:
+    """FedEx / FLoRA: add each layer's dense update as x @ delta.T beside the frozen weight.
+
+    The update lives in its own float32 tensor: folded into 4-bit NF4 weights it would be
+    rounded away (dequantise -> add -> requantise erases small updates)."""
+    for layer, delta in deltas.items():
+        weight = torch.from_numpy(np.asarray(delta, dtype=np.float32))
+        module = model.get_submodule(layer)
+        module.register_forward_hook(lambda m, inputs, out, w=weight: out + F.linear(inputs[0], w))
+
+
+def train_local(model: Classifier, data: ClientData, cfg: FLConfig, seed: int, proximal_mu: float = 0.0) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     loader = make_loader(data.train_x, data.train_y, cfg.batch_size, shuffle=True, seed=seed)
-    losses = [finetune_epoch(model, loader, optimizer).loss for _ in range(cfg.local_epochs)]
+    criterion = torch.nn.CrossEntropyLoss()
+    if proximal_mu > 0:  # FedProx: stay near the global adapters received this round
+        anchors = [p.detach().clone() for p in params]
+        cross_entropy = criterion
+
+        def criterion(out, y):
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+            return cross_entropy(out, y) + proximal_mu / 2 * prox
+
+    losses = [finetune_epoch(model, loader, optimizer, criterion).loss for _ in range(cfg.local_epochs)]
     return {"train_loss": float(losses[-1]), "num-examples": len(data.train_y)}
 
 

@@ -21,9 +21,12 @@ class RoundLog:
     def __init__(self, path: Path, client_names: list[str] | None = None):
         self.path = Path(path)
         self.client_names = client_names or []
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, once known
         self.rows: list[dict] = []
 
     def add(self, row: dict) -> None:
+        if row.get("partition_id") is None and row.get("node_id") in self.partition_of:
+            row = {**row, "partition_id": self.partition_of[row["node_id"]]}
         pid = row.get("partition_id")
         if pid is not None and 0 <= int(pid) < len(self.client_names):
             row = {"client": self.client_names[int(pid)], **row}
@@ -65,10 +68,15 @@ def recording(strategy_cls: type) -> type:
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             replies = list(replies)
-            for row in _rows(server_round, "train", replies):
+            rows = _rows(server_round, "train", replies)
+            result = super().aggregate_train(server_round, replies)
+            rejected = getattr(self, "last_rejected", {})  # set by validating strategies
+            for row in rows:
+                if row["node_id"] in rejected:
+                    row.update(status="rejected", error=rejected[row["node_id"]])
                 self.log.add(row)
             self.log.flush()
-            return super().aggregate_train(server_round, replies)
+            return result
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
             replies = list(replies)

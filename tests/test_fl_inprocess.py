@@ -19,7 +19,7 @@ def test_two_round_federation_learns_and_writes_its_tables(tmp_path, monkeypatch
     clients = pd.read_csv(out / "clients.csv")
     config = json.loads((out / "config.json").read_text())
     assert list(rounds["round"]) == [1, 2]
-    assert (rounds["clients_trained"] == 2).all() and (rounds["failures"] == 0).all()
+    assert (rounds["clients_trained"] == 2).all() and (rounds["failed"] == 0).all()
     assert set(clients["client"]) == {"synthetic-d0", "synthetic-d1"}
     assert config["label_space"] == ["walking", "upstairs", "downstairs", "sitting", "standing", "lying"]
     # only adapters + head travel: far less than the 2.2 M-parameter backbone (8.9 MB in fp32)

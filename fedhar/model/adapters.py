@@ -53,7 +53,8 @@ def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    from peft import LoraConfig, inject_adapter_in_model  # slow import (~4 s): only when needed
+    with torch.random.fork_rng():  # importing peft draws random numbers; seeded inits must not see that
+        from peft import LoraConfig, inject_adapter_in_model  # slow import (~4 s): only when needed
 
     target_names = _target_linear_names(encoder, targets)
     for p in encoder.parameters():

@@ -30,7 +30,8 @@ NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 def quantize_linear_nf4(linear: nn.Linear, blocksize: int = 64, double_quant: bool = True) -> nn.Module:
     """A frozen NF4 ``Linear4bit`` copy of ``linear`` (float32 compute), quantised on the CPU."""
-    from bitsandbytes.nn import Linear4bit, Params4bit  # slow import (~3 s): only when needed
+    with torch.random.fork_rng():  # keep the caller's seeded random stream untouched by the import
+        from bitsandbytes.nn import Linear4bit, Params4bit  # slow import (~3 s): only when needed
     if blocksize not in NF4_BLOCKSIZES:
         raise ValueError(f"nf4 blocksize must be one of {NF4_BLOCKSIZES}, got {blocksize}")
     q = Linear4bit(
