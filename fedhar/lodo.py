@@ -155,7 +155,7 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
     pending = [r for r in todo if _key(r) not in finished]
     log(f"LODO: {len(todo)} runs planned, {len(todo) - len(pending)} already in {csv_path}, {len(pending)} to go")
     _write_plan(out_dir, plan, command)
-    t_start, n_done = time.perf_counter(), 0
+    t_start, n_done, code = time.perf_counter(), 0, code_version()
     backbones: dict[str, tuple[Path, str]] = {}
     for run in pending:
         name = run["held_out"]
@@ -173,7 +173,7 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
                          labels.size, cfg=cfg, threads=plan.threads)
         row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] != "full" else 0, **result.row(),
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         append_row(csv_path, row)
         n_done += 1
         rate = (time.perf_counter() - t_start) / n_done
@@ -184,10 +184,26 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
     return rows
 
 
+def code_version() -> str:
+    """The git commit of the code that runs (with "-dirty" for uncommitted changes), if any."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "fedhar"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _write_plan(out_dir: Path, plan: LodoPlan, command: str) -> None:
     plans = out_dir / "plan.json"
     history = json.loads(plans.read_text()) if plans.exists() else []
-    entry = {"command": command, "plan": plan.to_dict(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    entry = {"command": command, "plan": plan.to_dict(), "code": code_version(),
+             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     history.append(entry)
     plans.write_text(json.dumps(history, indent=1))
 
