@@ -71,8 +71,13 @@ def backbone_dir() -> Path:
     return cache_root() / "backbones"
 
 
+#: bump when the pretraining procedure changes (schedule, loss, ...): part of the checkpoint key
+PROCEDURE_VERSION = 2
+
+
 def checkpoint_path(windows: WindowSet, cfg: PretrainConfig, out_dir: Path | None = None) -> Path:
-    key = json.dumps({"config": cfg.to_dict(), "data": fingerprint(windows)}, sort_keys=True)
+    key = json.dumps({"config": cfg.to_dict(), "data": fingerprint(windows), "procedure": PROCEDURE_VERSION},
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     names = "+".join(windows.datasets()) if len(windows.datasets()) <= 3 else f"{len(windows.datasets())}sets"
     return (out_dir or backbone_dir()) / f"mae-{names}-{digest}.safetensors"
