@@ -11,7 +11,12 @@ HELP = {
     "data": "dataset(s) the clients hold, joined by '+' (default: synthetic)",
     "partition": "one client per 'dataset', per 'subject', or 'dirichlet' label skew",
     "mode": "lora | qlora | full",
-    "strategy": "fedavg (FedIT) | fedavgm | fedadam | fedyogi | fedadagrad",
+    "strategy": "fedavg/fedit | ffa | fedsa | fedex | flora | hetlora | fedprox | fedavgm | fedadam | fedyogi | fedadagrad",
+    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (flora, hetlora)",
+    "client_modes": "per-client modes by partition id, e.g. lora,qlora",
+    "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
+    "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
+    "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
     "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets joined by '+'",
     "backbone": "an MAE checkpoint to use instead of pretraining",
     "out_dir": "where the run's tables go (default runs/<time>)",
@@ -27,8 +32,11 @@ def register(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in fields(FLConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=HELP.get(f.name, " "))
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name, " "))
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
     p.set_defaults(run=cmd_fl)
 
 
@@ -36,5 +44,9 @@ def cmd_fl(args) -> int:
     from simulations.run import run_inprocess
 
     cfg = FLConfig(**{f.name: getattr(args, f.name) for f in fields(FLConfig)})
+    if cfg.resume and not cfg.out_dir:
+        from fedhar.errors import FedharError
+
+        raise FedharError("--resume needs the --out-dir of the run to continue")
     run_inprocess(cfg)
     return 0
