@@ -123,6 +123,7 @@ def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes
 
 def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -> FinetuneResult:
     """``finetune`` on a backbone loaded from disk: picklable, for a fresh worker process."""
+    _exit_with_parent()
     if threads:
         torch.set_num_threads(threads)
     from fedhar.model.adapters import prepare_for_finetune  # noqa: F401  (imports peft before measuring)
@@ -131,6 +132,22 @@ def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -
     if kwargs.get("cfg", FinetuneConfig()).mode != "full":
         import peft  # noqa: F401  (import cost is not training memory)
     return finetune(load_mae(backbone_path), *args, **kwargs)
+
+
+def _exit_with_parent() -> None:
+    """In a worker process: stop when the process that started it dies (a killed study must
+    not leave orphans training on, and stealing the CPU from the next one)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def finetune_in_fresh_process(backbone_path, *args, **kwargs) -> FinetuneResult:
