@@ -123,7 +123,6 @@ def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes
 
 def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -> FinetuneResult:
     """``finetune`` on a backbone loaded from disk: picklable, for a fresh worker process."""
-    _exit_with_parent()
     if threads:
         torch.set_num_threads(threads)
     from fedhar.model.adapters import prepare_for_finetune  # noqa: F401  (imports peft before measuring)
@@ -157,7 +156,12 @@ def finetune_in_fresh_process(backbone_path, *args, **kwargs) -> FinetuneResult:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(finetune_checkpoint, str(backbone_path), *args, **kwargs).result()
+        return pool.submit(_worker, str(backbone_path), *args, **kwargs).result()
+
+
+def _worker(*args, **kwargs) -> FinetuneResult:
+    _exit_with_parent()
+    return finetune_checkpoint(*args, **kwargs)
 
 
 class _Stepping:
