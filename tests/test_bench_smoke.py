@@ -35,7 +35,7 @@ def one_thread():
 
 
 def test_core_function_returns_a_row_per_mode_and_path(bench, one_thread):
-    variants = bench.make_variants(channel_tokens=False)
+    variants = bench.make_variants(diagnostics=False)
     rows = bench.measure(variants, batch=8, warmup=0, steps=2, rounds=1, memory_steps=1, tensor_peak=False,
                          log=lambda *_: None)
     by = {r["variant"]: r for r in rows}
@@ -71,3 +71,27 @@ def test_cuda_option_skips_cleanly_without_cuda(bench, capsys):
         pytest.skip("this machine has CUDA")
     assert bench.main(["--device", "cuda"]) == 0
     assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_fused_lora_diagnostic_computes_what_peft_computes(bench):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 20)
+    fused = bench.AddmmLoRALinear(torch.nn.Linear(12, 20), rank=4, alpha=16)
+    fused.base.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        fused.lora_B.normal_()  # B = 0 at start would hide the adapter path
+    holder = torch.nn.Sequential()
+    holder.add_module("q", base)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=16, target_modules=["q"]), holder)
+    with torch.no_grad():
+        holder.q.lora_A["default"].weight.copy_(fused.lora_A)
+        holder.q.lora_B["default"].weight.copy_(fused.lora_B)
+    x = torch.randn(3, 5, 12)
+    out_peft, out_fused = holder(x), fused(x)
+    torch.testing.assert_close(out_fused, out_peft)
+    out_peft.square().sum().backward()
+    out_fused.square().sum().backward()
+    torch.testing.assert_close(fused.lora_A.grad, holder.q.lora_A["default"].weight.grad)
+    torch.testing.assert_close(fused.lora_B.grad, holder.q.lora_B["default"].weight.grad)
