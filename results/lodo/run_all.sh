@@ -19,4 +19,4 @@ $fedhar lodo --datasets uci-har --modes lora --ranks 8,16,32,64 --seeds 0 $commo
 $fedhar lodo --datasets uci-har --modes full,lora --ranks 16 --train-fractions 0.7,0.5,0.3 \
   --seeds 0 $common --out results/lodo/uci-har
 # the comparison with the paper, from all the runs above
-${PYTHON:-python} -m fedhar.lodo_report results/lodo
+${PYTHON:-python} -m fedhar.lodo_report results/lodo  # PYTHON=.venv/bin/python where the venv is not active
