@@ -39,7 +39,6 @@ A file with a header and no rows is skipped and counted in ``report.dropped``.
 from __future__ import annotations
 
 import io
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +49,7 @@ import pandas as pd
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.readers.base import Reader
 from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording
+from fedhar.data.readers.csvscan import raise_first_bad_line
 from fedhar.errors import DataFormatError
 
 RATE_HZ = 50.0
@@ -111,30 +111,7 @@ def parse_device_motion_csv(data: bytes, where: str) -> np.ndarray:
 
 
 def _raise_first_bad_line(data: bytes, where: str):
-    names = ("index", *COLUMNS)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line:
-            continue  # pandas skips empty lines too
-        cells = line.split(",")
-        if len(cells) != _N_FIELDS:
-            hint = " (truncated row?)" if len(cells) < _N_FIELDS else ""
-            raise DataFormatError(
-                where, f"expected {_N_FIELDS} comma-separated cells, found {len(cells)}{hint}",
-                line=lineno,
-            )
-        for name, cell in zip(names, cells):
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataFormatError(
-                    where, f"not a number in column {name}: {cell!r}", line=lineno
-                ) from None
-            if not math.isfinite(value):
-                raise DataFormatError(
-                    where, f"non-finite value in column {name}: {cell!r}", line=lineno
-                )
-    raise DataFormatError(where, "could not be parsed (no single bad line found)")
+    raise_first_bad_line(data, where, ("index", *COLUMNS))
 
 
 def to_canonical(table: np.ndarray) -> np.ndarray:

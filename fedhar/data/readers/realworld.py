@@ -62,6 +62,7 @@ import pandas as pd
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.readers.base import Reader
 from fedhar.data.schema import PrepareReport, Recording
+from fedhar.data.readers.csvscan import raise_first_bad_line
 from fedhar.errors import DataFormatError
 
 RATE_HZ = 50.0
@@ -120,29 +121,7 @@ def parse_sensor_csv(data: bytes, where: str) -> np.ndarray:
 
 
 def _raise_first_bad_line(data: bytes, where: str):
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    n = len(HEADER)
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line:
-            continue  # pandas skips empty lines too
-        cells = line.split(",")
-        if len(cells) != n:
-            hint = " (truncated row?)" if len(cells) < n else ""
-            raise DataFormatError(
-                where, f"expected {n} comma-separated cells, found {len(cells)}{hint}", line=lineno
-            )
-        for name, cell in zip(HEADER, cells):
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataFormatError(
-                    where, f"not a number in column {name}: {cell!r}", line=lineno
-                ) from None
-            if not math.isfinite(value):
-                raise DataFormatError(
-                    where, f"non-finite value in column {name}: {cell!r}", line=lineno
-                )
-    raise DataFormatError(where, "could not be parsed (no single bad line found)")
+    raise_first_bad_line(data, where, HEADER)
 
 
 @dataclass
