@@ -8,8 +8,8 @@ holds all 6 channels, so a window gives 128 / 16 = 8 tokens of 6 * 16 = 96 value
 (flattened channel-major: values 0-15 are channel 0, 16-31 channel 1, ...). Attention
 cost grows with the token count: channel-independent patching (one token per channel
 and patch) would give 48 tokens, and 48 tokens made a full fine-tuning step at batch 64
-about 4.5x slower on the 2-core development CPU (214 ms against 48 ms per step, results/bench), so we mix the
-channels inside a token.
+about 4.5x slower on the 2-core development CPU (214 ms against 48 ms per step, see
+results/bench), so we mix the channels inside a token.
 
 Encoder (what fine-tuning keeps). Linear patch embedding 96 -> 192, fixed 1-D sin-cos
 positional encoding (as in facebookresearch/mae; a buffer, not trained), 6 pre-LN
