@@ -71,14 +71,8 @@ class UciHarReader(Reader):
     name = "uci-har"
     title = "UCI-HAR (UCI 240): waist smartphone, 30 subjects, 6 activities (or derived from HAPT)"
     folder_names = ("uci-har", "UCI HAR Dataset", "uci-har/UCI HAR Dataset")
-    label_map = {
-        1: "walking",
-        2: "upstairs",
-        3: "downstairs",
-        4: "sitting",
-        5: "standing",
-        6: "lying",
-    }
+    # UCI-HAR's ids 1-6 are HAPT's first six activities (same people, same protocol)
+    label_map = {k: v for k, v in HaptReader.label_map.items() if k <= 6}
     published_test_subjects = (2, 4, 9, 10, 12, 13, 18, 20, 24)
     channels_note = (
         "Samsung Galaxy S II on the waist, 50 Hz; total_acc in g x 9.80665 -> m/s^2 "
