@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(commands)
     experiments_cli.register(commands)
     fl_cli.register(commands)
+    __import__("simulations.sweep_cli").sweep_cli.register(commands)
+    __import__("simulations.deploy_cli").deploy_cli.register(commands)
+    __import__("fedhar.plot_cli").plot_cli.register(commands)
     return parser
 
 

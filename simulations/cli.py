@@ -20,6 +20,20 @@ HELP = {
     "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets joined by '+'",
     "backbone": "an MAE checkpoint to use instead of pretraining",
     "out_dir": "where the run's tables go (default runs/<time>)",
+    "test_fraction": "each client's own test share (subject-disjoint for partition=dataset, else the "
+    "last windows in time order)",
+    "server_test_fraction": "> 0: per dataset, the server holds out the test subjects of the centralised "
+    "LODO baseline (same seed, train fraction 1 - this) and evaluates the global model on them; "
+    "clients get the remaining subjects only (0 = off)",
+    "normalise": "z-normalisation statistics: 'dataset' (each dataset's training windows over all "
+    "clients) or 'client' (each client's own training windows)",
+    "head": "'shared' (averaged), 'local' (never leaves its client, sized to its labels) or 'auto' "
+    "(local when some client's training labels miss a class of the federation)",
+    "heldout_data": "datasets no client holds, joined by '+' ('synthetic' = a separately seeded draw): "
+    "the server evaluates the global adapters on their LODO test subjects every round",
+    "probe_epochs": "epochs of the head-only probe (frozen global encoder) used for held-out data "
+    "when the head is local or its labels leave the federation's space",
+    "server_eval_every": "server-side evaluation every N rounds (and always after the last)",
 }
 
 
@@ -37,6 +51,9 @@ def register(commands) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name, " "))
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
+    p.add_argument("--engine", choices=("ray", "inline"), default="ray",
+                   help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
+                   "after the other in this process, no Ray (simulations/inline.py)")
     p.set_defaults(run=cmd_fl)
 
 
@@ -48,5 +65,5 @@ def cmd_fl(args) -> int:
         from fedhar.errors import FedharError
 
         raise FedharError("--resume needs the --out-dir of the run to continue")
-    run_inprocess(cfg)
+    run_inprocess(cfg, engine=args.engine)
     return 0

@@ -4,6 +4,22 @@ The same keys are the Flower run config (``[tool.flwr.app.config]`` in pyproject
 ``flwr run . --run-config "rounds=5 rank=16"``) and the options of ``fedhar fl``.
 Defaults are the embedded default: a short federated LoRA run on synthetic data, one
 client per synthetic domain, a backbone pretrained on a separate synthetic population.
+
+Evaluation knobs (server side: simulations/server_eval.py):
+  server_test_fraction  > 0: per dataset of the federation, the server holds out the very
+                        test subjects the centralised LODO baseline tests on (fedhar.lodo,
+                        train fraction 1 - server_test_fraction, same seed); the clients
+                        are formed from the remaining (training) subjects only, and the
+                        server evaluates the global model on the held-out subjects.
+  normalise             "dataset": z-normalise with the statistics of each dataset's
+                        training windows (all clients' training splits of that dataset);
+                        "client": each client with its own training statistics.
+  head                  "shared": the head is averaged like the adapters; "local": it never
+                        leaves its client and is sized to that client's labels; "auto":
+                        local when some client's training labels miss a class of the
+                        federation's label space, else shared.
+  heldout_data          datasets no client holds (or "synthetic": a separately seeded draw),
+                        on which the server evaluates the global adapters every round.
 """
 
 from __future__ import annotations
@@ -15,6 +31,8 @@ from fedhar.errors import FedharError
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
 MODES = ("full", "lora", "qlora")
+NORMALISE = ("dataset", "client")
+HEADS = ("auto", "shared", "local")
 
 
 @dataclass(frozen=True)
@@ -25,7 +43,9 @@ class FLConfig:
     partition: str = "dataset"  # one client per dataset | per subject | Dirichlet label skew
     num_clients: int = 8  # only for partition = dirichlet
     dirichlet_alpha: float = 0.5
-    test_fraction: float = 0.3  # subject-disjoint, within each client
+    test_fraction: float = 0.3  # each client's own test split (subject-disjoint, or time order per subject)
+    server_test_fraction: float = 0.0  # > 0: the server holds these test subjects per dataset (LODO's split)
+    normalise: str = "dataset"  # z-statistics per dataset (clients' training windows) | per client
     synthetic_domains: int = 3
     synthetic_subjects: int = 6
     # backbone
@@ -41,6 +61,7 @@ class FLConfig:
     lr: float = 2e-3
     client_ranks: str = ""  # per-client LoRA ranks by partition id, e.g. "4,8,16" (cycled); "" = rank
     client_modes: str = ""  # per-client modes by partition id, e.g. "lora,qlora" (cycled); "" = mode
+    head: str = "auto"  # shared (averaged) | local (stays on its client) | auto: local if label sets differ
     # federation
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # fedprox only
@@ -50,6 +71,10 @@ class FLConfig:
     min_train_replies: int = 1  # a round with fewer valid replies leaves the global adapters unchanged
     round_timeout: float = 600.0  # seconds to wait for replies; late clients count as timed out
     seed: int = 0
+    # server-side evaluation (simulations/server_eval.py)
+    heldout_data: str = ""  # datasets joined by "+" that no client holds; "synthetic" = a separate draw
+    probe_epochs: int = 5  # head-only probe on held-out data (head local, or labels outside the space)
+    server_eval_every: int = 1  # evaluate on the server every this many rounds (and the last round)
     out_dir: str = ""  # "" = runs/<timestamp>
     resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
     inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
@@ -59,7 +84,8 @@ class FLConfig:
             raise FedharError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
         if self.mode not in MODES:
             raise FedharError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs"):
+        for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
+                     "server_eval_every"):
             if getattr(self, name) < 1:
                 raise FedharError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for mode in [m.strip() for m in self.client_modes.split(",") if m.strip()]:
@@ -67,6 +93,33 @@ class FLConfig:
                 raise FedharError(f"client-modes mixes lora and qlora clients, got {mode!r}")
         if not 0 < self.fraction_train <= 1:
             raise FedharError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        if not 0 <= self.server_test_fraction < 1:
+            raise FedharError(f"server-test-fraction must be in [0, 1) (0 = no server test split), "
+                              f"got {self.server_test_fraction}")
+        if self.normalise not in NORMALISE:
+            raise FedharError(f"normalise must be one of {NORMALISE}, got {self.normalise!r}")
+        if self.head not in HEADS:
+            raise FedharError(f"head must be one of {HEADS}, got {self.head!r}")
+        self._check_heldout()
+
+    def _check_heldout(self) -> None:
+        """Held-out datasets must be unseen: by the clients, by the backbone, and by anyone
+        recorded from the same people. "synthetic" is always a separately seeded draw."""
+        held = self.heldout_datasets
+        if len(set(held)) != len(held):
+            raise FedharError(f"heldout-data names a dataset twice: {self.heldout_data!r}")
+        pretrain = [d for d in self.pretrain_data.split("+") if d]
+        for other, what in ((self.datasets, "data"), (pretrain, "pretrain-data")):
+            shared = sorted(set(held) & set(other) - {"synthetic"})
+            if shared:
+                raise FedharError(f"heldout-data and {what} share {shared}: held-out data must be unseen")
+        if held:
+            from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+
+            for group in SAME_PEOPLE:
+                if group & set(held) and group & (set(self.datasets) | set(pretrain)):
+                    raise FedharError(f"heldout-data {sorted(group & set(held))} was recorded from the same "
+                                      f"people as {sorted(group & (set(self.datasets) | set(pretrain)))}")
 
     def client_rank(self, pid: int) -> int:
         ranks = [int(r) for r in self.client_ranks.split(",") if r.strip()]
@@ -92,6 +145,19 @@ class FLConfig:
     @property
     def datasets(self) -> list[str]:
         return [d for d in self.data.split("+") if d]
+
+    @property
+    def heldout_datasets(self) -> list[str]:
+        return [d for d in self.heldout_data.split("+") if d]
+
+    @property
+    def heldout_test_fraction(self) -> float:
+        """The held-out datasets' test share: server_test_fraction, else LODO's 30%."""
+        return self.server_test_fraction or 0.3
+
+    def server_evaluates(self, server_round: int) -> bool:
+        """Whether the server evaluates after this round (every server_eval_every, and the last)."""
+        return server_round % self.server_eval_every == 0 or server_round == self.rounds
 
     def to_run_config(self) -> dict:
         """Flat hyphenated keys, as Flower's run config has them."""

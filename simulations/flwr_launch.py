@@ -93,10 +93,18 @@ def app_environment(flwr_home: Path, http_port: int, control_port: int) -> dict:
 
 def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a process and every process it started (SuperLink -> simulation -> Ray)."""
-    try:
-        family = [proc_ := psutil.Process(proc.pid), *proc_.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
+    stop_trees([proc], grace)
+
+
+def stop_trees(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """Stop processes and every process they started, all at once (SIGTERM, then SIGKILL
+    after ``grace`` seconds), by process id."""
+    family = []
+    for proc in procs:
+        try:
+            family += [root := psutil.Process(proc.pid), *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
     for p in family:
         try:
             p.send_signal(signal.SIGTERM)
@@ -112,11 +120,16 @@ def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def local_superlink(env: dict, flwr_home: Path, startup_timeout: float = 60.0):
-    """A simulation-mode SuperLink on loopback, started and stopped here."""
-    log_path = flwr_home / "superlink.log"
-    command = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-               "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
+def local_superlink(env: dict, flwr_home: Path, startup_timeout: float = 60.0, simulation: bool = True,
+                    log_path: Path | None = None):
+    """A SuperLink on loopback, started and stopped here: simulation mode, or (simulation=False)
+    the deployment engine, whose SuperNodes connect to its HTTP port (Fleet, Runtime and Control
+    APIs all on ``--port`` in flwr 1.41)."""
+    log_path = log_path or flwr_home / "superlink.log"
+    command = ["flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
+               "--isolation", "subprocess",
+               # deprecated and unused by flwr 1.41 (Control API on --port): kept for the simulation launcher
+               *(["--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}"] if simulation else []),
                "--host", "127.0.0.1", "--port", env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"],
                "--disable-runtime-dependency-installation",
                "--database", str(flwr_home / "state.db"), "--log-file", str(log_path)]
@@ -152,8 +165,10 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def run_status(env: dict, run_id: str) -> dict:
-    out = subprocess.run(["flwr", "list", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+def run_status(env: dict, run_id: str, connection: str | None = None) -> dict:
+    """The run's row of ``flwr list [connection] --format json`` (status, status-details, elapsed, ...)."""
+    command = ["flwr", "list", *([connection] if connection else []), "--format", "json"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     try:
         runs = json.loads(out.stdout)["runs"]
     except (json.JSONDecodeError, KeyError):

@@ -10,6 +10,15 @@ aggregate_evaluate) itself so that:
     fewer than ``min_train_replies`` replies leaves the global adapters unchanged;
   - after every round a checkpoint (global arrays, strategy state, log rows, round) is
     written atomically, and ``resume`` continues from it.
+
+Nodes that come and go (deployment: SuperNodes on other machines, see docs/deployment.md).
+Partitions are sampled as above whoever is connected, but each phase is sent only to the
+nodes the SuperLink reports connected (``grid.get_node_ids()``: online nodes, those whose
+heartbeat is not overdue); a sampled partition whose node is not is a row with status
+"offline". Before each phase, connected nodes not yet mapped to a partition are asked for
+theirs (the same QUERY as at the start), so a SuperNode restarted with the same partition
+(it gets a new node id) takes that partition's place and trains again. In simulation every
+node stays connected and mapped, so none of this changes what is sent.
 """
 
 from __future__ import annotations
@@ -18,11 +27,12 @@ import json
 import os
 import pickle
 import time
+from contextlib import contextmanager
 from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore import log as flwr_log
 
 from fedhar.errors import FedharError
@@ -51,13 +61,61 @@ def discover_partitions(grid, n_clients: int, timeout: float) -> dict[int, int]:
         if time.monotonic() > deadline:
             raise FedharError(f"only {len(ids)} of {n_clients} clients connected within {timeout:.0f} s")
         time.sleep(0.5)
+    return query_partitions(grid, ids, timeout)
+
+
+def query_partitions(grid, node_ids, timeout: float) -> dict[int, int]:
+    """partition id -> node id for those of ``node_ids`` that answer the QUERY within ``timeout``."""
     queries = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=nid, message_type=MessageType.QUERY)
-               for nid in ids]
+               for nid in node_ids]
     node_of = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if not reply.has_error():
             node_of[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
     return node_of
+
+
+class Membership:
+    """partition id -> node id, kept up to date while SuperNodes leave and (re)join."""
+
+    def __init__(self, node_of: dict[int, int], log, timeout: float):
+        self.node_of = dict(node_of)
+        self.partitions = sorted(node_of)  # what is sampled from, connected or not
+        self.log, self.timeout = log, timeout
+
+    def refresh(self, grid) -> set[int]:
+        """The connected node ids, after mapping newly connected nodes to their partitions."""
+        online = set(grid.get_node_ids())
+        new = sorted(online - set(self.node_of.values()))
+        if new:
+            for pid, nid in query_partitions(grid, new, self.timeout).items():
+                if pid not in self.partitions:
+                    flwr_log(WARNING, "node %d holds partition %d, which this run does not have: ignored", nid, pid)
+                    continue
+                flwr_log(INFO, "partition %d is now node %d (was %d)", pid, nid, self.node_of[pid])
+                self.node_of[pid] = nid
+                self.log.partition_of[nid] = pid
+        return online
+
+    def split(self, partitions, online: set[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """(node ids of the connected ones, [(partition, node id)] of the others)."""
+        nodes = [(p, self.node_of[p]) for p in partitions]
+        return [n for _, n in nodes if n in online], [(p, n) for p, n in nodes if n not in online]
+
+
+@contextmanager
+def showing(strategy, n_nodes: int):
+    """Let a Flower strategy use all ``n_nodes`` a NodeView shows when fewer are connected than
+    its minimums (its sample_nodes would wait for them, or fail); restored afterwards."""
+    names = [k for k in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes") if hasattr(strategy, k)]
+    saved = {k: getattr(strategy, k) for k in names}
+    for k, v in saved.items():
+        setattr(strategy, k, min(v, n_nodes))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(strategy, k, v)
 
 
 def sample_partitions(partitions: list[int], n_train: int, seed: int, server_round: int) -> list[int]:
@@ -82,7 +140,8 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
     with open(path, "rb") as f:
         blob = pickle.load(f)
     ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure"}
-    saved = {k: v for k, v in blob["config"].items() if k not in ignore}
+    # a field added to FLConfig after the checkpoint was written counts as its default
+    saved = {**FLConfig().to_run_config(), **blob["config"]}
     now = {k: v for k, v in cfg.to_run_config().items() if k not in ignore}
     changed = sorted(k for k in now if saved.get(k) != now[k])
     if changed:
@@ -92,22 +151,26 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
 
 
 def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir: Path,
-               node_of: dict[int, int], first_round: int = 1) -> ArrayRecord:
-    n_train = max(1, int(round(cfg.fraction_train * len(node_of))))
-    everyone = [node_of[p] for p in sorted(node_of)]
+               node_of: dict[int, int], first_round: int = 1, after_aggregation=None) -> ArrayRecord:
+    """Rounds first_round..cfg.rounds; ``after_aggregation(round, arrays)`` sees each round's
+    new global arrays before the clients evaluate them (server-side evaluation)."""
+    members = Membership(node_of, log, cfg.round_timeout)
+    n_train = max(1, int(round(cfg.fraction_train * len(members.partitions))))
     for server_round in range(first_round, cfg.rounds + 1):
         flwr_log(INFO, "")
         flwr_log(INFO, "[ROUND %s/%s]", server_round, cfg.rounds)
-        chosen = [node_of[p] for p in sample_partitions(list(node_of), n_train, cfg.seed, server_round)]
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), NodeView(grid, chosen)))
+        sampled = sample_partitions(members.partitions, n_train, cfg.seed, server_round)
+        chosen, offline = members.split(sampled, members.refresh(grid))
+        _offline_rows(log, server_round, "train", offline)
+        messages = []
+        if chosen:
+            with showing(strategy, len(chosen)):
+                messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), NodeView(grid, chosen)))
         # in partition order: aggregation sums in a fixed order, so reruns agree bit for bit
-        pid_of = {n: p for p, n in node_of.items()}
-        replies = sorted(grid.send_and_receive(messages, timeout=cfg.round_timeout),
+        pid_of = {n: p for p, n in members.node_of.items()}
+        replies = sorted(exchange(grid, messages, cfg.round_timeout),
                          key=lambda r: pid_of.get(r.metadata.src_node_id, -1))
-        answered = {r.metadata.src_node_id for r in replies}
-        for nid in sorted(set(chosen) - answered):
-            log.add({"round": server_round, "phase": "train", "node_id": nid, "status": "timeout",
-                     "error": f"no reply within {cfg.round_timeout:.0f} s"})
+        _timeout_rows(log, server_round, "train", chosen, replies, cfg.round_timeout)
         arrived = [r for r in replies if not r.has_error()]
         if len(arrived) < cfg.min_train_replies:
             flwr_log(WARNING, "round %d: %d replies < min-train-replies %d: global adapters unchanged",
@@ -120,11 +183,62 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         else:
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
-                arrays = new_arrays
-        evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), NodeView(grid, everyone)))
-        strategy.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=cfg.round_timeout))
+                arrays = as_float32(new_arrays)
+        if after_aggregation is not None:
+            after_aggregation(server_round, arrays)
+        connected, offline = members.split(members.partitions, members.refresh(grid))
+        _offline_rows(log, server_round, "evaluate", offline)
+        if connected:
+            with showing(strategy, len(connected)):
+                evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
+                                                            NodeView(grid, connected)))
+            replies = exchange(grid, evaluate, cfg.round_timeout)
+            _timeout_rows(log, server_round, "evaluate", [m.metadata.dst_node_id for m in evaluate], replies,
+                          cfg.round_timeout)
+            strategy.aggregate_evaluate(server_round, replies)
+        else:
+            log.flush()
         save_checkpoint(out_dir, server_round, arrays, strategy, log, cfg)
     return arrays
+
+
+def as_float32(arrays: ArrayRecord) -> ArrayRecord:
+    """Flower's server optimisers (FedAdam, ...) return float64 arrays; the model is float32,
+    and sending float64 would double every download."""
+    if all(a.dtype != "float64" for a in arrays.values()):
+        return arrays
+    return ArrayRecord({k: Array(v.numpy().astype(np.float32)) if v.dtype == "float64" else v
+                        for k, v in arrays.items()})
+
+
+def exchange(grid, messages: list[Message], timeout: float) -> list[Message]:
+    """``grid.send_and_receive``, with each reply attributed to the node its message was for.
+
+    The SuperLink itself answers a message whose node stopped sending heartbeats (NODE_UNAVAILABLE,
+    once 2 heartbeat intervals have passed): that error reply's src_node_id is the SuperLink's
+    (SUPERLINK_NODE_ID), so it is set here to the node the message went to."""
+    if not messages:
+        return []
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    for r in replies:
+        dst = dst_of.get(r.metadata.reply_to_message_id)
+        if r.has_error() and dst is not None and r.metadata.src_node_id != dst:
+            r.metadata.__dict__["_src_node_id"] = dst  # Metadata has no setter (Flower sets ids this way too)
+    return replies
+
+
+def _offline_rows(log, server_round: int, phase: str, offline: list[tuple[int, int]]) -> None:
+    for pid, nid in offline:
+        log.add({"round": server_round, "phase": phase, "node_id": nid, "partition_id": pid, "status": "offline",
+                 "error": f"node {nid} (partition {pid}) is not connected to the SuperLink"})
+
+
+def _timeout_rows(log, server_round: int, phase: str, sent_to, replies, timeout: float) -> None:
+    answered = {r.metadata.src_node_id for r in replies}
+    for nid in sorted(set(sent_to) - answered):
+        log.add({"round": server_round, "phase": phase, "node_id": nid, "status": "timeout",
+                 "error": f"no reply within {timeout:.0f} s"})
 
 
 def _failure_rows(server_round, replies, node_of):

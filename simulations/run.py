@@ -1,5 +1,14 @@
 """Run the fedhar Flower app in-process (``fedhar fl``): the same ClientApp and ServerApp
-as ``flwr run .``, through ``flwr.simulation.run_simulation`` so errors surface here."""
+as ``flwr run .``, so errors surface here.
+
+Two engines deliver the ServerApp's messages to the ClientApp:
+  ray     Flower's simulation engine (``flwr.simulation.run_simulation``): a local Ray
+          instance, clients in Ray actors, ``cpus_per_client`` CPUs each, in parallel.
+          About 10 s to start; cannot run inside a Ray task.
+  inline  ``simulations.inline``: clients called one after the other in this process, no
+          Ray, no threads; fixed node ids, deterministic. See its docstring for the limits
+          (timeouts, one process).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +23,17 @@ from fedhar.errors import FedharError
 from simulations.config import FLConfig
 from simulations.server_app import default_out_dir
 
+ENGINES = ("ray", "inline")
 
-def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0) -> Path:
-    """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv."""
+
+def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray") -> Path:
+    """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv.
+
+    ``engine``: "ray" (Flower's simulation engine) or "inline" (``simulations.inline``;
+    ``cpus_per_client`` does not apply: clients run one at a time)."""
+    if engine not in ENGINES:
+        raise FedharError(f"engine must be one of {ENGINES}, got {engine!r}")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    from flwr.simulation import run_simulation
 
     from simulations.client_app import build_client_app
     from simulations.server_app import build_server_app
@@ -30,24 +45,38 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0) -> Path:
     cfg = replace(cfg, backbone=str(ensure_backbone(cfg).resolve()))
     n_clients = len(federation(cfg).parts)
     print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
-          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds -> {out_dir}", flush=True)
+          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {out_dir}",
+          flush=True)
     t0 = time.perf_counter()
-    run_simulation(
-        server_app=build_server_app(cfg),
-        client_app=build_client_app(cfg),
-        num_supernodes=n_clients,
-        backend_config={
-            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-        },
-    )
+    server_app, client_app = build_server_app(cfg), build_client_app(cfg)
+    if engine == "inline":
+        from simulations.inline import run_inline
+
+        run_inline(server_app, client_app, n_clients, cfg.to_run_config())
+    else:
+        from flwr.simulation import run_simulation
+
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=n_clients,
+            backend_config={
+                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+            },
+        )
+    return _report(cfg, out_dir, time.perf_counter() - t0)
+
+
+def _report(cfg: FLConfig, out_dir: Path, seconds: float) -> Path:
+    """Check that every round finished and print the per-round table (any engine)."""
     rounds_csv = out_dir / "rounds.csv"
     if not rounds_csv.exists():
         raise FedharError(f"the federated run did not finish: no {rounds_csv} (see the log above)")
     rounds = pd.read_csv(rounds_csv)
     if len(rounds) < cfg.rounds:
         raise FedharError(f"only {len(rounds)} of {cfg.rounds} rounds finished (see {out_dir / 'clients.csv'})")
-    print(f"\nfedhar fl: finished in {time.perf_counter() - t0:.0f} s. Per round:")
+    print(f"\nfedhar fl: finished in {seconds:.0f} s. Per round:")
     print(rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; configuration: {out_dir / 'config.json'}")
     return out_dir

@@ -1,8 +1,10 @@
 """fedhar ServerApp: pretrains (or reuses) the backbone, runs the strategy, writes the tables.
 
-Outputs in the run's out-dir: ``config.json`` (the resolved configuration),
-``clients.csv`` (one row per client, round and phase: train loss, accuracy, macro-F1,
-bytes sent and received, failures), ``rounds.csv`` (aggregated per round).
+Outputs in the run's out-dir: ``config.json`` (the resolved configuration, the head used,
+what the server evaluates on), ``clients.csv`` (one row per client, round and phase: train
+loss, accuracy, macro-F1, bytes sent and received, failures; plus the server's own
+evaluations, phases "server" and "heldout", see simulations/server_eval.py),
+``rounds.csv`` (aggregated per round).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from fedhar.errors import FedharError
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
-from simulations.task import build_model, ensure_backbone, federation
+from simulations.server_eval import ServerEvaluator
+from simulations.task import build_model, ensure_backbone, federation, is_head_key
 from strategies import HETEROGENEOUS_RANKS, RoundLog, make_strategy, strategy_options
 
 
@@ -32,11 +35,19 @@ def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def _weighted(rows: pd.DataFrame, column: str) -> float:
+    w = rows["num_examples"]
+    return (rows[column] * w).sum() / w.sum() if len(rows) else float("nan")
+
+
 def summarise(clients_csv: Path) -> pd.DataFrame:
-    """Per round: mean train loss, example-weighted test accuracy / macro-F1, bytes moved."""
+    """Per round: mean train loss, example-weighted test accuracy / macro-F1, bytes moved;
+    with server-side evaluation also server_* / heldout_* accuracy and macro-F1,
+    example-weighted over the datasets (NaN in rounds the server did not evaluate)."""
     df = pd.read_csv(clients_csv)
     ok = df[df["status"] == "ok"]
     train, evaluate = ok[ok["phase"] == "train"], ok[ok["phase"] == "evaluate"]
+    server_phases = [p for p in ("server", "heldout") if (ok["phase"] == p).any()]
     rounds = sorted(df["round"].unique())
     out = []
     for r in rounds:
@@ -55,7 +66,31 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             "bytes_up": int(t["bytes_sent"].sum()) if len(t) else 0,
             "bytes_down": int(t["bytes_received"].sum()) if len(t) else 0,
         })
+        for phase in server_phases:
+            rows = ok[(ok["round"] == r) & (ok["phase"] == phase)]
+            out[-1][f"{phase}_accuracy"] = _weighted(rows, "accuracy")
+            out[-1][f"{phase}_macro_f1"] = _weighted(rows, "macro_f1")
     return pd.DataFrame(out)
+
+
+def server_evaluation(strategy, evaluator: ServerEvaluator, cfg: FLConfig, log: RoundLog):
+    """The round loop's hook after aggregation: evaluate the new global model on the server's data.
+
+    What is evaluated is what the clients will receive (``downlink``: FedEx/FLoRA base
+    updates included); one row per data set goes to clients.csv."""
+
+    def after_aggregation(server_round: int, arrays: ArrayRecord) -> None:
+        if not cfg.server_evaluates(server_round):
+            return
+        sent = arrays
+        if hasattr(strategy, "downlink"):
+            strategy.observe_global(arrays)
+            sent = strategy.downlink(arrays)
+        for row in evaluator.run(server_round, {k: v.numpy() for k, v in sent.items()}):
+            log.add(row)
+        log.flush()
+
+    return after_aggregation
 
 
 def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
@@ -78,7 +113,12 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
         strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **strategy_options(
             cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr))
-        arrays, first_round = ArrayRecord(trainable_state_dict(model)), 1
+        initial = trainable_state_dict(model)
+        if fed.head == "local":  # local heads never travel: the global model has none
+            initial = {k: v for k, v in initial.items() if not is_head_key(k)}
+        evaluator = ServerEvaluator(cfg, fed, Path(cfg.backbone))
+        hook = server_evaluation(strategy, evaluator, cfg, log) if evaluator.active else None
+        arrays, first_round = ArrayRecord(initial), 1
         if cfg.resume:
             saved = load_checkpoint(out_dir, cfg)
             if saved is None:
@@ -93,12 +133,15 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "config": cfg.to_run_config(),
             "clients": fed.client_names,
             "label_space": list(fed.labels.names),
+            "head": fed.head,  # cfg.head resolved (auto -> shared | local)
+            "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
+            "server_eval": evaluator.describe(),
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
         node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
         log.partition_of = {nid: pid for pid, nid in node_of.items()}
-        run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round)
+        run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round, after_aggregation=hook)
         log.flush()
         summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
 

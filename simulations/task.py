@@ -1,7 +1,14 @@
 """What a federated client works with: its data, the model, local training and evaluation.
 
-Shared by the ClientApp, the ServerApp (initial adapters, label space) and the in-process
-runner, so every side builds exactly the same thing from the same FLConfig.
+Shared by the ClientApp, the ServerApp (initial adapters, label space, server-held test
+split) and the in-process runner, so every side builds exactly the same thing from the
+same FLConfig.
+
+Data flow (``federation``): load the windows of ``cfg.data``; with server_test_fraction > 0
+take out, per dataset, the subjects the LODO baseline tests on (``server_test_mask``): the
+server keeps them; partition the rest into clients (by dataset, subject or Dirichlet); split
+every client into its own train / test windows; fit the z-normalisation statistics; decide
+whether the head is shared or local.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from fedhar.data import LabelSpace, WindowSet, load
+from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
-from fedhar.data.splits import Normaliser, subject_split
+from fedhar.data.splits import Normaliser, split_subjects
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.model import (
     Classifier,
@@ -27,24 +35,78 @@ from fedhar.model import (
     prepare_for_finetune,
     trainable_state_dict,
 )
+from fedhar.errors import FedharError
 from fedhar.model.checkpoint import load_mae
+from fedhar.model.head import ClassificationHead
 from fedhar.pretrain import PretrainConfig, pretrain
 from simulations.config import FLConfig
 
 PRETRAIN_SEED_OFFSET = 1000  # the synthetic pretraining population is a different draw
+HELDOUT_SEED_OFFSET = 2000  # and so is the held-out synthetic population (heldout_data = synthetic)
+HEAD_PREFIX = "head."  # the classification head's tensors in trainable_state_dict
 
 
-def synthetic_config(cfg: FLConfig, pretraining: bool = False) -> SyntheticConfig:
-    seed = cfg.seed + (PRETRAIN_SEED_OFFSET if pretraining else 0)
+def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> SyntheticConfig:
+    seed = cfg.seed + (PRETRAIN_SEED_OFFSET if pretraining else HELDOUT_SEED_OFFSET if heldout else 0)
     return SyntheticConfig(n_domains=cfg.synthetic_domains, subjects_per_domain=cfg.synthetic_subjects, seed=seed)
 
 
-def load_windows(datasets: list[str], cfg: FLConfig, pretraining: bool = False) -> WindowSet:
+def load_windows(datasets: list[str], cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> WindowSet:
     parts = []
     for name in datasets:
-        synth = synthetic_config(cfg, pretraining) if name == "synthetic" else None
+        synth = synthetic_config(cfg, pretraining, heldout) if name == "synthetic" else None
         parts.append(load(name, cfg.data_dir or None, synthetic=synth).windows)
     return WindowSet.concat(parts)
+
+
+def is_head_key(key: str) -> bool:
+    return key.startswith(HEAD_PREFIX)
+
+
+def server_test_mask(ws: WindowSet, test_fraction: float, seed: int) -> np.ndarray:
+    """Which windows are the test subjects of the centralised LODO baseline, per dataset.
+
+    The very call ``fedhar.lodo`` makes for a held-out dataset with train fraction
+    1 - test_fraction and this seed (``split_for``, random split). Not
+    ``subject_split(ws, test_fraction)``: LODO passes ``1 - train_fraction``, and
+    ``1 - 0.7 = 0.30000000000000004`` rounds differently from 0.3 for 15 subjects
+    (RealWorld): 5 test subjects, not 4.
+    """
+    from fedhar.lodo import LodoPlan, split_for
+
+    is_test = np.zeros(len(ws), bool)
+    for name in ws.datasets():
+        in_ds = ws.dataset == name
+        run = {"train_fraction": 1.0 - test_fraction, "seed": seed}
+        try:
+            _, test, _ = split_for(ws.subset(in_ds), name, run, LodoPlan(datasets=(name,), split="random"))
+        except ValueError as e:
+            raise FedharError(f"{name}: cannot hold out test subjects on the server: {e}") from None
+        is_test |= in_ds & np.isin(ws.subject, np.unique(test.subject))
+    return is_test
+
+
+def encode_open(labels: LabelSpace, global_ids, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
+    """Global activity ids -> class indices of a head over ``labels`` with ``n_outputs``
+    outputs, and how many ids the head has no output for.
+
+    An id outside ``labels`` is not dropped: it gets its own index >= n_outputs, so the
+    window always counts as an error and its class enters the macro averages (recall 0).
+    """
+    ids = np.asarray(global_ids, np.int64)
+    n_outputs = labels.size if n_outputs is None else n_outputs
+    known = np.isin(ids, [ACTIVITY_ID[n] for n in labels.names])
+    out = np.empty(len(ids), np.int64)
+    out[known] = labels.encode(ids[known])
+    unknown = np.unique(ids[~known])
+    out[~known] = n_outputs + np.searchsorted(unknown, ids[~known])
+    return out, int((~known).sum())
+
+
+def head_size(labels: LabelSpace) -> int:
+    """Outputs of a head for ``labels``: one per class, at least 2 (a one-class client's
+    head has one spare output that no window is labelled with)."""
+    return max(2, labels.size)
 
 
 def ensure_backbone(cfg: FLConfig, quiet: bool = False) -> Path:
@@ -68,35 +130,98 @@ def _mae(path: str):
 class ClientData:
     name: str
     train_x: np.ndarray
-    train_y: np.ndarray  # indices into the federation's label space
+    train_y: np.ndarray  # class indices of the client's head (the federation's label space if shared)
     test_x: np.ndarray
-    test_y: np.ndarray
+    test_y: np.ndarray  # the same; a label the head has no output for gets an index >= n_classes
+    labels: LabelSpace | None = None  # the classes of the client's head
+    n_classes: int = 0  # outputs of the client's head
+    out_of_space: int = 0  # test windows whose label the head has no output for (always errors)
 
 
 @dataclass
 class Federation:
-    """The clients' windows and the shared label space of one run."""
+    """The clients' windows, the server's test windows and the label space(s) of one run."""
 
-    windows: WindowSet
-    parts: dict[str, np.ndarray]
-    labels: LabelSpace
+    windows: WindowSet  # the clients' windows (the training subjects, if the server holds a test split)
+    parts: dict[str, np.ndarray]  # client name -> indices into windows
+    labels: LabelSpace  # the federation's label space: every class some client holds
+    splits: list[tuple[np.ndarray, np.ndarray]]  # per client: (train, test) indices into windows
+    norm: Normaliser  # per dataset, fitted on every client's training windows of that dataset
+    server_test: WindowSet  # raw windows of the server's test subjects (empty: no server split)
+    client_labels: list[LabelSpace]  # per client: the classes in its training windows
+    head: str  # "shared" | "local" (cfg.head resolved)
 
     @property
     def client_names(self) -> list[str]:
         return list(self.parts)
 
 
+def _client_split(ws: WindowSet, cfg: FLConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices into one client's windows ``ws``.
+
+    partition = dataset: subject-disjoint per dataset (as ``subject_split``). A per-subject
+    or Dirichlet client may hold one subject, so it splits each activity in time order: the
+    first (1 - test_fraction) of that activity's windows train, the rest test. Per activity,
+    because recordings run one activity after another: a plain time cut would test a
+    client on activities it never trained on. The window right after each cut is left out
+    of both sides: with 50% overlap it shares half its samples with the last training
+    window.
+    """
+    if cfg.partition == "dataset":
+        is_test = np.zeros(len(ws), bool)
+        for name in ws.datasets():
+            in_ds = ws.dataset == name
+            try:
+                _, held_out = split_subjects(ws.subject[in_ds], cfg.test_fraction, cfg.seed)
+            except ValueError as e:
+                raise FedharError(f"client {name}: cannot split its subjects into train and test: {e}") from None
+            is_test |= in_ds & np.isin(ws.subject, held_out)
+        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    train, test = [], []
+    for label in np.unique(ws.y):
+        idx = np.flatnonzero(ws.y == label)  # in time order within the client
+        cut = int(round(len(idx) * (1 - cfg.test_fraction)))
+        train.append(idx[:cut])
+        test.append(idx[cut + 1:])  # skip the window overlapping the last training one
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def resolve_head(cfg: FLConfig, labels: LabelSpace, client_labels: list[LabelSpace]) -> str:
+    """cfg.head, with "auto" = local when some client's training labels miss a class of the
+    federation's label space (its share of a shared head would be trained on no example
+    of those classes), else shared."""
+    if cfg.head != "auto":
+        return cfg.head
+    return "local" if any(set(c.names) != set(labels.names) for c in client_labels) else "shared"
+
+
 @functools.lru_cache(maxsize=2)
 def _federation(cfg_json: str) -> Federation:
     cfg = FLConfig.from_run_config(__import__("json").loads(cfg_json))
     ws = load_windows(cfg.datasets, cfg)
+    server_test = WindowSet.empty(ws.x.shape[-1])
+    if cfg.server_test_fraction > 0:
+        held = server_test_mask(ws, cfg.server_test_fraction, cfg.seed)
+        ws, server_test = ws.subset(~held), ws.subset(held)
     if cfg.partition == "dataset":
         parts = by_dataset(ws)
     elif cfg.partition == "subject":
         parts = by_subject(ws)
     else:
         parts = dirichlet(ws, cfg.num_clients, cfg.dirichlet_alpha, seed=cfg.seed)
-    return Federation(ws, parts, LabelSpace.from_ids(ws.y))
+    splits = []
+    for idx in parts.values():
+        train, test = _client_split(ws.subset(idx), cfg)
+        splits.append((idx[train], idx[test]))
+    # normalise = dataset: per dataset, the mean and std of every client's training windows
+    # of that dataset. That is exactly what one federated round of per-client sums, sums of
+    # squares and counts (per dataset and channel) would give the server, so no window
+    # leaves its client to compute it; here it is computed directly.
+    norm = Normaliser.fit(ws.subset(np.concatenate([train for train, _ in splits])))
+    labels = LabelSpace.from_ids(ws.y)
+    client_labels = [LabelSpace.from_ids(ws.y[train]) for train, _ in splits]
+    return Federation(ws, parts, labels, splits, norm, server_test, client_labels,
+                      resolve_head(cfg, labels, client_labels))
 
 
 def federation(cfg: FLConfig) -> Federation:
@@ -104,36 +229,44 @@ def federation(cfg: FLConfig) -> Federation:
 
 
 def client_data(cfg: FLConfig, partition_id: int) -> ClientData:
-    """Client ``partition_id``'s train/test windows, z-normalised with its training statistics.
+    """Client ``partition_id``'s train/test windows (see ``_client_split``), z-normalised
+    with its dataset's training statistics (normalise = dataset) or its own (client).
 
-    partition = dataset: subject-disjoint split inside the client. A per-subject or
-    Dirichlet client may hold one subject, so it splits its windows in time order instead
-    (the first 70% of each recording's windows train, the rest test).
+    Labels are indices of the client's head: the federation's label space when the head is
+    shared, the client's own training classes when it is local. A test window of a class
+    the client never trained on is kept and counted in ``out_of_space`` (always an error).
     """
     fed = federation(cfg)
-    name = fed.client_names[partition_id]
-    ws = fed.windows.subset(fed.parts[name])
-    if cfg.partition == "dataset":
-        train, test = subject_split(ws, cfg.test_fraction, seed=cfg.seed)
-    else:
-        cut = int(round(len(ws) * (1 - cfg.test_fraction)))
-        train, test = ws.subset(np.arange(cut)), ws.subset(np.arange(cut, len(ws)))
-    norm = Normaliser.fit(train)
+    train_idx, test_idx = fed.splits[partition_id]
+    train, test = fed.windows.subset(train_idx), fed.windows.subset(test_idx)
+    norm = fed.norm if cfg.normalise == "dataset" else Normaliser.fit(train)
     train, test = norm.apply(train), norm.apply(test)
-    return ClientData(name, train.x, fed.labels.encode(train.y), test.x, fed.labels.encode(test.y))
+    labels = fed.labels if fed.head == "shared" else fed.client_labels[partition_id]
+    n_classes = labels.size if fed.head == "shared" else head_size(labels)
+    test_y, out_of_space = encode_open(labels, test.y, n_classes)
+    return ClientData(fed.client_names[partition_id], train.x, labels.encode(train.y), test.x, test_y,
+                      labels, n_classes, out_of_space)
 
 
 def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None = None,
-                seed: int | None = None) -> Classifier:
+                seed: int | None = None, head_classes: int | None = None) -> Classifier:
     """Classifier on the frozen backbone, set up for client ``pid``'s mode and rank (the
     server's model: cfg.mode at the largest rank). Seeded, so every side builds the same
-    head and the same initial A; FLoRA passes a per-round seed for its fresh adapters."""
+    head and the same initial A; FLoRA passes a per-round seed for its fresh adapters.
+
+    head_classes: a local head of that many outputs instead of the n_classes one. The
+    model is built with n_classes first, so the adapters' initial A is the same as on
+    every other side (FFA-LoRA's frozen A must be), then the head is replaced by a fresh
+    one, seeded too."""
     mode = cfg.client_mode(pid) if pid is not None else cfg.mode
     rank = cfg.client_rank(pid) if pid is not None else cfg.max_rank
     mae = _mae(str(backbone))  # loading builds (randomly initialised) modules: before seeding
     torch.manual_seed(cfg.seed if seed is None else seed)
     model = Classifier.from_mae(mae, n_classes)
     prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha)
+    if head_classes is not None and head_classes != n_classes:
+        torch.manual_seed((cfg.seed if seed is None else seed) + 1)
+        model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old
     if cfg.strategy == "ffa":  # FFA-LoRA: A stays at its shared random init and never travels
         for name, p in model.named_parameters():
             if ".lora_A." in name:
@@ -182,7 +315,8 @@ def train_local(model: Classifier, data: ClientData, cfg: FLConfig, seed: int, p
 
 def evaluate_local(model: Classifier, data: ClientData) -> dict:
     m = evaluate(model, data.test_x, data.test_y)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "num-examples": m["n"]}
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "precision": m["macro_precision"],
+            "recall": m["macro_recall"], "num-examples": m["n"], "out-of-space": data.out_of_space}
 
 
 def get_trainable(model: Classifier) -> dict[str, np.ndarray]:

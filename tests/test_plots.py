@@ -1,0 +1,322 @@
+"""Figures from result tables alone: every kind renders from the fixture tables, says where its
+data came from (sidecar JSON with sha256), and bad inputs are one clear FedharError."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedhar.cli import main
+from fedhar.errors import FedharError
+from fedhar.plots import (NothingToPlot, accuracy_per_client, accuracy_vs_bytes, drift_vs_round, inexactness_scaling,
+                          lora_vs_qlora, plot_all, rank_ablation)
+from fedhar.plots.figures import _pareto
+from fedhar.plots.style import wrap
+
+TABLES = Path(__file__).parent / "fixtures" / "tables"
+RUN, SWEEP, SCALING, LODO = TABLES / "run", TABLES / "sweep", TABLES / "sweep_scaling", TABLES / "lodo" / "runs.csv"
+
+
+def legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def labelled_lines(ax) -> list[str]:
+    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def sidecar(out: Path, name: str) -> dict:
+    png = out / f"{name}.png"
+    assert png.is_file() and png.stat().st_size > 20_000, "PNG missing or trivial"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    blob = json.loads((out / f"{name}.json").read_text())
+    for item in blob["inputs"]:
+        assert hashlib.sha256(Path(item["path"]).read_bytes()).hexdigest() == item["sha256"]
+    return blob
+
+
+def inputs(blob: dict) -> set[str]:
+    return {Path(i["path"]).relative_to(TABLES).as_posix() for i in blob["inputs"]}
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def test_drift_from_the_sweep_column(tmp_path):
+    fig = drift_vs_round(SWEEP, tmp_path)
+    (ax,) = fig.axes
+    assert labelled_lines(ax) == ["fedavg (mean of 4 trials)", "fedsa (mean of 4 trials)"]
+    assert legend(ax) == labelled_lines(ax)
+    assert len(ax.collections) == 2  # a min-max band per strategy
+    assert "round" in ax.get_xlabel() and "unitless" in ax.get_ylabel()
+    assert fig._suptitle.get_text().startswith("fedsa drifts least")
+    assert "rank ∈ {4, 16}" in ax.get_title(loc="left").replace("\n", " ")  # says what each line averages over
+    blob = sidecar(tmp_path, "drift_vs_round")
+    assert inputs(blob) == {"sweep/results.csv"} and blob["files"] == ["drift_vs_round.png"]
+
+
+def test_drift_from_trial_files_over_seeds(tmp_path):
+    fig = drift_vs_round(SCALING, tmp_path, svg=True, where={"local_epochs": "1"})
+    (ax,) = fig.axes
+    assert labelled_lines(ax) == ["fedavg (mean of 4 trials)", "fedprox (mean of 4 trials)"]
+    assert (tmp_path / "drift_vs_round.svg").stat().st_size > 10_000
+    blob = sidecar(tmp_path, "drift_vs_round")
+    assert blob["files"] == ["drift_vs_round.png", "drift_vs_round.svg"]
+    drift_files = {p for p in inputs(blob) if p.endswith("drift.csv")}
+    assert len(drift_files) == 8 and "sweep_scaling/results.csv" in inputs(blob)
+    assert any("status failed" in n for n in blob["notes"])  # the failed trial is named, not plotted
+
+
+def test_drift_cosine_of_one_run(tmp_path):
+    fig = drift_vs_round(RUN, tmp_path, metric="cosine")
+    (ax,) = fig.axes
+    assert labelled_lines(ax) == ["fedavg"] and "cosine" in ax.get_ylabel()
+    assert inputs(sidecar(tmp_path, "drift_vs_round")) == {"run/rounds.csv", "run/config.json", "run/drift.csv"}
+
+
+def test_drift_of_a_strategy_without_ba_rows(tmp_path):
+    run = _copy(tmp_path, RUN)  # FFA never sends A: its drift.csv has B rows only
+    df = pd.read_csv(run / "drift.csv")
+    df[df["part"] == "B"].to_csv(run / "drift.csv", index=False)
+    with pytest.raises(NothingToPlot, match=r"drift\.csv: no rows with part 'BA' \(it has B; try --part B\)"):
+        drift_vs_round(run, tmp_path / "out")
+    fig = drift_vs_round(run, tmp_path / "out", part="B")
+    assert "(part B)" in fig.axes[0].get_title(loc="left")
+
+
+def test_inexactness_against_epochs_and_clients(tmp_path):
+    fig = inexactness_scaling(SCALING, tmp_path)
+    assert len(fig.axes) == 2
+    epochs, clients = fig.axes
+    assert legend(epochs) == legend(clients) == ["fedavg", "fedprox"]
+    assert list(epochs.get_xticks()) == [1, 3] and list(clients.get_xticks()) == [4, 8]
+    assert "local epochs" in epochs.get_xlabel() and "clients" in clients.get_xlabel()
+    assert "at K = 4 clients" in epochs.get_title(loc="left").replace("\n", " ")
+    assert "grows with local epochs" in fig._suptitle.get_text()
+    blob = sidecar(tmp_path, "inexactness")
+    assert sum(p.endswith("inexactness.csv") for p in inputs(blob)) == 12
+
+
+def test_inexactness_needs_something_varied():
+    with pytest.raises(NothingToPlot, match="neither local epochs nor the clients per round vary"):
+        inexactness_scaling(SWEEP, "unused")
+
+
+def test_accuracy_per_client_with_server_and_heldout(tmp_path):
+    fig = accuracy_per_client(RUN, tmp_path)
+    (ax,) = fig.axes
+    lines = labelled_lines(ax)
+    assert lines == ["synthetic-d1", "synthetic-d2", "synthetic-d3", "mean over clients (example-weighted)",
+                     "server test subjects (mean of 3 datasets)", "held out: synthetic"]
+    assert legend(ax) == lines
+    widths = {line.get_label(): line.get_linewidth() for line in ax.get_lines()}
+    assert widths["held out: synthetic"] > 2 * widths["synthetic-d1"]
+    assert "(%)" in ax.get_ylabel()
+    blob = sidecar(tmp_path, "accuracy_per_client")
+    assert inputs(blob) == {"run/clients.csv"}
+    assert "synthetic-d3: failed in round 2 (train)" in blob["notes"]
+
+
+def test_accuracy_per_client_without_optional_columns(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    df = pd.read_csv(RUN / "clients.csv")
+    df = df[df["phase"].isin(["train", "evaluate"])].drop(columns=["num_examples", "client"])
+    df.to_csv(run / "clients.csv", index=False)
+    fig = accuracy_per_client(run, tmp_path / "out", metric="macro_f1")
+    assert labelled_lines(fig.axes[0]) == ["0", "1", "2", "mean over clients"]
+    notes = " ".join(sidecar(tmp_path / "out", "accuracy_per_client")["notes"])
+    assert "no 'client' column" in notes and "unweighted" in notes and "no heldout evaluation" in notes
+
+
+def test_pareto_front(tmp_path):
+    fig = accuracy_vs_bytes(SWEEP, tmp_path)
+    (ax,) = fig.axes
+    assert legend(ax) == ["fedavg", "fedsa", "lora", "qlora", "Pareto front"]
+    assert labelled_lines(ax) == ["Pareto front"]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 8 + 2  # 8 configurations, 2 ringed
+    assert "(MB)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+    assert {t.get_text() for t in ax.texts} == {"fedavg / r4", "fedavg / r16", "fedsa / r4", "fedsa / r16"}
+    assert fig._suptitle.get_text().startswith("2 of 8 configurations are Pareto-optimal")
+    assert inputs(sidecar(tmp_path, "accuracy_vs_bytes")) == {"sweep/results.csv"}
+
+
+def test_pareto_indices():
+    # (cost, gain): the cheapest, then each strictly better one; ties in cost keep the better
+    assert _pareto([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.65, 0.8]) == [0, 1, 4]
+
+
+def test_rank_ablation_from_sweep_and_lodo(tmp_path):
+    fig = rank_ablation([SWEEP, LODO], tmp_path)
+    acc, f1 = fig.axes
+    assert legend(acc) == ["full fine-tuning (LODO uci-har)", "federated: fedavg / lora", "federated: fedavg / qlora",
+                           "federated: fedsa / lora", "federated: fedsa / qlora", "LODO uci-har: lora",
+                           "LODO uci-har: qlora"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["4", "8", "16", "32", "64"]
+    assert "macro-F1" in f1.get_ylabel() and "rank" in acc.get_xlabel()
+    blob = sidecar(tmp_path, "rank_ablation")
+    assert inputs(blob) == {"sweep/results.csv", "lodo/runs.csv"}
+    assert any("train_fraction 0.7" in n for n in blob["notes"])
+
+
+def test_rank_ablation_needs_two_ranks():
+    with pytest.raises(NothingToPlot, match="two or more LoRA ranks"):
+        rank_ablation(SCALING, "unused")
+
+
+def test_lora_vs_qlora(tmp_path):
+    fig = lora_vs_qlora([SWEEP, LODO], tmp_path)
+    sweep, lodo = fig.axes
+    assert legend(sweep) == ["LoRA (fp32 backbone), n=4", "QLoRA (4-bit NF4 backbone), n=4"]
+    assert legend(lodo) == ["LoRA (fp32 backbone), n=5", "QLoRA (4-bit NF4 backbone), n=2"]
+    assert "(MB)" in sweep.get_xlabel() and "(MiB)" in lodo.get_xlabel()
+    assert fig._suptitle.get_text().startswith("QLoRA needs")
+    assert inputs(sidecar(tmp_path, "lora_vs_qlora")) == {"sweep/results.csv", "lodo/runs.csv"}
+
+
+def test_lora_vs_qlora_needs_both_modes():
+    with pytest.raises(NothingToPlot, match="both modes"):
+        lora_vs_qlora(SCALING, "unused")
+
+
+def test_all_makes_what_the_inputs_allow(tmp_path):
+    results = plot_all([SWEEP, LODO], tmp_path)
+    made = {k for k, v in results.items() if not isinstance(v, Exception)}
+    assert made == {"drift", "pareto", "rank", "memory"}
+    assert all(isinstance(results[k], NothingToPlot) for k in ("inexactness", "clients"))
+    assert {p.name for p in tmp_path.iterdir()} == {f"{n}.{s}" for n in ("drift_vs_round", "accuracy_vs_bytes",
+                                                                         "rank_ablation", "lora_vs_qlora")
+                                                   for s in ("png", "json")}
+    results = plot_all(RUN, tmp_path / "run")
+    assert {k for k, v in results.items() if not isinstance(v, Exception)} == {"drift", "clients"}
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+def _copy(tmp_path, src: Path) -> Path:
+    dst = tmp_path / src.name
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return dst
+
+
+def _drop(path: Path, column: str) -> None:
+    pd.read_csv(path).drop(columns=[column]).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("func, fixture, table, column", [
+    (accuracy_per_client, RUN, "clients.csv", "phase"),
+    (accuracy_per_client, RUN, "clients.csv", "accuracy"),
+    (drift_vs_round, RUN, "drift.csv", "part"),
+    (drift_vs_round, SWEEP, "results.csv", "drift_mean"),  # and no trials/<id>/drift.csv beside it
+    (inexactness_scaling, SWEEP, "results.csv", "inexactness_mean"),
+    (drift_vs_round, SWEEP, "results.csv", "strategy"),
+    (inexactness_scaling, SCALING, "results.csv", "trial_id"),
+    (accuracy_vs_bytes, SWEEP, "results.csv", "bytes_up"),
+    (rank_ablation, SWEEP, "results.csv", "rank"),
+    (lora_vs_qlora, SWEEP, "results.csv", "peak_rss_mb"),
+    (lora_vs_qlora, LODO, "runs.csv", "frozen_bytes"),
+    (rank_ablation, LODO, "runs.csv", "accuracy"),
+])
+def test_missing_column_names_file_and_column(tmp_path, func, fixture, table, column):
+    copy = _copy(tmp_path, fixture)
+    path = copy / table if copy.is_dir() else copy
+    _drop(path, column)
+    with pytest.raises(FedharError) as err:
+        func(copy, tmp_path / "out")
+    assert str(path) in str(err.value) and repr(column) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_skips_what_a_sweep_did_not_record(capsys, tmp_path):
+    sweep = _copy(tmp_path, SWEEP)
+    _drop(sweep / "results.csv", "drift_mean")
+    code, out, err = run_cli(capsys, "plot", "all", sweep, "--out", tmp_path / "out")
+    assert code == 0 and "accuracy_vs_bytes.png" in out and "drift_vs_round" not in out
+    assert f"skipped drift: {sweep / 'results.csv'}: missing column 'drift_mean'" in err
+
+
+def test_missing_config_key_names_the_file(tmp_path):
+    run = _copy(tmp_path, RUN)
+    blob = json.loads((run / "config.json").read_text())
+    del blob["config"]["strategy"]
+    (run / "config.json").write_text(json.dumps(blob))
+    with pytest.raises(FedharError, match=r"config\.json: missing key 'config\.strategy'"):
+        drift_vs_round(run, tmp_path / "out")
+
+
+def test_bad_number_names_file_column_and_line(tmp_path):
+    run = _copy(tmp_path, RUN)
+    lines = (run / "rounds.csv").read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[5] = "0.7o"  # accuracy of round 2
+    lines[2] = ",".join(cells)
+    (run / "rounds.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FedharError, match=r"rounds\.csv:3: column 'accuracy': '0\.7o' is not a number"):
+        drift_vs_round(run, tmp_path / "out")
+
+
+def test_not_a_table(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(FedharError, match="not a table fedhar plots"):
+        drift_vs_round(tmp_path / "notes.txt", tmp_path / "out")
+    with pytest.raises(FedharError, match="no such file or directory"):
+        drift_vs_round(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.csv").write_text("")
+    with pytest.raises(FedharError, match="empty file"):
+        drift_vs_round(tmp_path / "empty", tmp_path / "out")
+
+
+def test_mathtext_is_never_wrapped_apart():
+    text = wrap("a long caption " * 4 + r"$\Vert\sum_k p_k B_k A_k\Vert_F$ and more words after it", 30)
+    assert r"$\Vert\sum_k p_k B_k A_k\Vert_F$" in text.replace("\n", "\0")
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "fedhar plot" in out
+    assert all(kind in out for kind in ("drift", "inexactness", "clients", "pareto", "rank", "memory", "all"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "drift", "--help"])
+    assert exit_.value.code == 0 and "--where" in capsys.readouterr().out
+    code, _, err = run_cli(capsys, "plot")
+    assert code == 2 and "KIND" in err
+
+
+def test_cli_draws_and_reports(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "plot", "clients", RUN, "--out", tmp_path, "--svg", "--name", "fig")
+    assert code == 0 and (tmp_path / "fig.png").is_file() and (tmp_path / "fig.svg").is_file()
+    assert out.startswith(f"{tmp_path / 'fig.png'}: After round 3") and "note: synthetic-d3: failed" in err
+    code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out", tmp_path, "--where", "mode=lora")
+    assert code == 0 and "of 4 configurations" in out
+
+
+def test_cli_all(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "plot", "all", SCALING, "--out", tmp_path)
+    assert code == 0 and "drift_vs_round.png" in out and "inexactness.png" in out
+    assert "skipped rank: " in err and "skipped memory: " in err
+
+
+def test_cli_bad_input_is_one_line(capsys, tmp_path):
+    sweep = _copy(tmp_path, SWEEP)
+    _drop(sweep / "results.csv", "bytes_down")
+    code, _, err = run_cli(capsys, "plot", "pareto", sweep, "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"fedhar: error: {sweep / 'results.csv'}: missing required column 'bytes_down'")
+    code, _, err = run_cli(capsys, "plot", "rank", SCALING, "--out", tmp_path / "out", "--where", "nope=1")
+    assert code == 2 and "no column 'nope'" in err
