@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import fields
 
 from simulations.config import FLConfig
@@ -51,9 +52,10 @@ def register(commands) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name, " "))
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
-    p.add_argument("--engine", choices=("ray", "inline"), default="ray",
+    p.add_argument("--engine", choices=("ray", "inline", "flwr"), default="ray",
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
-                   "after the other in this process, no Ray (simulations/inline.py)")
+                   "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
+                   "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
     p.set_defaults(run=cmd_fl)
 
 
@@ -65,5 +67,12 @@ def cmd_fl(args) -> int:
         from fedhar.errors import FedharError
 
         raise FedharError("--resume needs the --out-dir of the run to continue")
+    if args.engine == "flwr":
+        from simulations.flwr_launch import launch
+        from simulations.run import report
+
+        t0 = time.perf_counter()
+        report(cfg, launch(cfg), time.perf_counter() - t0)
+        return 0
     run_inprocess(cfg, engine=args.engine)
     return 0

@@ -65,10 +65,10 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
                 "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
             },
         )
-    return _report(cfg, out_dir, time.perf_counter() - t0)
+    return report(cfg, out_dir, time.perf_counter() - t0)
 
 
-def _report(cfg: FLConfig, out_dir: Path, seconds: float) -> Path:
+def report(cfg: FLConfig, out_dir: Path, seconds: float) -> Path:
     """Check that every round finished and print the per-round table (any engine)."""
     rounds_csv = out_dir / "rounds.csv"
     if not rounds_csv.exists():
