@@ -124,6 +124,10 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         t0 = time.perf_counter()
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         metrics = train_local(model, data, cfg, seed=cfg.seed * 10007 + server_round * 101 + pid, proximal_mu=mu)
+        trained_seconds = time.perf_counter() - t0
+        # the locally trained model on the client's own test windows (drift analytics: the gap
+        # between it and the global model the client evaluates after aggregation)
+        metrics["local_accuracy"] = evaluate_local(model, data)["accuracy"]
         state = trainable_state_dict(model)
         if cfg.strategy == "fedsa":
             b = {k: v for k, v in state.items() if adapter_part(k) == "B"}
@@ -136,7 +140,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         if fault == "nan":  # a corrupted update: the server must reject it, not average it
             state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
         reply = ArrayRecord(state)
-        metrics.update({"partition-id": pid, "seconds": time.perf_counter() - t0,
+        metrics.update({"partition-id": pid, "seconds": trained_seconds,
                         "bytes-received": received, "bytes-sent": _nbytes(reply)})
         return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

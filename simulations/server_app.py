@@ -63,6 +63,7 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if len(e) else float("nan"),
             "acc_min": e["accuracy"].min() if len(e) else float("nan"),
             "acc_max": e["accuracy"].max() if len(e) else float("nan"),
+            "acc_std": e["accuracy"].std(ddof=0) if len(e) else float("nan"),
             "bytes_up": int(t["bytes_sent"].sum()) if len(t) else 0,
             "bytes_down": int(t["bytes_received"].sum()) if len(t) else 0,
         })
@@ -70,7 +71,39 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             rows = ok[(ok["round"] == r) & (ok["phase"] == phase)]
             out[-1][f"{phase}_accuracy"] = _weighted(rows, "accuracy")
             out[-1][f"{phase}_macro_f1"] = _weighted(rows, "macro_f1")
-    return pd.DataFrame(out)
+        if "local_accuracy" in t:
+            out[-1].update(local_global_gap(t, e))
+    table = pd.DataFrame(out)
+    return table.merge(drift_per_round(clients_csv.parent), on="round", how="left") if len(table) else table
+
+
+def local_global_gap(train: pd.DataFrame, evaluate: pd.DataFrame) -> dict:
+    """Mean accuracy of the clients' locally trained models on their own test windows, and
+    its mean gap to the new global model on the same windows (clients that did both)."""
+    both = train[["partition_id", "local_accuracy"]].merge(
+        evaluate[["partition_id", "accuracy"]], on="partition_id")
+    gap = (both["local_accuracy"] - both["accuracy"]).mean() if len(both) else float("nan")
+    return {"local_accuracy": train["local_accuracy"].mean(), "local_global_gap": gap}
+
+
+def drift_per_round(run_dir: Path) -> pd.DataFrame:
+    """Per round, from drift.csv / inexactness.csv (fedhar.drift): mean relative drift and
+    cosine of the clients' effective updates B A (part BA), of A and of B alone, and the
+    mean aggregation inexactness over layers. Columns absent where a strategy has no such rows
+    (FedSA sends no B, FFA no A)."""
+    out = pd.DataFrame({"round": pd.Series(dtype="int64")})
+    if (run_dir / "drift.csv").exists() and (run_dir / "drift.csv").stat().st_size:
+        drift = pd.read_csv(run_dir / "drift.csv")
+        for part, suffix in (("BA", ""), ("A", "_a"), ("B", "_b")):
+            rows = drift[drift["part"] == part]
+            if len(rows):
+                means = rows.groupby("round")[["rel_drift", "cosine"]].mean()
+                means.columns = [f"drift{suffix}_mean", f"cosine{suffix}_mean"]
+                out = out.merge(means.reset_index(), on="round", how="outer")
+    if (run_dir / "inexactness.csv").exists() and (run_dir / "inexactness.csv").stat().st_size:
+        inexact = pd.read_csv(run_dir / "inexactness.csv").groupby("round")["inexactness"].mean()
+        out = out.merge(inexact.rename("inexactness_mean").reset_index(), on="round", how="outer")
+    return out
 
 
 def server_evaluation(strategy, evaluator: ServerEvaluator, cfg: FLConfig, log: RoundLog):
