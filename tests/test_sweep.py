@@ -56,12 +56,17 @@ def test_grid_is_the_cartesian_product_over_the_base(tmp_path):
     assert {"rank", "local_epochs", "strategy", "rounds", "fraction_train"} <= set(sweep.config_columns())
 
 
-def test_headline_sweep_is_valid():
-    sweep = load_sweep(HEADLINE)
-    trials = sweep.trials(Path("/nonexistent"))
-    assert len(trials) == 40
-    assert {t.cfg.strategy for t in trials} == {"fedavg", "ffa", "fedsa", "fedex", "flora"}
-    assert {t.cfg.mode for t in trials} == {"lora", "qlora"} and {t.cfg.rank for t in trials} == {4, 16}
+def test_headline_sweeps_are_valid():
+    def trials(name):
+        return load_sweep(HEADLINE.with_name(name)).trials(Path("/nonexistent"))
+
+    strategies = trials("headline.toml")
+    assert len(strategies) == 10
+    assert {t.cfg.strategy for t in strategies} == {"fedavg", "ffa", "fedsa", "fedex", "flora"}
+    assert {t.cfg.local_epochs for t in strategies} == {1, 3}
+    precision = trials("headline_precision.toml")
+    assert {(t.cfg.mode, t.cfg.rank) for t in precision} == {(m, r) for m in ("lora", "qlora") for r in (4, 16)}
+    assert {t.cfg.fraction_train for t in trials("headline_clients.toml")} == {0.15, 0.5, 1.0}
 
 
 @pytest.mark.parametrize("text, key, line, says", [
