@@ -58,6 +58,7 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             "clients_trained": len(t),
             "failed": int(((df["round"] == r) & df["status"].isin(["failed", "timeout"])).sum()),
             "rejected": int(((df["round"] == r) & (df["status"] == "rejected")).sum()),
+            "offline": int(((df["round"] == r) & (df["phase"] == "train") & (df["status"] == "offline")).sum()),
             "train_loss": t["train_loss"].mean() if len(t) else float("nan"),
             "accuracy": (e["accuracy"] * w).sum() / w.sum() if len(e) else float("nan"),
             "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if len(e) else float("nan"),
