@@ -17,6 +17,7 @@ HELP = {
     "client_modes": "per-client modes by partition id, e.g. lora,qlora",
     "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
     "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
+    "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
     "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
     "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets joined by '+'",
     "backbone": "an MAE checkpoint to use instead of pretraining",

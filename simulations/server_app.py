@@ -146,7 +146,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         n_train = max(1, int(round(cfg.fraction_train * n_clients)))
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
         strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **strategy_options(
-            cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr))
+            cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr, cfg.server_momentum))
         initial = trainable_state_dict(model)
         if fed.head == "local":  # local heads never travel: the global model has none
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}

@@ -39,13 +39,15 @@ STRATEGIES = {
 HETEROGENEOUS_RANKS = ("flora", "hetlora")
 
 
-def strategy_options(name: str, lora_alpha: float, max_rank: int, proximal_mu: float, server_lr: float) -> dict:
+def strategy_options(name: str, lora_alpha: float, max_rank: int, proximal_mu: float, server_lr: float,
+                     server_momentum: float = 0.9) -> dict:
     """The strategy-specific constructor keywords fedhar passes."""
     return {
         "fedex": {"lora_alpha": lora_alpha},
         "flora": {"lora_alpha": lora_alpha},
         "hetlora": {"max_rank": max_rank},
         "fedprox": {"proximal_mu": proximal_mu},
+        "fedavgm": {"server_momentum": server_momentum},
         "fedadam": {"eta": server_lr, "eta_l": server_lr},
         "fedyogi": {"eta": server_lr, "eta_l": server_lr},
         "fedadagrad": {"eta": server_lr, "eta_l": server_lr},
