@@ -66,7 +66,7 @@ class FLConfig:
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # fedprox only
     server_lr: float = 0.01  # fedadam / fedyogi / fedadagrad: server step (eta)
-    server_momentum: float = 0.9  # fedavgm (Flower's default 0.0 would make it plain FedAvg)
+    server_momentum: float = 0.9  # fedavgm, with server lr 1 - momentum (Flower's default momentum 0 = FedAvg)
     rounds: int = 3
     fraction_train: float = 1.0
     min_train_replies: int = 1  # a round with fewer valid replies leaves the global adapters unchanged

@@ -47,7 +47,9 @@ def strategy_options(name: str, lora_alpha: float, max_rank: int, proximal_mu: f
         "flora": {"lora_alpha": lora_alpha},
         "hetlora": {"max_rank": max_rank},
         "fedprox": {"proximal_mu": proximal_mu},
-        "fedavgm": {"server_momentum": server_momentum},
+        # Hsu et al. 2019: the effective server step is lr / (1 - momentum); lr = 1 - momentum
+        # keeps it at FedAvg's (1), so momentum smooths the updates instead of amplifying them
+        "fedavgm": {"server_momentum": server_momentum, "server_learning_rate": 1.0 - server_momentum},
         "fedadam": {"eta": server_lr, "eta_l": server_lr},
         "fedyogi": {"eta": server_lr, "eta_l": server_lr},
         "fedadagrad": {"eta": server_lr, "eta_l": server_lr},

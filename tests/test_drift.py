@@ -260,7 +260,7 @@ def test_a_two_round_run_writes_drift_and_inexactness_tables(tmp_path, monkeypat
     from tests.test_fl_strategies import tiny
 
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
-    out = run_inprocess(tiny(tmp_path / "run", strategy="fedavg"))
+    out = run_inprocess(tiny(tmp_path / "run", strategy="fedavg"), engine="inline")
     drift, inexact = pd.read_csv(out / "drift.csv"), pd.read_csv(out / "inexactness.csv")
     assert tuple(drift.columns) == DRIFT_COLUMNS and tuple(inexact.columns) == INEXACTNESS_COLUMNS
     assert set(drift["round"]) == {1, 2} and set(drift["part"]) == {"BA", "A", "B"}

@@ -231,8 +231,8 @@ def test_local_heads_stay_home_and_the_server_evaluates_every_round(tmp_path, ca
 
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
     skew = dict(partition="dirichlet", num_clients=3, dirichlet_alpha=0.1)
-    local = run_inprocess(tiny(tmp_path / "local", **skew))
-    shared = run_inprocess(tiny(tmp_path / "shared", head="shared", rounds=1, **skew))
+    local = run_inprocess(tiny(tmp_path / "local", **skew), engine="inline")
+    shared = run_inprocess(tiny(tmp_path / "shared", head="shared", rounds=1, **skew), engine="inline")
     config = json.loads((local / "config.json").read_text())
     assert config["head"] == "local" and config["config"]["head"] == "auto"
     assert any(len(v) < len(config["label_space"]) for v in config["client_labels"].values())
@@ -268,7 +268,7 @@ def test_a_shared_head_is_evaluated_directly_every_n_rounds(tmp_path, cache, mon
     from simulations.run import run_inprocess
 
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
-    out = run_inprocess(tiny(tmp_path / "run", rounds=3, server_eval_every=2, strategy="fedex"))
+    out = run_inprocess(tiny(tmp_path / "run", rounds=3, server_eval_every=2, strategy="fedex"), engine="inline")
     clients = pd.read_csv(out / "clients.csv")
     server = clients[clients["phase"].isin(["server", "heldout"])]
     assert sorted(set(server["round"])) == [2, 3]  # every 2nd round, and the last

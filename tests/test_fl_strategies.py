@@ -34,12 +34,19 @@ STRATEGY_SETTINGS = {
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - {"fedit"}))
 def test_two_rounds_with_every_strategy(strategy, tmp_path, cache, monkeypatch):
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
-    out = run_inprocess(tiny(tmp_path / strategy, strategy=strategy, **STRATEGY_SETTINGS.get(strategy, {})))
+    # the inline engine: the same ClientApp/ServerApp, no Ray start-up per run (the Ray engine
+    # gives identical numbers: tests/test_fl_inline.py; its failure path is tested below)
+    out = run_inprocess(tiny(tmp_path / strategy, strategy=strategy, **STRATEGY_SETTINGS.get(strategy, {})),
+                        engine="inline")
     rounds, clients = tables(out)
     assert list(rounds["round"]) == [1, 2]
     assert (rounds["clients_trained"] == 3).all()
     assert (rounds["failed"] == 0).all() and (rounds["rejected"] == 0).all()
-    assert rounds["accuracy"].notna().all() and (rounds["accuracy"] > 0.2).all()  # chance: 1/6
+    assert rounds["accuracy"].notna().all()
+    # above chance (1/6) after every round; FedAvgM's first server step is 1 - momentum = 0.1
+    # of the averaged update (its effective step reaches FedAvg's only as momentum builds up)
+    learning = rounds["accuracy"].iloc[-1:] if strategy == "fedavgm" else rounds["accuracy"]
+    assert (learning > 0.2).all()
     sent = clients[clients["phase"] == "train"]["bytes_sent"]
     # rank 8 on q,k,v,o (192->192) and w1, w2 (192<->576) of 6 blocks: 8 * 3072 * 6 adapter
     # weights (589,824 bytes) + the head; FFA and FedSA leave A or B (half of them) at home
@@ -65,10 +72,10 @@ def test_a_failing_and_a_corrupt_client_do_not_stop_the_federation(tmp_path, cac
 
 def test_resume_continues_with_identical_results(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
-    straight = run_inprocess(tiny(tmp_path / "straight", rounds=3, fraction_train=0.67))
+    straight = run_inprocess(tiny(tmp_path / "straight", rounds=3, fraction_train=0.67), engine="inline")
     # the same run, "crashed" after round 2, then resumed to round 3
-    run_inprocess(tiny(tmp_path / "resumed", rounds=2, fraction_train=0.67))
-    resumed = run_inprocess(tiny(tmp_path / "resumed", rounds=3, fraction_train=0.67, resume=True))
+    run_inprocess(tiny(tmp_path / "resumed", rounds=2, fraction_train=0.67), engine="inline")
+    resumed = run_inprocess(tiny(tmp_path / "resumed", rounds=3, fraction_train=0.67, resume=True), engine="inline")
     a, b = tables(straight)[1], tables(resumed)[1]
     cols = ["round", "phase", "partition_id", "status", "train_loss", "accuracy", "macro_f1"]
     def ordered(df):  # replies arrive in any order; compare per (round, phase, client)
