@@ -45,6 +45,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
     with server-side evaluation also server_* / heldout_* accuracy and macro-F1,
     example-weighted over the datasets (NaN in rounds the server did not evaluate)."""
     df = pd.read_csv(clients_csv)
+    if "partition_id" in df:  # replies arrive in any order: sum in partition order, reproducibly
+        df = df.sort_values(["round", "partition_id"], kind="stable")
     ok = df[df["status"] == "ok"]
     train, evaluate = ok[ok["phase"] == "train"], ok[ok["phase"] == "evaluate"]
     server_phases = [p for p in ("server", "heldout") if (ok["phase"] == p).any()]
