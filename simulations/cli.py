@@ -39,6 +39,21 @@ HELP = {
 }
 
 
+def add_config_options(parser) -> None:
+    """One option per FLConfig field (``--rank``, ``--resume/--no-resume``, ...)."""
+    for f in fields(FLConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=HELP.get(f.name, " "))
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
+
+
+def config_from_args(args) -> FLConfig:
+    return FLConfig(**{f.name: getattr(args, f.name) for f in fields(FLConfig)})
+
+
 def register(commands) -> None:
     p = commands.add_parser(
         "fl",
@@ -47,12 +62,7 @@ def register(commands) -> None:
         "embedded default: synthetic data, one client per synthetic domain, LoRA rank 8, FedAvg.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for f in fields(FLConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name, " "))
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
+    add_config_options(p)
     p.add_argument("--engine", choices=("ray", "inline", "flwr"), default="ray",
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
                    "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
@@ -63,7 +73,7 @@ def register(commands) -> None:
 def cmd_fl(args) -> int:
     from simulations.run import run_inprocess
 
-    cfg = FLConfig(**{f.name: getattr(args, f.name) for f in fields(FLConfig)})
+    cfg = config_from_args(args)
     if cfg.resume and not cfg.out_dir:
         from fedhar.errors import FedharError
 

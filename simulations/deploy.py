@@ -346,18 +346,13 @@ def run_local(cfg: FLConfig, n_nodes: int, data_dirs: dict[int, str] | None = No
 
 def report(cfg: FLConfig, out_dir: Path, seconds: float, stream) -> None:
     """rounds.csv, as ``fedhar fl`` prints it, and what failed."""
-    rounds_csv = out_dir / "rounds.csv"
-    if not rounds_csv.exists():
-        raise FedharError(f"the run completed but wrote no {rounds_csv}")
-    rounds = pd.read_csv(rounds_csv)
-    if len(rounds) < cfg.rounds:
-        raise FedharError(f"only {len(rounds)} of {cfg.rounds} rounds finished (see {out_dir / 'clients.csv'})")
-    print(f"\nfedhar deploy: finished in {seconds:.0f} s. Per round:", file=stream)
-    print(rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=stream)
-    clients = pd.read_csv(out_dir / "clients.csv")
-    bad = clients[~clients["status"].isin(["ok"])]
+    from simulations.run import report as print_rounds
+
+    clients = pd.read_csv(out_dir / "clients.csv") if (out_dir / "clients.csv").exists() else pd.DataFrame()
+    bad = clients[~clients["status"].isin(["ok"])] if "status" in clients else clients.iloc[0:0]
+    note = ""
     if len(bad):
         cols = [c for c in ("round", "phase", "partition_id", "node_id", "status", "error") if c in bad]
-        print("\nNot ok:", file=stream)
-        print(bad[cols].to_string(index=False), file=stream)
-    print(f"\nTables: {rounds_csv}, {out_dir / 'clients.csv'}; logs: {out_dir / 'logs'}", file=stream, flush=True)
+        note = "\nNot ok:\n" + bad[cols].to_string(index=False) + "\n"
+    note += f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; logs: {out_dir / 'logs'}"
+    print_rounds(cfg, out_dir, seconds, name="fedhar deploy", stream=stream, tables_note=note)

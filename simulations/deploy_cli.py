@@ -6,10 +6,8 @@ Every ``fedhar fl`` option (the FLConfig fields) is an option here too.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
-from simulations.config import FLConfig
 
 EPILOG = """\
 What runs (all on 127.0.0.1, free ports, stopped when the run ends, fails or on Ctrl-C):
@@ -21,7 +19,7 @@ Logs: OUT_DIR/logs/. By hand, with TLS or SuperNode authentication: docs/deploym
 
 
 def register(commands) -> None:
-    from simulations.cli import HELP  # the option help of `fedhar fl`
+    from simulations.cli import add_config_options  # every `fedhar fl` option
 
     p = commands.add_parser(
         "deploy", help="run the federation on Flower's deployment engine (SuperLink + SuperNodes)",
@@ -39,12 +37,7 @@ def register(commands) -> None:
                    "repeatable; default: --data-dir")
     q.add_argument("--timeout", type=float, default=None,
                    help="give up (and stop everything) if the run takes longer than this many seconds")
-    for f in fields(FLConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            q.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name, " "))
-        else:
-            q.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
+    add_config_options(q)
     q.set_defaults(run=cmd_deploy_local)
 
 
@@ -62,9 +55,10 @@ def parse_node_data_dirs(items: list[str]) -> dict[int, str]:
 
 def cmd_deploy_local(args) -> int:
     from fedhar.errors import FedharError
+    from simulations.cli import config_from_args
     from simulations.deploy import run_local
 
-    cfg = FLConfig(**{f.name: getattr(args, f.name) for f in fields(FLConfig)})
+    cfg = config_from_args(args)
     if cfg.resume and not cfg.out_dir:
         raise FedharError("--resume needs the --out-dir of the run to continue")
     dirs = parse_node_data_dirs(args.node_data_dir)

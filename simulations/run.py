@@ -13,6 +13,7 @@ Two engines deliver the ServerApp's messages to the ClientApp:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -68,15 +69,18 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 
-def report(cfg: FLConfig, out_dir: Path, seconds: float) -> Path:
-    """Check that every round finished and print the per-round table (any engine)."""
+def report(cfg: FLConfig, out_dir: Path, seconds: float, name: str = "fedhar fl", stream=None,
+           tables_note: str = "") -> Path:
+    """Check that every round finished and print the per-round table (any engine, or a deployment)."""
+    stream = stream or sys.stdout
     rounds_csv = out_dir / "rounds.csv"
     if not rounds_csv.exists():
         raise FedharError(f"the federated run did not finish: no {rounds_csv} (see the log above)")
     rounds = pd.read_csv(rounds_csv)
     if len(rounds) < cfg.rounds:
         raise FedharError(f"only {len(rounds)} of {cfg.rounds} rounds finished (see {out_dir / 'clients.csv'})")
-    print(f"\nfedhar fl: finished in {seconds:.0f} s. Per round:")
-    print(rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; configuration: {out_dir / 'config.json'}")
+    print(f"\n{name}: finished in {seconds:.0f} s. Per round:", file=stream)
+    print(rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=stream)
+    print(tables_note or f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; "
+          f"configuration: {out_dir / 'config.json'}", file=stream, flush=True)
     return out_dir

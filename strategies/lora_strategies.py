@@ -480,12 +480,3 @@ class HetLoRA(FedIT):
             out.append(Message(content=content, dst_node_id=nid, message_type=message_type))
         return out
 
-
-LORA_STRATEGIES = {
-    "fedit": FedIT,
-    "ffa": FFALoRA,
-    "fedsa": FedSALoRA,
-    "fedex": FedExLoRA,
-    "flora": FLoRA,
-    "hetlora": HetLoRA,
-}
