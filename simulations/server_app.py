@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log as flwr_log
 
 from fedhar.errors import FedharError
+from fedhar.lodo import code_version
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
@@ -167,6 +168,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
                 log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.to_run_config(),
+            "code": code_version(),  # the git commit that made these tables ("unknown" outside a checkout)
             "clients": fed.client_names,
             "label_space": list(fed.labels.names),
             "head": fed.head,  # cfg.head resolved (auto -> shared | local)
