@@ -47,7 +47,13 @@ def register(commands) -> None:
     p.add_argument("--datasets", type=_csv(str), required=True,
                    help="the study's datasets; 'synthetic' stands for its domains")
     p.add_argument("--held-out", type=_csv(str), default=(), help="hold out only these (default: each in turn)")
-    p.add_argument("--modes", type=_csv(str), default=("full", "lora", "qlora"))
+    p.add_argument("--backbones", type=_csv(str), default=("other",),
+                   help="what the frozen backbone is pretrained on: none (random init, the control), synthetic, "
+                   "other (the other datasets, same people excluded), other+synthetic; comma-separated")
+    p.add_argument("--pretrain-pool", type=_csv(str), default=(),
+                   help="datasets used only for pretraining (never held out), e.g. hapt")
+    p.add_argument("--modes", type=_csv(str), default=("full", "lora", "qlora"),
+                   help="full, lora, qlora, and probe (head only on the frozen backbone: a diagnostic)")
     p.add_argument("--ranks", type=_csv(int), default=(16,), help="LoRA ranks (rank ablation)")
     p.add_argument("--train-fractions", type=_csv(float), default=(0.7,), help="share of subjects to train on (few-shot)")
     p.add_argument("--seeds", type=_csv(int), default=(0,))
@@ -87,15 +93,22 @@ def cmd_lodo(args) -> int:
     from fedhar.lodo import LodoPlan, run_lodo
 
     plan = LodoPlan(
-        datasets=args.datasets, held_out=args.held_out, modes=args.modes, ranks=args.ranks,
+        datasets=args.datasets, held_out=args.held_out, backbones=args.backbones,
+        pretrain_pool=args.pretrain_pool, modes=args.modes, ranks=args.ranks,
         train_fractions=args.train_fractions, seeds=args.seeds, epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs, split=args.split, data_dir=str(args.data_dir or ""),
         synthetic_domains=args.synthetic_domains, synthetic_subjects=args.synthetic_subjects,
         threads=args.threads,
     )
+    from fedhar.finetune import MODES
+    from fedhar.lodo import BACKBONES
+
     for mode in plan.modes:
-        if mode not in ("full", "lora", "qlora"):
-            raise FedharError(f"unknown mode {mode!r}: choose from full, lora, qlora")
+        if mode not in MODES:
+            raise FedharError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+    for kind in plan.backbones:
+        if kind not in BACKBONES:
+            raise FedharError(f"unknown backbone {kind!r}: choose from {', '.join(BACKBONES)}")
     try:
         run_lodo(plan, args.out, command="fedhar " + shlex.join(sys.argv[1:]))
     except ValueError as e:

@@ -30,8 +30,11 @@ from fedhar.model.adapters import DEFAULT_TARGETS
 from fedhar.model.mae import MaskedAutoencoder
 
 # Full fine-tuning moves pretrained weights, so it takes a smaller step than adapters,
-# which start at zero (the usual choice in the LoRA literature).
-DEFAULT_LR = {"full": 3e-4, "lora": 1e-3, "qlora": 1e-3}
+# which start at zero (the usual choice in the LoRA literature). The probe trains a fresh head.
+DEFAULT_LR = {"full": 3e-4, "lora": 1e-3, "qlora": 1e-3, "probe": 1e-3}
+#: "probe" is a diagnostic, not a fine-tuning mode: the head alone on the frozen backbone's
+#: mean-pooled features (what the representation gives without any adaptation)
+MODES = ("full", "lora", "qlora", "probe")
 
 
 @dataclass(frozen=True)
@@ -89,26 +92,54 @@ def build_classifier(mae: MaskedAutoencoder, n_classes: int, cfg: FinetuneConfig
                                 nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
 
 
+def frozen_features(encoder, x, batch_size: int = 1024) -> torch.Tensor:
+    """Mean-pooled encoder tokens of windows ``x`` (eval mode, no gradients)."""
+    encoder.eval()
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    with torch.no_grad():
+        return torch.cat([encoder(x[i:i + batch_size]).mean(dim=1) for i in range(0, len(x), batch_size)])
+
+
 def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes: int,
              cfg: FinetuneConfig = FinetuneConfig(), log=None) -> FinetuneResult:
-    """Fine-tune on (train_x, train_y), evaluate on (test_x, test_y); labels are 0..n_classes-1."""
+    """Fine-tune on (train_x, train_y), evaluate on (test_x, test_y); labels are 0..n_classes-1.
+
+    mode "probe": the backbone stays frozen and unadapted; its features are computed once and
+    only the head trains on them, with the same optimiser, schedule, batches and epochs
+    (exactly what training the head behind a frozen encoder does, at a fraction of the cost).
+    """
+    if cfg.mode == "probe":
+        torch.manual_seed(cfg.seed)
+        model = Classifier.from_mae(mae, n_classes)
+        for p in model.encoder.parameters():
+            p.requires_grad = False
+        model.finetune_mode = "probe"
+        train_x, test_x = frozen_features(model.encoder, train_x), frozen_features(model.encoder, test_x)
+        return _train_and_report(model, model.head, train_x, train_y, test_x, test_y, cfg, log)
+    return _train_and_report(None, None, train_x, train_y, test_x, test_y, cfg, log, mae=mae, n_classes=n_classes)
+
+
+def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: FinetuneConfig, log,
+                      mae=None, n_classes: int = 0) -> FinetuneResult:
+    """Train ``trained`` (the part of ``model`` that sees the inputs given) and report on ``model``."""
     loader = make_loader(train_x, train_y, cfg.batch_size, shuffle=True, seed=cfg.seed)
     losses, seconds = [], []
     # peak memory covers the model's own copy of the backbone (fp32 or NF4), adapters, head,
     # gradients, optimiser state and activations; run in a fresh process for clean numbers
     with PeakMemory() as memory:
-        model = build_classifier(mae, n_classes, cfg)
-        params = [p for p in model.parameters() if p.requires_grad]
+        if model is None:
+            model = trained = build_classifier(mae, n_classes, cfg)
+        params = [p for p in trained.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
-            stats = finetune_epoch(model, _Stepping(loader, schedule), optimizer)
+            stats = finetune_epoch(trained, _Stepping(loader, schedule), optimizer)
             seconds.append(time.perf_counter() - t0)
             losses.append(stats.loss)
             if log:
                 log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats.loss:.4f}  {seconds[-1]:.1f} s")
-    metrics = evaluate(model, test_x, test_y)
+    metrics = evaluate(trained, test_x, test_y)
     count = count_parameters(model)
     return FinetuneResult(
         accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],

@@ -6,10 +6,17 @@ rank, training fraction and seed asked for. One tidy row per run is appended to
 ``runs.csv`` as soon as the run ends, so an interrupted study resumes where it stopped and a
 later session can extend a table (new seeds, ranks, datasets) without redoing finished rows.
 
-Pretraining sources: the other datasets of the study, minus any recorded from the same
-people as the held-out one (HAPT and UCI-HAR share their 30 volunteers). Where nothing is
-left, the backbone is pretrained on a separate synthetic population (seed + 1000), and the
-``pretrained_on`` column says so.
+Backbones (``backbones``; every claim about pretraining needs its control):
+  none             the same MAE at its seeded initialisation, never trained (the control)
+  synthetic        pretrained on a separate synthetic population (seed + 1000)
+  other            pretrained on the other datasets: the study's and ``pretrain_pool``'s
+                   (datasets used only for pretraining, never held out), minus the held-out
+                   one and any recorded from the same people (HAPT and UCI-HAR share their 30
+                   volunteers); a dataset contained in another (UCI-HAR in HAPT) is not
+                   repeated. No such dataset left is an error, never a silent substitute.
+  other+synthetic  both
+The ``backbone_kind`` and ``pretrained_on`` columns say which. Mode ``probe`` (head only, on
+the frozen unadapted backbone) is the diagnostic of what a backbone's features carry.
 """
 
 from __future__ import annotations
@@ -30,17 +37,22 @@ from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.splits import train_test
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
-from fedhar.pretrain import PretrainConfig, pretrain
+from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
 #: datasets recorded from the same subjects: never pretrain on one and test on the other
 SAME_PEOPLE = ({"hapt", "uci-har"},)
-KEY = ("held_out", "mode", "rank", "train_fraction", "seed", "epochs", "split")
+#: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
+CONTAINS = {"hapt": "uci-har"}
+BACKBONES = ("none", "synthetic", "other", "other+synthetic")
+KEY = ("held_out", "backbone_kind", "mode", "rank", "train_fraction", "seed", "epochs", "split")
 
 
 @dataclass(frozen=True)
 class LodoPlan:
     datasets: tuple[str, ...]  # "synthetic" stands for its domains, each a dataset
     held_out: tuple[str, ...] = ()  # () = every dataset in turn
+    backbones: tuple[str, ...] = ("other",)  # see BACKBONES
+    pretrain_pool: tuple[str, ...] = ()  # datasets used only to pretrain (never held out)
     modes: tuple[str, ...] = ("full", "lora", "qlora")
     ranks: tuple[int, ...] = (16,)
     train_fractions: tuple[float, ...] = (0.7,)
@@ -81,33 +93,49 @@ def pretrain_sources(held_out: str, available: list[str]) -> list[str]:
     for group in SAME_PEOPLE:
         if held_out in group:
             excluded |= group
-    return [d for d in available if d not in excluded]
+    sources = [d for d in available if d not in excluded]
+    return [d for d in sources if not any(CONTAINS.get(other) == d for other in sources)]
 
 
-def backbone_for(held_out: str, study: dict[str, WindowSet], plan: LodoPlan, log) -> tuple[Path, str]:
-    sources = pretrain_sources(held_out, list(study))
-    if sources:
-        windows, described = WindowSet.concat([study[s] for s in sources]), "+".join(sources)
-    else:
-        windows = load(SYNTHETIC, synthetic=synthetic_config(plan, pretraining=True)).windows
-        described = f"synthetic population (seed {plan.synthetic_seed + 1000}, no real dataset left)"
-    log(f"[{held_out}] backbone pretrained on {described}")
-    return pretrain(windows, PretrainConfig(epochs=plan.pretrain_epochs, seed=0)), described
+def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: LodoPlan, log) -> tuple[Path, str]:
+    """(checkpoint, description) of the ``kind`` backbone for a held-out dataset (cached)."""
+    cfg = PretrainConfig(epochs=plan.pretrain_epochs, seed=0)
+    if kind not in BACKBONES:
+        raise ValueError(f"unknown backbone {kind!r}; choose from {', '.join(BACKBONES)}")
+    if kind == "none":
+        return random_init_backbone(cfg), "none (random init, seed 0)"
+    parts, described = [], []
+    if kind.startswith("other"):
+        pool = list(study) + [d for d in plan.pretrain_pool if d not in study]
+        sources = pretrain_sources(held_out, pool)
+        if not sources:
+            raise ValueError(f"no other dataset to pretrain on for held-out {held_out} (same people excluded); "
+                             "add one with --pretrain-pool or use --backbones synthetic")
+        for name in sources:
+            parts.append(study[name] if name in study else load(name, plan.data_dir or None).windows)
+        described.append("+".join(sources))
+    if kind.endswith("synthetic"):
+        parts.append(load(SYNTHETIC, synthetic=synthetic_config(plan, pretraining=True)).windows)
+        described.append(f"synthetic population (seed {plan.synthetic_seed + 1000})")
+    log(f"[{held_out}] backbone: {' + '.join(described)}")
+    return pretrain(WindowSet.concat(parts), cfg), " + ".join(described)
 
 
 def runs_of(plan: LodoPlan, held_out: str) -> list[dict]:
     runs = []
     for seed in plan.seeds:
         for fraction in plan.train_fractions:
-            for mode in plan.modes:
-                for rank in ([0] if mode == "full" else plan.ranks):
-                    runs.append({"held_out": held_out, "mode": mode, "rank": rank, "train_fraction": fraction,
-                                 "seed": seed, "epochs": plan.epochs, "split": plan.split})
+            for kind in plan.backbones:
+                for mode in plan.modes:
+                    for rank in ([0] if mode in ("full", "probe") else plan.ranks):
+                        runs.append({"held_out": held_out, "backbone_kind": kind, "mode": mode, "rank": rank,
+                                     "train_fraction": fraction, "seed": seed, "epochs": plan.epochs,
+                                     "split": plan.split})
     return runs
 
 
 def _key(row: dict) -> tuple:
-    return tuple(str(row[k]) for k in KEY)
+    return tuple(str(row.get(k, "")) for k in KEY)  # rows written before a key existed: ""
 
 
 def done_keys(csv_path: Path) -> set[tuple]:
@@ -156,28 +184,28 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
     log(f"LODO: {len(todo)} runs planned, {len(todo) - len(pending)} already in {csv_path}, {len(pending)} to go")
     _write_plan(out_dir, plan, command)
     t_start, n_done, code = time.perf_counter(), 0, code_version()
-    backbones: dict[str, tuple[Path, str]] = {}
+    backbones: dict[tuple[str, str], tuple[Path, str]] = {}
     for run in pending:
-        name = run["held_out"]
-        if name not in backbones:
-            backbones[name] = backbone_for(name, study, plan, log)
-        path, described = backbones[name]
+        name, kind = run["held_out"], run["backbone_kind"]
+        if (name, kind) not in backbones:
+            backbones[name, kind] = backbone_for(name, kind, study, plan, log)
+        path, described = backbones[name, kind]
         train, test, _ = split_for(study[name], name, run, plan)
         labels = LabelSpace.from_ids(study[name].y)
         cfg = FinetuneConfig(mode=run["mode"], rank=max(run["rank"], 1), epochs=plan.epochs,
                              batch_size=plan.batch_size, seed=run["seed"])
-        log(f"[{name}] {run['mode']} rank {run['rank']} train {run['train_fraction']:.0%} seed {run['seed']}: "
+        log(f"[{name}] {kind} backbone, {run['mode']} rank {run['rank']} train {run['train_fraction']:.0%} seed {run['seed']}: "
             f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
         run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
         result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
                          labels.size, cfg=cfg, threads=plan.threads)
         row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
-               "alpha": cfg.effective_alpha if run["mode"] != "full" else 0, **result.row(),
+               "alpha": cfg.effective_alpha if run["mode"] in ("lora", "qlora") else 0, **result.row(),
                "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         append_row(csv_path, row)
         n_done += 1
         rate = (time.perf_counter() - t_start) / n_done
-        log(f"[{name}] {run['mode']} r{run['rank']}: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} "
+        log(f"[{name}] {kind} backbone, {run['mode']} r{run['rank']}: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} "
             f"({result.sec_per_epoch:.1f} s/epoch) - {n_done}/{len(pending)} done, ~{rate * (len(pending) - n_done) / 60:.0f} min left")
     rows = pd.read_csv(csv_path)
     (out_dir / "table.md").write_text(markdown_table(rows))
@@ -210,7 +238,10 @@ def _write_plan(out_dir: Path, plan: LodoPlan, command: str) -> None:
 
 def markdown_table(rows: pd.DataFrame) -> str:
     """Mean ± standard deviation over seeds, one line per (held-out, mode, rank, fraction)."""
-    group = ["held_out", "pretrained_on", "split", "train_fraction", "mode", "rank", "epochs"]
+    if "backbone_kind" not in rows:
+        rows = rows.assign(backbone_kind="")
+    rows = rows.assign(backbone_kind=rows["backbone_kind"].fillna(""))
+    group = ["held_out", "backbone_kind", "pretrained_on", "split", "train_fraction", "mode", "rank", "epochs"]
     agg = rows.groupby(group, sort=False).agg(
         seeds=("seed", "nunique"),
         acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"),
@@ -230,7 +261,7 @@ def markdown_table(rows: pd.DataFrame) -> str:
     for r in agg.itertuples():
         lines.append(
             f"| {r.held_out} | {r.pretrained_on} | {r.split} | {r.train_fraction:.0%} | {r.mode} | "
-            f"{r.rank if r.mode != 'full' else '-'} | {r.epochs} | {r.seeds} | {pm(r.acc_mean, r.acc_std)} | "
+            f"{r.rank if r.mode in ('lora', 'qlora') else '-'} | {r.epochs} | {r.seeds} | {pm(r.acc_mean, r.acc_std)} | "
             f"{pm(r.f1_mean, r.f1_std)} | {r.precision:.3f} | {r.recall:.3f} | {r.trainable:,} / {r.total:,} | "
             f"{r.frozen_kb:,.0f} | {r.trainable_kb:,.0f} | {r.state_mb:.1f} | {r.peak_mb:.0f} | {r.sec_epoch:.1f} |")
     return "\n".join(lines) + "\n"

@@ -144,5 +144,18 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
     return path
 
 
+def random_init_backbone(cfg: PretrainConfig = PretrainConfig(), out_dir: Path | None = None) -> Path:
+    """The control for every pretraining claim: the same MAE, initialised with ``cfg.seed``
+    exactly as pretraining starts, and never trained."""
+    path = (out_dir or backbone_dir()) / f"mae-random-init-seed{cfg.seed}-{hashlib.sha256(json.dumps(cfg.model.to_dict(), sort_keys=True).encode()).hexdigest()[:8]}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_mae(MaskedAutoencoder(cfg.model), tmp, extra={"pretrain": json.dumps({"random_init": True, "seed": cfg.seed})})
+        os.replace(tmp, path)
+    return path
+
+
 def load_backbone(path: Path) -> MaskedAutoencoder:
     return load_mae(path)
