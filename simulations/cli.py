@@ -36,6 +36,8 @@ HELP = {
     "probe_epochs": "epochs of the head-only probe (frozen global encoder) used for held-out data "
     "when the head is local or its labels leave the federation's space",
     "server_eval_every": "server-side evaluation every N rounds (and always after the last)",
+    "arm": "federated; centralised (one client with the union of the clients' training windows, all else "
+    "equal: the upper bound); local (each client alone, never aggregated: the lower bound)",
 }
 
 

@@ -20,6 +20,14 @@ Evaluation knobs (server side: simulations/server_eval.py):
                         federation's label space, else shared.
   heldout_data          datasets no client holds (or "synthetic": a separately seeded draw),
                         on which the server evaluates the global adapters every round.
+
+Arms of the like-for-like comparison (``arm``); everything but federation is held equal:
+  federated    the clients train and the server aggregates (the strategy)
+  centralised  one client holding the union of every client's training windows (exactly
+               those windows, same normalisation, optimiser, schedule, dropout, rounds x
+               local epochs of passes, same server test windows): the upper bound
+  local        every client trains alone on its own windows for the same passes and is
+               never aggregated (simulations/local_only.py): the lower bound
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ PARTITIONS = ("dataset", "subject", "dirichlet")
 MODES = ("full", "lora", "qlora")
 NORMALISE = ("dataset", "client")
 HEADS = ("auto", "shared", "local")
+ARMS = ("federated", "centralised", "local")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class FLConfig:
     client_modes: str = ""  # per-client modes by partition id, e.g. "lora,qlora" (cycled); "" = mode
     head: str = "auto"  # shared (averaged) | local (stays on its client) | auto: local if label sets differ
     # federation
+    arm: str = "federated"  # federated | centralised (one client, the union of the clients' training windows) | local
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # fedprox only
     server_lr: float = 0.01  # fedadam / fedyogi / fedadagrad: server step (eta)
@@ -99,6 +109,8 @@ class FLConfig:
                               f"got {self.server_test_fraction}")
         if self.normalise not in NORMALISE:
             raise FedharError(f"normalise must be one of {NORMALISE}, got {self.normalise!r}")
+        if self.arm not in ARMS:
+            raise FedharError(f"arm must be one of {ARMS}, got {self.arm!r}")
         if self.head not in HEADS:
             raise FedharError(f"head must be one of {HEADS}, got {self.head!r}")
         self._check_heldout()

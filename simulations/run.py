@@ -44,6 +44,14 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
     cfg = replace(cfg, out_dir=str(out_dir.resolve()))
     # pretrain (or find) the backbone and prepare the data once, before clients start
     cfg = replace(cfg, backbone=str(ensure_backbone(cfg).resolve()))
+    if cfg.arm == "local":  # nothing is aggregated: no Flower run (simulations/local_only.py)
+        from simulations.local_only import run_local_only
+
+        rows = run_local_only(cfg, out_dir)
+        summary = rows.groupby("set")[["accuracy", "macro_f1"]].agg(["mean", "std", "count"])
+        print(f"\nfedhar fl --arm local: each client's own model, mean over clients:\n{summary.to_string()}\n"
+              f"Table: {out_dir / 'local.csv'}", flush=True)
+        return out_dir
     n_clients = len(federation(cfg).parts)
     print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
           f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {out_dir}",

@@ -136,6 +136,8 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = fixed or FLConfig.from_run_config(dict(context.run_config))
+        if cfg.arm == "local":
+            raise FedharError("arm=local aggregates nothing, so it is not a Flower run: use `fedhar fl --arm local`")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))

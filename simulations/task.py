@@ -213,6 +213,9 @@ def _federation(cfg_json: str) -> Federation:
     for idx in parts.values():
         train, test = _client_split(ws.subset(idx), cfg)
         splits.append((idx[train], idx[test]))
+    if cfg.arm == "centralised":  # one client: exactly the union of the clients' own splits
+        parts = {"centralised": np.concatenate(list(parts.values()))}
+        splits = [(np.concatenate([t for t, _ in splits]), np.concatenate([e for _, e in splits]))]
     # normalise = dataset: per dataset, the mean and std of every client's training windows
     # of that dataset. That is exactly what one federated round of per-client sums, sums of
     # squares and counts (per dataset and channel) would give the server, so no window

@@ -1,6 +1,7 @@
 """The centralised LODO baseline: source selection, learning, resumable tables, run reports."""
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -60,3 +61,45 @@ def test_run_report_compares_modes_honestly():
     assert lora.state_bytes < full.state_bytes
     for r in results.values():
         assert 0 <= r.accuracy <= 1 and r.sec_per_epoch > 0 and np.isfinite(r.train_loss[0])
+
+
+def test_other_backbone_excludes_the_same_people_and_repeats_no_recording():
+    # USC-HAD held out: HAPT holds UCI-HAR's recordings, so only HAPT is pretrained on
+    assert pretrain_sources("usc-had", ["uci-har", "usc-had", "hapt"]) == ["hapt"]
+    assert pretrain_sources("uci-har", ["uci-har", "usc-had", "hapt"]) == ["usc-had"]
+
+
+def test_backbone_kinds_and_the_random_init_control(tmp_path, monkeypatch):
+    from fedhar.lodo import backbone_for
+    from fedhar.model.checkpoint import load_mae
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    plan = LodoPlan(datasets=("synthetic",), synthetic_domains=2, synthetic_subjects=3, pretrain_epochs=1)
+    ws = load("synthetic", synthetic=SyntheticConfig(n_domains=2, subjects_per_domain=3)).windows
+    study = {d: ws.subset(ws.dataset == d) for d in ws.datasets()}
+    none, described = backbone_for("synthetic-d0", "none", study, plan, log=lambda m: None)
+    assert described.startswith("none (random init")
+    torch.manual_seed(0)
+    fresh = MaskedAutoencoder(MAEConfig())
+    for k, v in load_mae(none).state_dict().items():  # exactly the untrained initialisation
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    other, described = backbone_for("synthetic-d0", "other", study, plan, log=lambda m: None)
+    assert described == "synthetic-d1" and other != none
+    both, described = backbone_for("synthetic-d0", "other+synthetic", study, plan, log=lambda m: None)
+    assert described.startswith("synthetic-d1 + synthetic population") and both not in (none, other)
+    with pytest.raises(ValueError, match="no other dataset"):
+        backbone_for("synthetic-d0", "other", {"synthetic-d0": study["synthetic-d0"]}, plan, log=lambda m: None)
+
+
+def test_probe_trains_only_the_head_on_frozen_features():
+    ws = load("synthetic", synthetic=SyntheticConfig(n_domains=1, subjects_per_domain=4)).windows
+    train, test, _ = train_test(ws, 0.3, seed=0)
+    labels = LabelSpace.from_ids(ws.y)
+    small = MaskedAutoencoder(MAEConfig(depth=2))
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    probe = finetune(small, train.x, labels.encode(train.y), test.x, labels.encode(test.y), labels.size,
+                     FinetuneConfig(mode="probe", epochs=3))
+    head = 128 * 192 + 128 + 2 * 128 + 128 * labels.size + labels.size  # Linear, BatchNorm, Linear
+    assert probe.trainable_params == head
+    assert probe.accuracy > 1.5 / labels.size  # the head learns from the frozen features
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())  # backbone untouched
