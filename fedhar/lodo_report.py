@@ -2,9 +2,11 @@
 
     python -m fedhar.lodo_report results/lodo      # writes results/lodo/comparison.md
 
-Reads every ``*/runs.csv`` under the folder; only runs with the paper's protocol share
-(70% train) enter the main comparison; rank ablation and training-share rows get their
-own tables. Mean ± std over seeds.
+Reads every ``*/runs.csv`` under the folder. Sections: pretraining tested (each backbone
+against the random-init control, paired by seed), the main table (the "other" backbone:
+pretrained on the other real data) beside the paper's Table II with the paired differences
+LoRA - full and QLoRA - LoRA, then rank ablation and training share where such rows exist.
+Mean ± std over seeds; differences are paired by seed with a 95% t interval (fedhar.stats).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from fedhar.lodo import BACKBONES
+from fedhar.stats import mean_std, paired_difference
 
 # Table II: accuracy / macro-F1 per held-out dataset (our dataset names)
 PAPER_TABLE_II = {
@@ -30,26 +35,97 @@ PAPER_TABLE_VII = {0.7: (0.9676, 0.9528), 0.6: (0.9651, 0.9508), 0.5: (0.9618, 0
 
 
 def _pm(series: pd.Series) -> str:
-    mean, std, n = series.mean(), series.std(), series.count()
-    return f"{mean:.3f}" if n < 2 else f"{mean:.3f} ± {std:.3f} (n={n})"
+    return mean_std(series)
+
+
+MODE_ORDER = ("probe", "full", "lora", "qlora")
+MAIN_BACKBONE = "other"
+
+
+def _main_rank(rows: pd.DataFrame) -> int:
+    ranks = rows[rows["mode"].isin(["lora", "qlora"])]["rank"].mode()
+    return int(ranks.iloc[0]) if len(ranks) else 16
+
+
+def _arm(rows: pd.DataFrame, rank: int, metric: str = "accuracy", **where) -> pd.Series:
+    """``metric`` by seed for the 70% protocol rows matching ``where`` (LoRA/QLoRA at ``rank``)."""
+    sel = rows[(rows["train_fraction"] == 0.7) & ((~rows["mode"].isin(["lora", "qlora"])) | (rows["rank"] == rank))]
+    for k, v in where.items():
+        sel = sel[sel[k] == v]
+    return sel.groupby("seed")[metric].mean()
+
+
+def pretraining_section(rows: pd.DataFrame, rank: int) -> list[str]:
+    out = ["## Pretraining, tested: each backbone against the random-init control", "",
+           "Same held-out split per seed across backbones; 'probe' = the head alone on the frozen, "
+           "unadapted backbone (what its features carry). Accuracy, mean ± std over seeds.", ""]
+    for held, h in rows.groupby("held_out", sort=True):
+        kinds = [k for k in BACKBONES if k in set(h["backbone_kind"])]
+        modes = [m for m in MODE_ORDER if m in set(h["mode"])]
+        if "none" not in kinds or len(kinds) < 2:
+            continue
+        out += [f"### {held} held out", "",
+                "| backbone | pretrained on | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
+        for kind in kinds:
+            k = h[h["backbone_kind"] == kind]
+            cells = [_pm(_arm(h, rank, backbone_kind=kind, mode=m)) for m in modes]
+            out.append(f"| {kind} | {k['pretrained_on'].iloc[0]} | " + " | ".join(cells) + " |")
+        out += ["", "Paired difference in accuracy, backbone minus the random-init control (points, 95% interval):", "",
+                "| mode | " + " | ".join(f"{k} - none" for k in kinds if k != "none") + " |",
+                "|---|" + "---|" * (len(kinds) - 1)]
+        for m in modes:
+            control = _arm(h, rank, backbone_kind="none", mode=m)
+            cells = []
+            for kind in kinds:
+                if kind == "none":
+                    continue
+                d = paired_difference(_arm(h, rank, backbone_kind=kind, mode=m), control)
+                cells.append(f"{d.text()} {'' if d.n < 2 else '(' + d.verdict + ')'}".strip())
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
+    main = rows[(rows["backbone_kind"] == MAIN_BACKBONE) & rows["mode"].isin(["full", "lora", "qlora"])]
+    out = [f"## Main table: backbone pretrained on the other real data; LoRA/QLoRA rank {rank} (paper Table II)", "",
+           "| held out | pretrained on | mode | ours: accuracy | ours: macro-F1 | paper: accuracy | paper: macro-F1 |",
+           "|---|---|---|---|---|---|---|"]
+    for held, h in main.groupby("held_out", sort=True):
+        for mode in ("full", "lora", "qlora"):
+            acc, f1 = _arm(h, rank, mode=mode), _arm(h, rank, "macro_f1", mode=mode)
+            if not len(acc):
+                continue
+            paper = PAPER_TABLE_II.get(held, {}).get(mode)
+            p_acc, p_f1 = (f"{paper[0]:.3f}", f"{paper[1]:.3f}") if paper else ("-", "-")
+            out.append(f"| {held} | {h['pretrained_on'].iloc[0]} | {mode} | {_pm(acc)} | {_pm(f1)} | {p_acc} | {p_f1} |")
+    out += ["", "Paired differences (points, 95% interval over seeds; paper: its single numbers):", "",
+            "| held out | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 | paper LoRA - full | paper QLoRA - LoRA |",
+            "|---|---|---|---|---|---|---|"]
+    for held, h in main.groupby("held_out", sort=True):
+        cells = []
+        for a, b in (("lora", "full"), ("qlora", "lora")):
+            for metric in ("accuracy", "macro_f1"):
+                d = paired_difference(_arm(h, rank, metric, mode=a), _arm(h, rank, metric, mode=b))
+                cells.append(f"{d.text()}" + ("" if d.n < 2 else f" ({d.verdict})"))
+        paper = PAPER_TABLE_II.get(held)
+        paper_cells = [f"{(paper[a][0] - paper[b][0]) * 100:+.1f} pts" if paper else "-"
+                       for a, b in (("lora", "full"), ("qlora", "lora"))]
+        out.append(f"| {held} | " + " | ".join(cells + paper_cells) + " |")
+    return out + [""]
 
 
 def comparison(rows: pd.DataFrame) -> str:
+    if "backbone_kind" not in rows:
+        rows = rows.assign(backbone_kind=MAIN_BACKBONE)
+    rows = rows.assign(backbone_kind=rows["backbone_kind"].fillna(MAIN_BACKBONE))
+    rank = _main_rank(rows)
     out = ["# LODO: fedhar beside arXiv 2512.17983", "",
-           "Generated by `python -m fedhar.lodo_report results/lodo` from the runs.csv files here.", "",
-           "## Main protocol (70% of the held-out subjects train, 30% test; LoRA/QLoRA at the main rank)", "",
-           "| held out | pretrained on | mode | rank | ours: accuracy | ours: macro-F1 | paper: accuracy | paper: macro-F1 |",
-           "|---|---|---|---|---|---|---|---|"]
-    main = rows[rows["train_fraction"] == 0.7]
-    main_rank = main[main["mode"] != "full"]["rank"].mode()
-    rank = int(main_rank.iloc[0]) if len(main_rank) else 16
-    main = main[(main["mode"] == "full") | (main["rank"] == rank)]
-    for (held, mode), g in main.groupby(["held_out", "mode"], sort=True):
-        paper = PAPER_TABLE_II.get(held, {}).get(mode)
-        p_acc, p_f1 = (f"{paper[0]:.3f}", f"{paper[1]:.3f}") if paper else ("-", "-")
-        out.append(f"| {held} | {g['pretrained_on'].iloc[0]} | {mode} | {'-' if mode == 'full' else rank} | "
-                   f"{_pm(g['accuracy'])} | {_pm(g['macro_f1'])} | {p_acc} | {p_f1} |")
-    uci = rows[rows["held_out"] == "uci-har"]
+           "Generated by `python -m fedhar.lodo_report results/lodo` from the runs.csv files here.", ""]
+    out += pretraining_section(rows, rank)
+    out += main_section(rows, rank)
+    main = rows[rows["backbone_kind"] == MAIN_BACKBONE]
+    uci = main[main["held_out"] == "uci-har"]
     ranks = uci[(uci["mode"] == "lora") & (uci["train_fraction"] == 0.7)]
     if len(ranks):
         out += ["", "## Rank ablation, UCI-HAR, LoRA (paper Table VI)", "",
@@ -69,7 +145,7 @@ def comparison(rows: pd.DataFrame) -> str:
             paper = PAPER_TABLE_VII.get(round(f, 2))
             out.append(f"| {f:.0%} / {1 - f:.0%} | {_pm(full) if len(full) else '-'} | {_pm(lora) if len(lora) else '-'} | "
                        f"{paper[0] if paper else '-'} | {paper[1] if paper else '-'} |")
-    sized = uci if len(uci) else rows
+    sized = uci if len(uci) else main
     cost = sized[(sized["train_fraction"] == 0.7) & ((sized["mode"] == "full") | (sized["rank"] == rank))].groupby("mode").agg(
         trainable=("trainable_params", "first"), total=("total_params", "first"),
         frozen=("frozen_bytes", "first"), state=("state_bytes", "first"), sec=("sec_per_epoch", "median"))

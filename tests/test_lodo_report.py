@@ -19,7 +19,35 @@ def rows():
 
 def test_comparison_puts_paper_numbers_beside_ours():
     text = comparison(rows())
-    assert "| uci-har | synthetic | full | - | 0.960 ± 0.014 (n=2) |" in text
+    assert "| uci-har | synthetic | full | 0.960 ± 0.014 (n=2) |" in text
+    assert "| uci-har | -1.0 pts [-1.0, -1.0] (n=2) (lower)" in text  # LoRA - full, paired by seed
     assert "| 0.968 | 0.969 |" in text  # paper Table II, UCI-HAR full fine-tuning
-    assert "| 8 | 0.900 |" in text and "0.9352" in text  # rank ablation beside Table VI
-    assert "| 30% / 70% | 0.910 |" in text and "0.938" in text  # Table VII
+    assert "| 8 | 0.900 (n=1) |" in text and "0.9352" in text  # rank ablation beside Table VI
+    assert "| 30% / 70% | 0.910 (n=1) |" in text and "0.938" in text  # Table VII
+
+
+def test_pretraining_section_pairs_each_backbone_with_the_random_init_control():
+    base = dict(held_out="usc-had", train_fraction=0.7, trainable_params=10, total_params=100, frozen_bytes=1,
+                state_bytes=1, sec_per_epoch=1.0, macro_f1=0.5, rank=0, mode="probe")
+    out = []
+    for seed, (none, other) in enumerate(((0.50, 0.60), (0.52, 0.61), (0.49, 0.62))):
+        out.append({**base, "backbone_kind": "none", "pretrained_on": "none (random init, seed 0)", "seed": seed, "accuracy": none})
+        out.append({**base, "backbone_kind": "other", "pretrained_on": "hapt", "seed": seed, "accuracy": other})
+    text = comparison(pd.DataFrame(out))
+    assert "### usc-had held out" in text
+    assert "| none | none (random init, seed 0) | 0.503 ± 0.015 (n=3) |" in text
+    assert "| probe | +10.7 pts [" in text and "(higher)" in text
+
+
+def test_paired_interval_is_scipys_paired_t_interval():
+    from scipy import stats
+
+    from fedhar.stats import paired_difference
+
+    a = pd.Series([0.91, 0.95, 0.93, 0.96, 0.92])
+    b = pd.Series([0.90, 0.95, 0.91, 0.94, 0.93])
+    d = paired_difference(a, b)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d.n == 5 and abs(d.low - ci.low) < 1e-12 and abs(d.high - ci.high) < 1e-12
+    assert d.verdict == "no measurable difference"
+    assert paired_difference(a, a - 0.01).verdict == "higher"
