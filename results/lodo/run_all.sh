@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Every LODO number in results/lodo/ comes from these commands (resumable: re-running skips
-# finished rows; a later session extends a table by adding seeds, ranks or datasets).
-# Run from the repository root: bash results/lodo/run_all.sh   (about 70 min on 2 cores)
+# Every LODO number in results/lodo/ comes from these commands, in priority order. Resumable:
+# re-running skips finished rows (runs.csv), so a later session extends the tables by running
+# it again; cut a line short with Ctrl-C and nothing finished is lost.
+# Run from the repository root:  bash results/lodo/run_all.sh   (FEDHAR=.venv/bin/fedhar outside the venv)
+#
+# The study: two real datasets with different people, devices, placements and rates:
+# UCI-HAR (derived from the shared HAPT raw recordings) and USC-HAD. HAPT is in the
+# pretraining pool only: it holds UCI-HAR's recordings, so it is never pretrained on when
+# UCI-HAR is held out, and it is what USC-HAD's "other" backbone is pretrained on.
+# Backbones: none (random init, the control), synthetic, other (the other real data),
+# other+synthetic. Mode probe = the head alone on the frozen backbone (a cheap diagnostic).
 set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
-common="--epochs 20 --pretrain-epochs 30 --threads 1"
+common="--datasets uci-har,usc-had --pretrain-pool hapt --epochs 20 --pretrain-epochs 30 --threads 1"
 
-# UCI-HAR (derived from the shared HAPT raw recordings): the three modes, two seeds.
-# No other real dataset is on this machine (HAPT has the same 30 people), so its backbone is
-# pretrained on a separate synthetic population (the pretrained_on column says so).
-$fedhar lodo --datasets uci-har --modes full,lora,qlora --ranks 16 --seeds 0,1 $common --out results/lodo/uci-har
-# synthetic domains: each held out in turn, the backbone pretrained on the other three
-$fedhar lodo --datasets synthetic --synthetic-domains 4 --synthetic-subjects 8 \
-  --modes full,lora,qlora --ranks 16 --seeds 0 $common --out results/lodo/synthetic
-# rank ablation (paper Table VI)
-$fedhar lodo --datasets uci-har --modes lora --ranks 8,16,32,64 --seeds 0 $common --out results/lodo/uci-har
-# training share (paper Table VII: 70/30 ... 30/70)
-$fedhar lodo --datasets uci-har --modes full,lora --ranks 16 --train-fractions 0.7,0.5,0.3 \
-  --seeds 0 $common --out results/lodo/uci-har
-# the comparison with the paper, from all the runs above
-${PYTHON:-python} -m fedhar.lodo_report results/lodo  # PYTHON=.venv/bin/python where the venv is not active
+for held in uci-har usc-had; do
+  # 1. pretraining, tested: probe on every backbone (5 seeds), LoRA and full on none vs other (3 seeds)
+  $fedhar lodo $common --held-out $held --backbones none,other --modes probe --seeds 0,1,2,3,4 --out results/lodo/$held
+  $fedhar lodo $common --held-out $held --backbones none,other --modes lora,full --seeds 0,1,2 --out results/lodo/$held
+done
+for held in uci-har usc-had; do
+  # 2. main table: the other-data backbone, full / LoRA / QLoRA, 5 paired seeds
+  $fedhar lodo $common --held-out $held --backbones other --modes full,lora,qlora --seeds 0,1,2,3,4 --out results/lodo/$held
+done
+for held in uci-har usc-had; do
+  # 1b. the synthetic backbones (probe: 5 seeds; LoRA: 3 seeds)
+  $fedhar lodo $common --held-out $held --backbones synthetic,other+synthetic --modes probe --seeds 0,1,2,3,4 --out results/lodo/$held
+  $fedhar lodo $common --held-out $held --backbones synthetic,other+synthetic --modes lora --seeds 0,1,2 --out results/lodo/$held
+done
+# the tables: pretraining vs control, main table beside the paper, paired differences
+${PYTHON:-python} -m fedhar.lodo_report results/lodo
