@@ -101,6 +101,23 @@ def test_the_published_errata_keep_the_file_name_and_are_counted(tmp_path):
         read(root)
 
 
+def test_cli_info_shows_the_mapping_and_errors_name_the_file(capsys, tmp_path, monkeypatch):
+    from fedhar.cli import main
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDHAR_DATA_DIR", raising=False)
+    root = write_usc_had(tmp_path / "data", subjects=(7,), activities=(2, 11))
+    assert main(["data", "info", "usc-had", "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "subjects     1" in out and "activities   2" in out
+    assert "2 -> walking_left" in out and "11 -> elevator_up" in out and "10 -> lying" in out
+    bad = write_trial(root, 7, "a2t1.mat", trial_fields(8, 2, 1, trial_readings(300)))
+    assert main(["data", "info", "usc-had", "--data-dir", str(tmp_path / "data")]) == 2
+    message = capsys.readouterr().err.split("\r")[-1]  # after the progress bar
+    assert message.startswith(f"fedhar: error: {bad}: field 'subject' says '8'")
+    assert "Traceback" not in message
+
+
 def test_layout_registry_and_load(tmp_path, monkeypatch):
     from fedhar.data import loading
 
@@ -235,6 +252,7 @@ def test_real_usc_had_facts(real):
     assert report.samples_in == 2_811_490
     assert {r.subject for r in recs} == set(range(1, 15))
     assert len(np.unique(ws.subject)) == 14
+    assert len(ws) == 20_769  # 128-sample windows at 50 Hz, step 64 (fedhar data info usc-had)
     assert set(ws.class_counts()) == set(LABEL_MAP.values()) and len(LABEL_MAP) == 12
     assert all(r.rate == 100.0 for r in recs)
 

@@ -9,7 +9,7 @@ Merges made here, following the common HAR practice of the reference paper's gro
 jogging (MotionSense) = running; biking (HHAR) = cycling; climbing up/down and
 walking up/downstairs = upstairs/downstairs; laying = lying; USC-HAD's sleeping (lying on a
 bed) = lying. Kept apart on purpose so USC-HAD's own 12-class task survives: its walking
-left / right (walking a circle counter-clockwise / clockwise) and elevator up / down
+left / right (walking while turning left / right) and elevator up / down
 (standing in a moving lift), appended as walking_left, walking_right, elevator_up,
 elevator_down; its walking forward is walking.
 """

@@ -34,9 +34,9 @@ Labels: the file name's activity number; all 12 activities stay distinct, so USC
     5 Walking Downstairs-> downstairs      11 Elevator Up     -> elevator_up
     6 Running Forward   -> running         12 Elevator Down   -> elevator_down
 
-Walking left/right are walks around a circle, turning left/right (the recorded gyro_x, the
-rate of turn about the vertical, is positive/negative on average); elevator up/down are
-rides standing in a moving lift.
+Walking left/right are walks turning left/right (gyro_x, the rate of turn about the
+vertical, is positive/negative on average in every one of the 140 real trials); elevator
+up/down are rides standing in a moving lift.
 
 Checks: the file name must match the file's fields activity_number, subject (against the
 folder) and trial. Quirks of the published files, handled and counted in the report:
