@@ -211,13 +211,21 @@ def test_two_files_for_one_trial(tmp_path):
     assert err.value.path == str(path) and err.value.message.endswith("(first: a04t2.mat)")
 
 
+def test_an_unexpected_folder_in_the_root(tmp_path):
+    root = write_usc_had(tmp_path, subjects=(1,), activities=(1,))
+    (root / "Subject 2").mkdir()
+    with pytest.raises(DataFormatError, match="unexpected folder") as err:
+        read(root)
+    assert err.value.path == str(root / "Subject 2")
+
+
 def test_two_folders_for_one_subject(tmp_path):
     root = write_usc_had(tmp_path, subjects=(1,), activities=(1,))
-    write_usc_had(tmp_path, subjects=(1,), activities=(2,), folder="usc-had/USC-HAD/x")
-    (root / "x" / "Subject1").rename(root / "Subject01")
-    with pytest.raises(DataFormatError, match="a second folder for subject 1") as err:
+    other = write_usc_had(tmp_path / "other", subjects=(1,), activities=(2,))
+    (other / "Subject1").rename(root / "Subject01")
+    with pytest.raises(DataFormatError, match=r"subject 1 \(first: Subject01\)") as err:
         read(root)
-    assert err.value.path in (str(root / "Subject01"), str(root / "Subject1"))
+    assert err.value.path == str(root / "Subject1")
 
 
 # --------------------------------------------------------------------------- real data

@@ -53,7 +53,8 @@ folder) and trial. Quirks of the published files, handled and counted in the rep
 Errors (DataFormatError naming the file): a file that is not a readable .mat, a missing
 field or ``sensor_readings``, readings that are not numeric, not 6 columns, empty or not
 finite, a subject/activity/trial field that disagrees with the folder or file name, an
-unexpected name in a Subject folder, two files or folders for the same trial or subject.
+unexpected name in a Subject folder or folder in the root, two files or folders for the same
+trial or subject.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def find_trials(root: Path) -> list[Trial]:
     subjects: dict[int, Path] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         m = _SUBJECT_DIR.match(folder.name)
-        if not m:
-            continue  # not a subject folder; the archive has none besides them
+        if not m:  # the published root holds no other folder: nothing is skipped unseen
+            raise DataFormatError(folder, "unexpected folder: the root holds only Subject<N>/")
         number = int(m.group(1))
         if number in subjects:
             first = subjects[number].name
