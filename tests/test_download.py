@@ -108,7 +108,9 @@ def leftovers(dest: Path) -> list[str]:
 
 
 def test_sources_keep_the_canonical_urls_and_honest_checksums():
-    assert set(dl.SOURCES) == {"uci-har", "hapt", "hhar", "pamap2", "motionsense", "realworld"}
+    assert set(dl.SOURCES) == {
+        "uci-har", "hapt", "hhar", "pamap2", "motionsense", "realworld", "usc-had"
+    }
     for source in dl.SOURCES.values():
         assert source.url.startswith(("https://", "http://")) and source.filename.endswith(".zip")
         assert source.sha256 is None or len(source.sha256) == 64
@@ -118,6 +120,8 @@ def test_sources_keep_the_canonical_urls_and_honest_checksums():
     assert dl.SOURCES["hapt"].size == 79_596_192
     # no checksum is published for these: None, never a made-up value
     assert dl.SOURCES["motionsense"].sha256 is None and dl.SOURCES["realworld"].sha256 is None
+    assert dl.SOURCES["usc-had"].sha256 is None
+    assert dl.SOURCES["usc-had"].url == "http://sipi.usc.edu/had/USC-HAD.zip"
 
 
 def test_mirror_replaces_the_folder_of_the_canonical_url(monkeypatch):
@@ -247,6 +251,25 @@ def test_hapt_download_is_found_and_read_by_the_loader(server, monkeypatch, dest
     assert find_dataset("hapt", data_dir=dest) == root
     prepared = load("hapt", data_dir=dest, cache=False)
     assert prepared.root == root and prepared.report.files_read > 0 and len(prepared.windows) > 0
+
+
+def test_usc_had_download_is_unpinned_hoisted_and_read(
+    server, monkeypatch, dest, tmp_path, capsys
+):
+    archive = serve(server, monkeypatch, "usc-had", pinned=False)  # as the real one: unpinned
+    root = dl.download("usc-had", dest)
+    assert root == dest / "usc-had" and not (root / "USC-HAD").exists()  # wrapper hoisted
+    assert (root / "Subject2" / "a8t1.mat").is_file() and (root / "Readme.txt").is_file()
+    err = capsys.readouterr().err
+    assert f"SHA-256 of {archive.name} is {sha(archive)}: not verified" in err
+    from fedhar.data.loading import find_dataset, load
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDHAR_DATA_DIR", raising=False)
+    assert find_dataset("usc-had", data_dir=dest) == root
+    prepared = load("usc-had", data_dir=dest, cache=False)
+    assert prepared.report.files_read == 4
+    assert prepared.windows.class_counts() == {"walking": 2, "sitting": 2}
 
 
 def test_default_destination_is_the_download_dir(server, monkeypatch, tmp_path):

@@ -27,6 +27,7 @@ own folder ``<dest>/<name>``, which is, or holds, the root its reader locates:
 | pamap2      | Protocol/, Optional/, readme.pdf ...     | pamap2                         |
 | motionsense | A_DeviceMotion_data/<act>_<trial>/       | motionsense                    |
 | realworld   | proband1/ ... proband15/                 | realworld                      |
+| usc-had     | Subject1/ ... Subject14/, Readme.txt     | usc-had                        |
 
 The archive keeps the name a browser gives it (``Source.filename``, e.g.
 ``human+activity+recognition+using+smartphones.zip`` for uci-har), so a file fetched by hand
@@ -37,8 +38,9 @@ What lies in ``<dest>/<name>`` is the published content, with three rules:
     outer archive, kept, holds them); other nested zips (HHAR's ``Still exp.zip``,
     RealWorld's per-sensor ``*_csv.zip``) are copied as published;
   * when the marker files (``Source.markers``) are not at the top but inside one top-level
-    folder (UCI-HAR's ``UCI HAR Dataset/``, PAMAP2's ``PAMAP2_Dataset/``), that folder's
-    content is moved up one level, so the published folder itself is ``<dest>/<name>``.
+    folder (UCI-HAR's ``UCI HAR Dataset/``, PAMAP2's ``PAMAP2_Dataset/``, USC-HAD's
+    ``USC-HAD/``), that folder's content is moved up one level, so the published folder
+    itself is ``<dest>/<name>``.
     A file both beside and inside that folder is kept once if identical; if not, the
     inside one keeps the name and the other becomes ``<file>.outer`` (a note says so);
   * macOS resource-fork entries (``__MACOSX/``, ``.DS_Store``) are skipped and counted.
@@ -57,7 +59,8 @@ in at least two unrelated public repositories that download and verify these fil
     the older direct URL ``machine-learning-databases/00344/Activity recognition exp.zip``
     (UCI's static archives wrap the original files byte for byte, as UCI-HAR's shows; if
     that inference ever fails, the error names the nested file and both checksums).
-  * motionsense, realworld: no published checksum found; the computed one is printed.
+  * motionsense, realworld, usc-had: no published checksum found; the computed one is
+    printed.
 """
 
 from __future__ import annotations
@@ -192,6 +195,17 @@ SOURCES: dict[str, Source] = {
             citation="Sztyler, Stuckenschmidt, 'On-body Localization of Wearable Devices: An "
             "Investigation of Position-Aware Activity Recognition', PerCom 2016",
             note="proband<N>/data/<sensor>_<activity>_csv.zip (inner zips kept as published)",
+        ),
+        Source(
+            name="usc-had",
+            url="http://sipi.usc.edu/had/USC-HAD.zip",
+            sha256=None,
+            size=None,
+            markers=("Subject1/a1t1.mat",),
+            licence="no licence stated in the archive (Readme.txt); see http://sipi.usc.edu/had/",
+            citation="Zhang, Sawchuk, 'USC-HAD: A Daily Activity Dataset for Ubiquitous Activity "
+            "Recognition Using Wearable Sensors', ACM UbiComp SAGAware workshop, 2012",
+            note="USC-HAD/Subject<N>/a<activity>t<trial>.mat, Readme.txt, displayData_*.m",
         ),
     )
 }

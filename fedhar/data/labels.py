@@ -7,7 +7,11 @@ purpose (e.g. PAMAP2's "transient" 0, HHAR's "null") and counted in the report.
 
 Merges made here, following the common HAR practice of the reference paper's group:
 jogging (MotionSense) = running; biking (HHAR) = cycling; climbing up/down and
-walking up/downstairs = upstairs/downstairs; laying = lying.
+walking up/downstairs = upstairs/downstairs; laying = lying; USC-HAD's sleeping (lying on a
+bed) = lying. Kept apart on purpose so USC-HAD's own 12-class task survives: its walking
+left / right (walking while turning left / right) and elevator up / down
+(standing in a moving lift), appended as walking_left, walking_right, elevator_up,
+elevator_down; its walking forward is walking.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ ACTIVITIES: tuple[str, ...] = (
     "lie_to_sit",
     "stand_to_lie",
     "lie_to_stand",
+    "walking_left",
+    "walking_right",
+    "elevator_up",
+    "elevator_down",
 )
 ACTIVITY_ID: dict[str, int] = {name: i for i, name in enumerate(ACTIVITIES)}
 UNLABELLED = -1

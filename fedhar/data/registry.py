@@ -16,6 +16,7 @@ _READERS = {
     "hhar": "fedhar.data.readers.hhar:HharReader",
     "realworld": "fedhar.data.readers.realworld:RealWorldReader",
     "pamap2": "fedhar.data.readers.pamap2:Pamap2Reader",
+    "usc-had": "fedhar.data.readers.usc_had:UscHadReader",
 }
 
 #: the reference paper's five datasets
