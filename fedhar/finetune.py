@@ -92,12 +92,13 @@ def build_classifier(mae: MaskedAutoencoder, n_classes: int, cfg: FinetuneConfig
                                 nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
 
 
-def frozen_features(encoder, x, batch_size: int = 1024) -> torch.Tensor:
-    """Mean-pooled encoder tokens of windows ``x`` (eval mode, no gradients)."""
+def frozen_features(encoder, x, batch_size: int = 512) -> torch.Tensor:
+    """Mean-pooled encoder tokens of windows ``x`` (what the head sees), in eval mode, no gradients."""
     encoder.eval()
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     with torch.no_grad():
-        return torch.cat([encoder(x[i:i + batch_size]).mean(dim=1) for i in range(0, len(x), batch_size)])
+        parts = [encoder(x[i:i + batch_size]).mean(dim=1) for i in range(0, len(x), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, encoder.config.dim)
 
 
 def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes: int,

@@ -43,6 +43,7 @@ import torch
 
 from fedhar.data import LabelSpace, WindowSet
 from fedhar.data.splits import Normaliser
+from fedhar.finetune import frozen_features
 from fedhar.model import classification_metrics, evaluate, finetune_epoch, make_loader
 from fedhar.model.head import ClassificationHead
 from simulations.config import FLConfig
@@ -158,7 +159,7 @@ class ServerEvaluator:
         """
         labels = LabelSpace.from_ids(s.probe_train.y)
         n_out = head_size(labels)
-        train_f, test_f = pooled_features(model, s.probe_train.x), pooled_features(model, s.test.x)
+        train_f, test_f = frozen_features(model.encoder, s.probe_train.x), frozen_features(model.encoder, s.test.x)
         torch.manual_seed(self.cfg.seed)
         head = ClassificationHead(train_f.shape[1], n_out)
         optimizer = torch.optim.AdamW(head.parameters(), lr=self.cfg.lr, weight_decay=0.01)
@@ -172,11 +173,3 @@ class ServerEvaluator:
         y, out_of_space = encode_open(labels, s.test.y, n_out)
         return classification_metrics(y, pred), out_of_space
 
-
-@torch.no_grad()
-def pooled_features(model, x: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """Mean-pooled encoder tokens (what the head sees), in eval mode."""
-    model.eval()
-    x = torch.as_tensor(x, dtype=torch.float32)
-    parts = [model.encoder(x[i:i + batch_size]).mean(dim=1) for i in range(0, len(x), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, model.encoder.config.dim)
