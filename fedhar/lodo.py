@@ -36,6 +36,7 @@ from fedhar.data import LabelSpace, WindowSet, load
 from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.splits import train_test
 from fedhar.data.synthetic import SyntheticConfig
+from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
 from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
@@ -158,7 +159,7 @@ def split_for(ws: WindowSet, name: str, run: dict, plan: LodoPlan):
     if plan.split == "published":
         try:
             published = get_reader(name).published_test_subjects
-        except KeyError:  # a synthetic domain: no published split
+        except FedharError:  # a synthetic domain: no reader, no published split
             published = None
         if not published:
             raise ValueError(f"{name} has no published split; use split='random'")

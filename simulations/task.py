@@ -113,7 +113,7 @@ def ensure_backbone(cfg: FLConfig, quiet: bool = False) -> Path:
     """The MAE checkpoint for this run: the given one, or pretrained (once, then cached)."""
     if cfg.backbone:
         return Path(cfg.backbone)
-    pretrain_sets = [d for d in cfg.pretrain_data.split("+") if d]
+    pretrain_sets = cfg.pretrain_datasets
     overlap = set(pretrain_sets) & set(cfg.datasets) - {"synthetic"}
     if overlap:
         raise ValueError(f"pretrain-data and data share {sorted(overlap)}: the backbone would see test data")

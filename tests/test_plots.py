@@ -234,7 +234,7 @@ def test_missing_column_names_file_and_column(tmp_path, func, fixture, table, co
 def test_all_skips_what_a_sweep_did_not_record(capsys, tmp_path):
     sweep = _copy(tmp_path, SWEEP)
     _drop(sweep / "results.csv", "drift_mean")
-    code, out, err = run_cli(capsys, "plot", "all", sweep, "--out", tmp_path / "out")
+    code, out, err = run_cli(capsys, "plot", "all", sweep, "--out-dir", tmp_path / "out")
     assert code == 0 and "accuracy_vs_bytes.png" in out and "drift_vs_round" not in out
     assert f"skipped drift: {sweep / 'results.csv'}: missing column 'drift_mean'" in err
 
@@ -299,15 +299,15 @@ def test_cli_help(capsys):
 
 
 def test_cli_draws_and_reports(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "plot", "clients", RUN, "--out", tmp_path, "--svg", "--name", "fig")
+    code, out, err = run_cli(capsys, "plot", "clients", RUN, "--out-dir", tmp_path, "--svg", "--name", "fig")
     assert code == 0 and (tmp_path / "fig.png").is_file() and (tmp_path / "fig.svg").is_file()
     assert out.startswith(f"{tmp_path / 'fig.png'}: After round 3") and "note: synthetic-d3: failed" in err
-    code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out", tmp_path, "--where", "mode=lora")
+    code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out-dir", tmp_path, "--where", "mode=lora")
     assert code == 0 and "of 4 configurations" in out
 
 
 def test_cli_all(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "plot", "all", SCALING, "--out", tmp_path)
+    code, out, err = run_cli(capsys, "plot", "all", SCALING, "--out-dir", tmp_path)
     assert code == 0 and "drift_vs_round.png" in out and "inexactness.png" in out
     assert "skipped rank: " in err and "skipped memory: " in err
 
@@ -315,8 +315,8 @@ def test_cli_all(capsys, tmp_path):
 def test_cli_bad_input_is_one_line(capsys, tmp_path):
     sweep = _copy(tmp_path, SWEEP)
     _drop(sweep / "results.csv", "bytes_down")
-    code, _, err = run_cli(capsys, "plot", "pareto", sweep, "--out", tmp_path / "out")
+    code, _, err = run_cli(capsys, "plot", "pareto", sweep, "--out-dir", tmp_path / "out")
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"fedhar: error: {sweep / 'results.csv'}: missing required column 'bytes_down'")
-    code, _, err = run_cli(capsys, "plot", "rank", SCALING, "--out", tmp_path / "out", "--where", "nope=1")
+    code, _, err = run_cli(capsys, "plot", "rank", SCALING, "--out-dir", tmp_path / "out", "--where", "nope=1")
     assert code == 2 and "no column 'nope'" in err
