@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from fedhar import __version__
+from fedhar.console import set_verbose
 from fedhar.errors import FedharError
 from fedhar.options import Parser
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="fedhar", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' logs and warnings (Flower, Ray, torch, bitsandbytes)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(commands)
     experiments_cli.register(commands)
@@ -42,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("simulations.sweep_cli").sweep_cli.register(commands)
     __import__("simulations.deploy_cli").deploy_cli.register(commands)
     __import__("fedhar.plot_cli").plot_cli.register(commands)
+    _add_verbose_everywhere(parser)
     return parser
+
+
+def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`fedhar fl --verbose` as well as `fedhar --verbose fl`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                if not any("--verbose" in a.option_strings for a in sub._actions):
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="also show the libraries' logs and warnings")
+                _add_verbose_everywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             _reject_unknown(parser, argv, extra)
     except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
         return int(exc.code or 0)
+    set_verbose(args.verbose)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if args.command is None else 2

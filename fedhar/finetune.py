@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from fedhar.console import progress
 from fedhar.measure import PeakMemory
 from fedhar.model import (
     Classifier,
@@ -132,11 +133,13 @@ def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: Fin
         params = [p for p in trained.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-        for epoch in range(cfg.epochs):
+        bar = progress(range(cfg.epochs), desc=f"{cfg.mode} epochs", unit="epoch")
+        for epoch in bar:
             t0 = time.perf_counter()
             stats = finetune_epoch(trained, _Stepping(loader, schedule), optimizer)
             seconds.append(time.perf_counter() - t0)
             losses.append(stats.loss)
+            bar.set_postfix(loss=f"{stats.loss:.4f}")
             if log:
                 log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats.loss:.4f}  {seconds[-1]:.1f} s")
     metrics = evaluate(trained, test_x, test_y)

@@ -340,7 +340,7 @@ def run_local(cfg: FLConfig, n_nodes: int, data_dirs: dict[int, str] | None = No
     if status["status"] != COMPLETED:
         raise FedharError(f"run {sub.run_id} ended {status['status']} ({status.get('status-details')}); "
                           f"see {out_dir / 'logs'}")
-    report(cfg, out_dir, time.perf_counter() - t0, stream)
+    report(cfg, out_dir, time.perf_counter() - t0, stream, live=False)
     return out_dir
 
 
