@@ -6,6 +6,10 @@ import argparse
 import time
 from dataclasses import fields
 
+from pathlib import Path
+
+from fedhar.data.cli import add_synthetic_options
+from fedhar.data.registry import dataset_names
 from fedhar.options import choice, name_list
 from simulations.config import FLConfig
 
@@ -107,6 +111,29 @@ def register(commands) -> None:
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
     p.set_defaults(run=cmd_fl)
 
+    p = commands.add_parser(
+        "evaluate", help="score a saved federated model (OUT_DIR/model) on a dataset",
+        description="Load a run's saved model (peft adapters, head, backbone; see simulations/export.py) "
+        "and score it on every window of a dataset fedhar reads, z-normalised with that dataset's own "
+        "statistics. Windows of activities the head does not know count as errors.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a run's model folder (OUT_DIR/model)")
+    p.add_argument("--data", type=choice("dataset", dataset_names), required=True, help="the dataset to score on")
+    p.add_argument("--client", help="add this client's local parts (FedSA's B, a local head)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
+    add_synthetic_options(p)
+    p.set_defaults(run=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from fedhar.data.cli import synthetic_config
+    from simulations.export import score
+
+    m = score(args.model_dir, args.data, args.data_dir, args.client,
+              synthetic=synthetic_config(args) if args.data == "synthetic" else None)
+    print(f"{m['data']}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+          f"({m['windows']} windows, {m['out_of_space']} of activities the head does not know)")
+    return 0
+
 
 def cmd_fl(args) -> int:
     from simulations.run import run_inprocess
@@ -121,7 +148,7 @@ def cmd_fl(args) -> int:
         from simulations.run import report
 
         t0 = time.perf_counter()
-        report(cfg, launch(cfg), time.perf_counter() - t0)
+        report(cfg, launch(cfg), time.perf_counter() - t0, live=False)
         return 0
     run_inprocess(cfg, engine=args.engine)
     return 0
