@@ -199,7 +199,8 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
             f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
         run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
         result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
-                         labels.size, cfg=cfg, threads=plan.threads)
+                         labels.size, cfg=cfg, threads=plan.threads, label_space=labels.names,
+                         save_to=str(out_dir / "models" / model_name(run)))
         row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] in ("lora", "qlora") else 0, **result.row(),
                "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -211,6 +212,13 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
     rows = pd.read_csv(csv_path)
     (out_dir / "table.md").write_text(markdown_table(rows))
     return rows
+
+
+def model_name(run: dict) -> str:
+    """The folder of a run's saved model under OUT_DIR/models/ (fedhar evaluate reads it)."""
+    return (f"{run['held_out']}-{run['backbone_kind']}-{run['mode']}-r{run['rank']}-train{run['train_fraction']:g}"
+            f"-seed{run['seed']}"
+            f"-{run['epochs']}ep-{run['split']}")
 
 
 def code_version() -> str:

@@ -113,10 +113,10 @@ def register(commands) -> None:
 
     p = commands.add_parser(
         "evaluate", help="score a saved federated model (OUT_DIR/model) on a dataset",
-        description="Load a run's saved model (peft adapters, head, backbone; see simulations/export.py) "
+        description="Load a saved model (peft adapters, head, backbone; see fedhar/model/saved.py) "
         "and score it on every window of a dataset fedhar reads, z-normalised with that dataset's own "
         "statistics. Windows of activities the head does not know count as errors.")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a run's model folder (OUT_DIR/model)")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a model folder: a federated run's OUT_DIR/model, or a LODO run's OUT_DIR/models/RUN")
     p.add_argument("--data", type=choice("dataset", dataset_names), required=True, help="the dataset to score on")
     p.add_argument("--client", help="add this client's local parts (FedSA's B, a local head)")
     p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
@@ -126,7 +126,7 @@ def register(commands) -> None:
 
 def cmd_evaluate(args) -> int:
     from fedhar.data.cli import synthetic_config
-    from simulations.export import score
+    from fedhar.model.saved import score
 
     m = score(args.model_dir, args.data, args.data_dir, args.client,
               synthetic=synthetic_config(args) if args.data == "synthetic" else None)

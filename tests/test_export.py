@@ -51,7 +51,7 @@ def test_fedhar_evaluate_scores_the_saved_model(run_dir, capsys):
     from fedhar.data import LabelSpace, load
     from fedhar.data.splits import Normaliser
     from fedhar.model import evaluate
-    from simulations.export import load_model
+    from fedhar.model.saved import load_model
 
     model_dir = run_dir / "model"
     assert main(["evaluate", str(model_dir), "--data", "synthetic", "--synthetic-subjects", "3",
