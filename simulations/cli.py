@@ -61,6 +61,8 @@ HELP = {
     "equal: the upper bound); local (each client alone, never aggregated: the lower bound)",
     "out_dir": "where the run's tables, checkpoint and model go (default: runs/<time>)",
     "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
+    "tensorboard": "log per-round metrics and the run's configuration to TensorBoard under this folder "
+    "(needs `pip install 'fedhar[tracking]'`; view with `tensorboard --logdir DIR`)",
     "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
 }
 

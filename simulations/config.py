@@ -90,6 +90,7 @@ class FLConfig:
     server_eval_every: int = 1  # evaluate on the server every this many rounds (and the last round)
     out_dir: str = ""  # "" = runs/<timestamp>
     resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
+    tensorboard: str = ""  # a folder: per-round metrics and the config to TensorBoard (simulations/tracking.py)
     inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
 
     def __post_init__(self):

@@ -139,7 +139,7 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
         return None
     with open(path, "rb") as f:
         blob = pickle.load(f)
-    ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure"}
+    ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure", "tensorboard"}
     # a field added to FLConfig after the checkpoint was written counts as its default
     saved = {**FLConfig().to_run_config(), **blob["config"]}
     now = {k: v for k, v in cfg.to_run_config().items() if k not in ignore}

@@ -29,6 +29,7 @@ from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
 from simulations.export import save_global_model
 from simulations.progress import RoundProgress
+from simulations.tracking import tracker_for
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, ensure_backbone, federation, is_head_key
@@ -184,7 +185,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         }, indent=1))
         node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
         log.partition_of = {nid: pid for pid, nid in node_of.items()}
-        live = RoundProgress(cfg.rounds, first_round)
+        live = RoundProgress(cfg.rounds, first_round, tracker=tracker_for(cfg, out_dir))
 
         def after_round(server_round: int) -> None:
             log.flush()

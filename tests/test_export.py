@@ -15,7 +15,7 @@ from simulations.run import run_inprocess
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = FLConfig(synthetic_domains=3, synthetic_subjects=3, pretrain_epochs=1, rounds=2, batch_size=32,
-                   strategy="fedsa", out_dir=str(out))
+                   strategy="fedsa", out_dir=str(out), tensorboard=str(out / "tb"))
     return run_inprocess(cfg, engine="inline")
 
 
@@ -69,3 +69,17 @@ def test_fedhar_evaluate_scores_the_saved_model(run_dir, capsys):
     assert main(["evaluate", str(model_dir), "--data", "synthetic", "--client", "synthetic-d9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedhar: error: unknown client 'synthetic-d9' (did you mean 'synthetic-d")
+
+
+def test_tensorboard_gets_every_round_and_the_config(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb" / run_dir.name))
+    events.Reload()
+    accuracy = events.Scalars("round/accuracy")
+    assert [e.step for e in accuracy] == [1, 2]
+    import pandas as pd
+
+    assert accuracy[-1].value == pytest.approx(pd.read_csv(run_dir / "rounds.csv")["accuracy"].iloc[-1])
+    assert {"round/bytes_up", "round/train_loss", "round/seconds"} <= set(events.Tags()["scalars"])
+    assert "config/text_summary" in events.Tags()["tensors"]
