@@ -153,7 +153,8 @@ def comparison(rows: pd.DataFrame) -> str:
             "| mode | trainable / total params | frozen weights as stored | training state | s/epoch (1 thread) |",
             "|---|---|---|---|---|"]
     for mode, r in cost.iterrows():
-        out.append(f"| {mode} | {int(r.trainable):,} / {int(r.total):,} | {r.frozen / 2**20:.2f} MiB | {r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
+        out.append(f"| {mode} | {int(r.trainable):,} / {int(r.total):,} | {r.frozen / 2**20:.2f} MiB | "
+                   f"{r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
     out += ["", "Paper: LoRA/QLoRA 428,832 trainable of 2,636,105; frozen weights 10.06 MB (LoRA) vs 6.22 MB (QLoRA)."]
     return "\n".join(out) + "\n"
 

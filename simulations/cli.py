@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import fields
-
 from pathlib import Path
 
 from fedhar.data.cli import add_synthetic_options
@@ -118,7 +117,8 @@ def register(commands) -> None:
         description="Load a saved model (peft adapters, head, backbone; see fedhar/model/saved.py) "
         "and score it on every window of a dataset fedhar reads, z-normalised with that dataset's own "
         "statistics. Windows of activities the head does not know count as errors.")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a model folder: a federated run's OUT_DIR/model, or a LODO run's OUT_DIR/models/RUN")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="a model folder: a federated run's OUT_DIR/model, or a LODO run's OUT_DIR/models/RUN")
     p.add_argument("--data", type=choice("dataset", dataset_names), required=True, help="the dataset to score on")
     p.add_argument("--client", help="add this client's local parts (FedSA's B, a local head)")
     p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")

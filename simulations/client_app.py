@@ -28,16 +28,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedhar.errors import FedharError
 from fedhar.console import quiet_flower
-from simulations.export import save_local_parts
+from fedhar.errors import FedharError
 from fedhar.model import trainable_state_dict
 from simulations.config import FLConfig
+from simulations.export import save_local_parts
 from simulations.task import (
     add_base_deltas,
     build_model,

@@ -181,7 +181,7 @@ class FLConfig:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_run_config(cls, run_config: dict) -> "FLConfig":
+    def from_run_config(cls, run_config: dict) -> FLConfig:
         known = {f.name: f for f in fields(cls)}
         values = {}
         for key, value in run_config.items():

@@ -137,7 +137,7 @@ class LocalDeployment:
         self._stack = ExitStack()
 
     # ---- processes -----------------------------------------------------------------------
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         try:

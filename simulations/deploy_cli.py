@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 EPILOG = """\
 What runs (all on 127.0.0.1, free ports, stopped when the run ends, fails or on Ctrl-C):
   flower-superlink (deployment engine, --insecure), one flower-supernode per client with

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
-
 from logging import INFO
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -22,17 +21,17 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log as flwr_log
 
+from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
-from fedhar.console import quiet_flower
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
 from simulations.export import save_global_model
 from simulations.progress import RoundProgress
-from simulations.tracking import tracker_for
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, ensure_backbone, federation, is_head_key
+from simulations.tracking import tracker_for
 from strategies import HETEROGENEOUS_RANKS, RoundLog, make_strategy, strategy_options
 
 

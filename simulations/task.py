@@ -26,6 +26,7 @@ from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
 from fedhar.data.splits import Normaliser, split_subjects
 from fedhar.data.synthetic import SyntheticConfig
+from fedhar.errors import FedharError
 from fedhar.model import (
     Classifier,
     evaluate,
@@ -35,7 +36,6 @@ from fedhar.model import (
     prepare_for_finetune,
     trainable_state_dict,
 )
-from fedhar.errors import FedharError
 from fedhar.model.checkpoint import load_mae
 from fedhar.model.head import ClassificationHead
 from fedhar.pretrain import PretrainConfig, pretrain

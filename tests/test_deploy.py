@@ -94,8 +94,9 @@ def test_nodes_must_equal_the_clients_of_the_configuration(tmp_path, monkeypatch
 
 
 def test_each_supernode_is_told_its_partition_and_data_and_the_cli_its_superlink(tmp_path):
-    from flwr.cli.flower_config import parse_superlink_connection
     import tomllib
+
+    from flwr.cli.flower_config import parse_superlink_connection
 
     dep = LocalDeployment(tmp_path, 3, {1: "/data/with space/node-1"})
     command = dep.supernode_command(1)

@@ -1,9 +1,9 @@
 """The centralised LODO baseline: source selection, learning, resumable tables, run reports."""
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
+import torch
 
 from fedhar.data import LabelSpace, load, train_test
 from fedhar.data.synthetic import SyntheticConfig

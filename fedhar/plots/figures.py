@@ -19,8 +19,19 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarForm
 
 from fedhar.errors import DataFormatError, FedharError
 from fedhar.plots import style as st
-from fedhar.plots.tables import (NothingToPlot, Trace, Trials, classify, fmt, label, load_lodo, load_trials,
-                                 read_table, spread, varying)
+from fedhar.plots.tables import (
+    NothingToPlot,
+    Trace,
+    Trials,
+    classify,
+    fmt,
+    label,
+    load_lodo,
+    load_trials,
+    read_table,
+    spread,
+    varying,
+)
 
 Paths = str | Path | Sequence[str | Path]
 
@@ -462,7 +473,7 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
             levels.append(("full fine-tuning (federated)", st.GREY, s[full], "federated"))
         s = s[~full]
         keys = [k for k in varying(s, trials.settings) if k != "rank"]
-        for key, rows in (s.groupby(keys, sort=True, dropna=False) if keys else [("", s)]):
+        for _key, rows in (s.groupby(keys, sort=True, dropna=False) if keys else [("", s)]):
             series.append(("federated" + (": " + label(rows.iloc[0], keys) if keys else ""), "-", rows, "federated"))
     if src.lodo:
         rows = load_lodo(src.lodo, trace, ("rank",), purpose="the rank ablation", train_fraction=train_fraction)

@@ -106,7 +106,7 @@ def label_points(ax, xs, ys, labels, fontsize: float = 7.5) -> None:
     for x, y, text in sorted(zip(xs, ys, labels), key=lambda p: (-p[1], p[0])):
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         left, width, dy = px + 5, 0.6 * fontsize * len(str(text)), 4.0
-        while any(left < l + w and l < left + width and abs(py + dy - b) < step for l, b, w in placed):
+        while any(left < x0 + w and x0 < left + width and abs(py + dy - b) < step for x0, b, w in placed):
             dy -= step
         placed.append((left, py + dy, width))
         ax.annotate(text, (x, y), xytext=(5, dy), textcoords="offset points", fontsize=fontsize, color="#333333")

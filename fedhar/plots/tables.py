@@ -208,7 +208,7 @@ class Trials:
         keys = [c for c in config_keys() if c in self.rounds.columns and c not in NOT_A_SETTING]
         return sorted(keys, key=lambda c: (FIRST.index(c) if c in FIRST else len(FIRST), keys.index(c)))
 
-    def where(self, filters: dict[str, str] | None) -> "Trials":
+    def where(self, filters: dict[str, str] | None) -> Trials:
         if not filters:
             return self
         df = self.rounds
