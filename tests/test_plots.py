@@ -60,10 +60,11 @@ def test_drift_from_the_sweep_column(tmp_path):
     assert legend(ax) == labelled_lines(ax)
     assert len(ax.collections) == 2  # a min-max band per strategy
     assert "round" in ax.get_xlabel() and "unitless" in ax.get_ylabel()
-    assert fig._suptitle.get_text().startswith("fedsa drifts least")
+    assert fig._suptitle.get_text() == "Client drift per round · synthetic data · n = 8 trials"
     assert "rank ∈ {4, 16}" in ax.get_title(loc="left").replace("\n", " ")  # says what each line averages over
     blob = sidecar(tmp_path, "drift_vs_round")
     assert inputs(blob) == {"sweep/results.csv"} and blob["files"] == ["drift_vs_round.png"]
+    assert "fedsa" in blob["message"] and "fedavg" in blob["message"]
 
 
 def test_drift_from_trial_files_over_seeds(tmp_path):
@@ -103,8 +104,9 @@ def test_inexactness_against_epochs_and_clients(tmp_path):
     assert list(epochs.get_xticks()) == [1, 3] and list(clients.get_xticks()) == [4, 8]
     assert "local epochs" in epochs.get_xlabel() and "clients" in clients.get_xlabel()
     assert "at K = 4 clients" in epochs.get_title(loc="left").replace("\n", " ")
-    assert "grows with local epochs" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text() == "Aggregation inexactness · synthetic data · n = 12 trials"
     blob = sidecar(tmp_path, "inexactness")
+    assert "grows with local epochs" in blob["message"]
     assert sum(p.endswith("inexactness.csv") for p in inputs(blob)) == 12
 
 
@@ -124,7 +126,8 @@ def test_accuracy_per_client_with_server_and_heldout(tmp_path):
     assert widths["held out: synthetic"] > 2 * widths["synthetic-d1"]
     assert "(%)" in ax.get_ylabel()
     blob = sidecar(tmp_path, "accuracy_per_client")
-    assert inputs(blob) == {"run/clients.csv"}
+    assert inputs(blob) == {"run/clients.csv", "run/config.json"}
+    assert fig._suptitle.get_text().startswith("Accuracy per client and round · synthetic data · one run")
     assert "synthetic-d3: failed in round 2 (train)" in blob["notes"]
 
 
@@ -143,12 +146,19 @@ def test_accuracy_per_client_without_optional_columns(tmp_path):
 def test_pareto_front(tmp_path):
     fig = accuracy_vs_bytes(SWEEP, tmp_path)
     (ax,) = fig.axes
-    assert legend(ax) == ["fedavg", "fedsa", "lora", "qlora", "Pareto front"]
-    assert labelled_lines(ax) == ["Pareto front"]
-    assert sum(len(c.get_offsets()) for c in ax.collections) == 8 + 2  # 8 configurations, 2 ringed
-    assert "(MB)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
-    assert {t.get_text() for t in ax.texts} == {"fedavg / r4", "fedavg / r16", "fedsa / r4", "fedsa / r16"}
-    assert fig._suptitle.get_text().startswith("2 of 8 configurations are Pareto-optimal")
+    configurations = legend(ax)[:-1]
+    assert len(configurations) == 8 and legend(ax)[-1] == "Pareto front"
+    assert "fedavg / lora / r4" in configurations and "fedsa / qlora / r16" in configurations
+    # every configuration its own colour and marker; no labels written over the points
+    points = [c for c in ax.collections if len(c.get_offsets()) == 1]
+    assert len({tuple(c.get_facecolor()[0]) for c in points}) == len({c.get_paths()[0].vertices.tobytes()
+                                                                        for c in points}) == 8
+    assert not ax.texts
+    assert "MB = 10^6 bytes" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1  # no zoom into a fraction of a point
+    assert fig._suptitle.get_text().startswith("Final accuracy vs communicated MB · synthetic data · n = 8")
+    assert sidecar(tmp_path, "accuracy_vs_bytes")["message"].startswith("2 of 8 configurations are Pareto-optimal")
     assert inputs(sidecar(tmp_path, "accuracy_vs_bytes")) == {"sweep/results.csv"}
 
 
@@ -157,17 +167,23 @@ def test_pareto_indices():
     assert _pareto([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.65, 0.8]) == [0, 1, 4]
 
 
-def test_rank_ablation_from_sweep_and_lodo(tmp_path):
-    fig = rank_ablation([SWEEP, LODO], tmp_path)
+def test_rank_ablation_from_a_sweep_and_from_lodo_never_on_one_axis(tmp_path):
+    fig = rank_ablation(SWEEP, tmp_path / "fed")
     acc, f1 = fig.axes
-    assert legend(acc) == ["full fine-tuning (LODO uci-har)", "federated: fedavg / lora", "federated: fedavg / qlora",
-                           "federated: fedsa / lora", "federated: fedsa / qlora", "LODO uci-har: lora",
-                           "LODO uci-har: qlora"]
-    assert [t.get_text() for t in acc.get_xticklabels()] == ["4", "8", "16", "32", "64"]
+    assert legend(acc) == ["federated: fedavg / lora", "federated: fedavg / qlora", "federated: fedsa / lora",
+                           "federated: fedsa / qlora"]
+    assert fig._suptitle.get_text().startswith("Accuracy vs LoRA rank · federated · synthetic data")
     assert "macro-F1" in f1.get_ylabel() and "rank" in acc.get_xlabel()
-    blob = sidecar(tmp_path, "rank_ablation")
-    assert inputs(blob) == {"sweep/results.csv", "lodo/runs.csv"}
+    fig = rank_ablation(LODO, tmp_path / "lodo")
+    acc, _ = fig.axes
+    assert legend(acc) == ["full fine-tuning (LODO uci-har)", "LODO uci-har: lora", "LODO uci-har: qlora"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["8", "16", "32", "64"]
+    assert "real data: UCI-HAR" in fig._suptitle.get_text()
+    blob = sidecar(tmp_path / "lodo", "rank_ablation")
+    assert inputs(blob) == {"lodo/runs.csv"}
     assert any("train_fraction 0.7" in n for n in blob["notes"])
+    with pytest.raises(NothingToPlot, match="not both"):
+        rank_ablation([SWEEP, LODO], tmp_path)
 
 
 def test_rank_ablation_needs_two_ranks():
@@ -179,9 +195,11 @@ def test_lora_vs_qlora(tmp_path):
     fig = lora_vs_qlora([SWEEP, LODO], tmp_path)
     sweep, lodo = fig.axes
     assert legend(sweep) == ["LoRA (fp32 backbone), n=4", "QLoRA (4-bit NF4 backbone), n=4"]
-    assert legend(lodo) == ["LoRA (fp32 backbone), n=5", "QLoRA (4-bit NF4 backbone), n=2"]
-    assert "(MB)" in sweep.get_xlabel() and "(MiB)" in lodo.get_xlabel()
-    assert fig._suptitle.get_text().startswith("QLoRA needs")
+    # LoRA only at the rank QLoRA ran too: like with like
+    assert legend(lodo) == ["LoRA (fp32 backbone), n=2", "QLoRA (4-bit NF4 backbone), n=2"]
+    assert "MB = 10^6 bytes" in sweep.get_xlabel() and "MB = 10^6 bytes" in lodo.get_xlabel()
+    assert fig._suptitle.get_text().startswith("LoRA vs QLoRA")
+    assert sidecar(tmp_path, "lora_vs_qlora")["message"].startswith("QLoRA needs")
     assert inputs(sidecar(tmp_path, "lora_vs_qlora")) == {"sweep/results.csv", "lodo/runs.csv"}
 
 
@@ -193,10 +211,10 @@ def test_lora_vs_qlora_needs_both_modes():
 def test_all_makes_what_the_inputs_allow(tmp_path):
     results = plot_all([SWEEP, LODO], tmp_path)
     made = {k for k, v in results.items() if not isinstance(v, Exception)}
-    assert made == {"drift", "pareto", "rank", "memory"}
-    assert all(isinstance(results[k], NothingToPlot) for k in ("inexactness", "clients"))
+    assert made == {"drift", "pareto", "memory"}
+    assert all(isinstance(results[k], NothingToPlot) for k in ("inexactness", "clients", "rank"))
     assert {p.name for p in tmp_path.iterdir()} == {f"{n}.{s}" for n in ("drift_vs_round", "accuracy_vs_bytes",
-                                                                         "rank_ablation", "lora_vs_qlora")
+                                                                         "lora_vs_qlora")
                                                    for s in ("png", "json")}
     results = plot_all(RUN, tmp_path / "run")
     assert {k for k, v in results.items() if not isinstance(v, Exception)} == {"drift", "clients"}

@@ -5,6 +5,7 @@
 set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
 out=results/sweeps/figures
+rm -f "$out"/*.png "$out"/*.json  # every figure here comes from the commands below
 mkdir -p "$out"
 # drift vs round, one line per strategy (headline sweep: 5 strategies x 1/3 local epochs)
 $fedhar plot drift results/sweeps/headline --out-dir "$out"
@@ -16,6 +17,8 @@ $fedhar plot clients results/fl/runs/uci-har-subject-lora-fedavg --out-dir "$out
 # accuracy vs communicated bytes across the rules and modes on UCI-HAR (results/fl), and the sweep
 $fedhar plot pareto results/fl/runs --where data=uci-har --metric server_accuracy --out-dir "$out" --name pareto_uci_har
 $fedhar plot pareto results/sweeps/headline --metric server_accuracy --out-dir "$out" --name pareto_headline
-# rank ablation and LoRA vs QLoRA memory/accuracy: centralised LODO (UCI-HAR) and the precision sweep
-$fedhar plot rank results/lodo/uci-har/runs.csv results/sweeps/headline_precision --out-dir "$out"
+# rank ablation and LoRA vs QLoRA memory/accuracy: the precision sweep and centralised LODO (UCI-HAR)
+# (two figures: federated synthetic runs and centralised UCI-HAR runs are different experiments)
+$fedhar plot rank results/sweeps/headline_precision --out-dir "$out" --name rank_ablation_federated_synthetic
+$fedhar plot rank results/lodo/uci-har/runs.csv --out-dir "$out" --name rank_ablation_lodo_uci_har
 $fedhar plot memory results/lodo/uci-har/runs.csv results/sweeps/headline_precision --out-dir "$out"
