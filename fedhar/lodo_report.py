@@ -100,7 +100,8 @@ def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
             p_acc, p_f1 = (f"{paper[0]:.3f}", f"{paper[1]:.3f}") if paper else ("-", "-")
             out.append(f"| {held} | {h['pretrained_on'].iloc[0]} | {mode} | {_pm(acc)} | {_pm(f1)} | {p_acc} | {p_f1} |")
     out += ["", "Paired differences (points, 95% interval over seeds; paper: its single numbers):", "",
-            "| held out | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 | paper LoRA - full | paper QLoRA - LoRA |",
+            "| held out | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 "
+            "| paper LoRA - full | paper QLoRA - LoRA |",
             "|---|---|---|---|---|---|---|"]
     for held, h in main.groupby("held_out", sort=True):
         cells = []

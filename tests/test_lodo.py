@@ -1,7 +1,6 @@
 """The centralised LODO baseline: source selection, learning, resumable tables, run reports."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

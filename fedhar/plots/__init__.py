@@ -1,4 +1,4 @@
-"""Figures from fedhar's result tables alone (no training): `fedhar plot KIND INPUT... --out DIR`.
+"""Figures from fedhar's result tables alone (no training): `fedhar plot KIND INPUT... --out-dir DIR`.
 
 Each function reads a sweep (results.csv), run folders (rounds.csv, clients.csv, drift.csv,
 inexactness.csv, config.json) and/or LODO runs.csv tables, writes NAME.png (dpi 150),
