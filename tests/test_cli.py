@@ -118,6 +118,8 @@ def test_every_option_of_every_sub_command_has_help_and_shows_defaults_once():
     (["fl", "--mode", "qlroa"], "did you mean 'qlora'?"),
     (["fl", "--partition", "subjects"], "did you mean 'subject'?"),
     (["fl", "--head", "shard"], "did you mean 'shared'?"),
+    (["fl", "--arm", "centralsed"], "did you mean 'centralised'?"),
+    (["lodo", "--data", "uci-har", "--backbones", "other+synthetc", "--out-dir", "x"], "did you mean 'other+synthetic'?"),
     (["lodo", "--data", "uci-har", "--modes", "lora,ful", "--out-dir", "x"], "did you mean 'full'?"),
     (["pretrain", "--data", "hpat"], "did you mean 'hapt'?"),
     (["data", "info", "ucihar"], "did you mean 'uci-har'?"),
