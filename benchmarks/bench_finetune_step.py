@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import csv
+import ctypes
 import datetime as dt
 import gc
 import json
@@ -457,7 +457,9 @@ def cpu_tensor_peak_mib(variant: Variant, x, y, device, steps: int = 2) -> dict:
     the allocator's free lists and oneDNN's buffers. On the CPU only (CUDA has its counter)."""
     import tempfile
     import warnings
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     feed = variant.feed(x, y, steps)
     with _quiet_stderr(), torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                                         record_shapes=True, with_stack=True) as prof:
@@ -733,7 +735,8 @@ def markdown(rows: list[dict], checks: list[dict], info: dict, args) -> str:
 
 def profile(labels: list[str], batch: int, device: torch.device, steps: int = 10, top: int = 20):
     """Print torch.profiler's top operators (self CPU time) for a few steps of each variant."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     by_label = {v.label: v for v in make_variants()}
     unknown = [label for label in labels if label not in by_label]
     if unknown:

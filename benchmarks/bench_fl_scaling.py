@@ -174,11 +174,12 @@ def federated(spec: dict, t_start: float) -> dict:
     """run_inprocess with the inline or the Ray engine; per-round clocks from hooks."""
     from collections import defaultdict
 
+    from flwr.app import ArrayRecord, MessageType
+
     import simulations.client_app as client_app
     import simulations.inline as inline
     import simulations.rounds as rounds
     import simulations.server_app as server_app
-    from flwr.app import ArrayRecord, MessageType
     from simulations.run import run_inprocess
 
     spent = defaultdict(float)  # seconds in wrapped functions (inline: the ClientApp's; all: checkpoint)
@@ -404,7 +405,7 @@ def csv_row(spec: dict, out: dict, outer: dict, commit: str, command: str) -> di
         "state_bytes": out.get("state_bytes", ""), "last_accuracy": round(out["last_accuracy"], 4),
         "setup_s": round(out["setup_s"], 2), "total_s": round(outer["total_s"], 2),
         "load_start": round(outer["load_start"], 2), "load_end": round(outer["load_end"], 2),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit,
         "command": command,
     }
     if spec["kind"] == "inline":

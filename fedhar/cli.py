@@ -11,7 +11,9 @@ import argparse
 import sys
 
 from fedhar import __version__
+from fedhar.console import set_verbose
 from fedhar.errors import FedharError
+from fedhar.options import Parser
 
 DESCRIPTION = """\
 fedhar simulates federated fine-tuning of a frozen, self-supervised Transformer with
@@ -22,7 +24,7 @@ Start with:
   fedhar data info synthetic   the embedded synthetic data (no download needed)
   fedhar data info hapt        windows per class and subject of a real dataset
   fedhar pretrain              pretrain the MAE backbone (cached, resumable)
-  fedhar lodo --datasets ...   the centralised Leave-One-Dataset-Out baseline
+  fedhar lodo --data ...       the centralised Leave-One-Dataset-Out baseline
   fedhar fl                    a short federated LoRA run on the synthetic data
 """
 
@@ -32,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fedhar.data import cli as data_cli
     from simulations import cli as fl_cli
 
-    parser = argparse.ArgumentParser(
-        prog="fedhar", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="fedhar", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' logs and warnings (Flower, Ray, torch, bitsandbytes)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(commands)
     experiments_cli.register(commands)
@@ -43,12 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("simulations.sweep_cli").sweep_cli.register(commands)
     __import__("simulations.deploy_cli").deploy_cli.register(commands)
     __import__("fedhar.plot_cli").plot_cli.register(commands)
+    _add_verbose_everywhere(parser)
     return parser
+
+
+def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`fedhar fl --verbose` as well as `fedhar --verbose fl`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                if not any("--verbose" in a.option_strings for a in sub._actions):
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="also show the libraries' logs and warnings")
+                _add_verbose_everywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            _reject_unknown(parser, argv, extra)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return int(exc.code or 0)
+    set_verbose(args.verbose)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if args.command is None else 2
@@ -60,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedhar: interrupted", file=sys.stderr)
         return 130
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, argv: list[str], extra: list[str]) -> None:
+    """Unknown options, reported by the sub-command they were given to, with a did-you-mean
+    among that sub-command's options."""
+    leaf = parser
+    for token in argv:
+        subs = [a for a in leaf._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and token in subs[0].choices:
+            leaf = subs[0].choices[token]
+    leaf.error(leaf.unknown_option(extra) or f"unrecognized arguments: {' '.join(extra)}")
 
 
 if __name__ == "__main__":

@@ -2,69 +2,77 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from fedhar.data.cli import add_synthetic_options, synthetic_config
-from fedhar.data.registry import SYNTHETIC
+from fedhar.data.registry import SYNTHETIC, dataset_names
 from fedhar.errors import FedharError
+from fedhar.options import name_list, number_list
 
 
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return tuple(kind(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
-    return parse
+def _lodo():  # imported when an option needs its names: torch makes `fedhar --help` slow
+    import fedhar.lodo
+
+    return fedhar.lodo
+
+
+def _finetune():
+    import fedhar.finetune
+
+    return fedhar.finetune
 
 
 def register(commands) -> None:
     p = commands.add_parser(
         "pretrain", help="pretrain the MAE backbone (cached, resumable)",
         description="Masked-autoencoder pretraining on harmonised windows. An identical finished "
-        "checkpoint (same data fingerprint and settings) is reused; an interrupted one resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", type=_csv(str), default=(SYNTHETIC,), help="datasets to pretrain on, comma-separated")
-    p.add_argument("--exclude", type=_csv(str), default=(), help="datasets (or synthetic domains) to leave out")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--pretrain-seed", type=int, default=0, help="seed of initialisation and masking")
-    p.add_argument("--out", type=Path, help="folder for the checkpoint (default ~/.cache/fedhar/backbones)")
-    p.add_argument("--data-dir", type=Path)
+        "checkpoint (same data fingerprint and settings) is reused; an interrupted one resumes.")
+    p.add_argument("--data", type=name_list("dataset", dataset_names), default=(SYNTHETIC,),
+                   metavar="NAME[,NAME...]", help="datasets to pretrain on, comma-separated")
+    p.add_argument("--exclude", type=name_list("dataset or synthetic domain"), default=(),
+                   metavar="NAME[,NAME...]", help="datasets (or synthetic domains) to leave out")
+    p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
+    p.add_argument("--batch-size", type=int, default=128, help="pretraining batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and masking")
+    p.add_argument("--out-dir", type=Path,
+                   help="folder for the checkpoint (default: the backbone cache, ~/.cache/fedhar/backbones)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
     add_synthetic_options(p)
     p.set_defaults(run=cmd_pretrain)
 
     p = commands.add_parser(
         "lodo", help="Leave-One-Dataset-Out centralised baseline (full / lora / qlora)",
         description="For each held-out dataset: pretrain on the others (cached), fine-tune on a "
-        "subject-disjoint share of it, evaluate on the rest. Rows are appended to OUT/runs.csv as "
-        "runs finish; re-running the same command resumes, and a wider one extends the table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", type=_csv(str), required=True,
-                   help="the study's datasets; 'synthetic' stands for its domains")
-    p.add_argument("--held-out", type=_csv(str), default=(), help="hold out only these (default: each in turn)")
-    p.add_argument("--backbones", type=_csv(str), default=("other",),
+        "subject-disjoint share of it, evaluate on the rest. Rows are appended to OUT_DIR/runs.csv as "
+        "runs finish; re-running the same command resumes, and a wider one extends the table.")
+    p.add_argument("--data", type=name_list("dataset", dataset_names), required=True,
+                   metavar="NAME[,NAME...]", help="the study's datasets; 'synthetic' stands for its domains")
+    p.add_argument("--heldout-data", type=name_list("dataset or synthetic domain"), default=(),
+                   metavar="NAME[,NAME...]", help="hold out only these (default: each dataset in turn)")
+    p.add_argument("--backbones", type=name_list("backbone", lambda: _lodo().BACKBONES, plus=False),
+                   default=("other",), metavar="KIND[,KIND...]",
                    help="what the frozen backbone is pretrained on: none (random init, the control), synthetic, "
                    "other (the other datasets, same people excluded), other+synthetic; comma-separated")
-    p.add_argument("--pretrain-pool", type=_csv(str), default=(),
+    p.add_argument("--pretrain-pool", type=name_list("dataset", dataset_names), default=(), metavar="NAME[,NAME...]",
                    help="datasets used only for pretraining (never held out), e.g. hapt")
-    p.add_argument("--modes", type=_csv(str), default=("full", "lora", "qlora"),
+    p.add_argument("--modes", type=name_list("mode", lambda: _finetune().MODES), default=("full", "lora", "qlora"),
+                   metavar="MODE[,MODE...]",
                    help="full, lora, qlora, and probe (head only on the frozen backbone: a diagnostic)")
-    p.add_argument("--ranks", type=_csv(int), default=(16,), help="LoRA ranks (rank ablation)")
-    p.add_argument("--train-fractions", type=_csv(float), default=(0.7,), help="share of subjects to train on (few-shot)")
-    p.add_argument("--seeds", type=_csv(int), default=(0,))
+    p.add_argument("--ranks", type=number_list(int), default=(16,), help="LoRA ranks (rank ablation)")
+    p.add_argument("--train-fractions", type=number_list(float), default=(0.7,),
+                   help="share of subjects to train on (few-shot)")
+    p.add_argument("--seeds", type=number_list(int), default=(0,), help="seeds, comma-separated: one run each")
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
-    p.add_argument("--pretrain-epochs", type=int, default=30)
-    p.add_argument("--split", choices=("random", "published"), default="random")
-    p.add_argument("--synthetic-domains", type=int, default=4)
-    p.add_argument("--synthetic-subjects", type=int, default=8)
+    p.add_argument("--pretrain-epochs", type=int, default=30, help="MAE pretraining epochs (cached)")
+    p.add_argument("--split", choices=("random", "published"), default="random",
+                   help="subject split: seeded random, or the dataset's published one")
+    add_synthetic_options(p, domains=4, subjects=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="folder for runs.csv, table.md, plan.json")
+    p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for runs.csv, table.md, plan.json")
     p.set_defaults(run=cmd_lodo)
 
 
@@ -74,7 +82,7 @@ def cmd_pretrain(args) -> int:
     from fedhar.pretrain import PretrainConfig, pretrain
 
     parts = []
-    for name in args.datasets:
+    for name in args.data:
         synth = synthetic_config(args) if name == SYNTHETIC else None
         ws = load(name, args.data_dir, synthetic=synth, progress=True).windows
         keep = ~__import__("numpy").isin(ws.dataset, list(args.exclude))
@@ -82,9 +90,9 @@ def cmd_pretrain(args) -> int:
     windows = WindowSet.concat(parts)
     if not len(windows):
         raise FedharError("nothing left to pretrain on after --exclude")
-    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.pretrain_seed,
+    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          model=MAEConfig())
-    path = pretrain(windows, cfg, args.out)
+    path = pretrain(windows, cfg, args.out_dir)
     print(path)
     return 0
 
@@ -93,25 +101,16 @@ def cmd_lodo(args) -> int:
     from fedhar.lodo import LodoPlan, run_lodo
 
     plan = LodoPlan(
-        datasets=args.datasets, held_out=args.held_out, backbones=args.backbones,
+        datasets=args.data, held_out=args.heldout_data, backbones=args.backbones,
         pretrain_pool=args.pretrain_pool, modes=args.modes, ranks=args.ranks,
         train_fractions=args.train_fractions, seeds=args.seeds, epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs, split=args.split, data_dir=str(args.data_dir or ""),
         synthetic_domains=args.synthetic_domains, synthetic_subjects=args.synthetic_subjects,
-        threads=args.threads,
+        synthetic_seed=args.synthetic_seed, threads=args.threads,
     )
-    from fedhar.finetune import MODES
-    from fedhar.lodo import BACKBONES
-
-    for mode in plan.modes:
-        if mode not in MODES:
-            raise FedharError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
-    for kind in plan.backbones:
-        if kind not in BACKBONES:
-            raise FedharError(f"unknown backbone {kind!r}: choose from {', '.join(BACKBONES)}")
     try:
-        run_lodo(plan, args.out, command="fedhar " + shlex.join(sys.argv[1:]))
+        run_lodo(plan, args.out_dir, command="fedhar " + shlex.join(sys.argv[1:]))
     except ValueError as e:
         raise FedharError(str(e)) from None
-    print((args.out / "table.md").read_text())
+    print((args.out_dir / "table.md").read_text())
     return 0

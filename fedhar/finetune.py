@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from fedhar.console import progress
 from fedhar.measure import PeakMemory
 from fedhar.model import (
     Classifier,
@@ -102,13 +103,16 @@ def frozen_features(encoder, x, batch_size: int = 512) -> torch.Tensor:
 
 
 def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes: int,
-             cfg: FinetuneConfig = FinetuneConfig(), log=None) -> FinetuneResult:
+             cfg: FinetuneConfig = FinetuneConfig(), log=None, save_to: str = "", backbone_path: str = "",
+             label_space: tuple[str, ...] = ()) -> FinetuneResult:
     """Fine-tune on (train_x, train_y), evaluate on (test_x, test_y); labels are 0..n_classes-1.
 
     mode "probe": the backbone stays frozen and unadapted; its features are computed once and
     only the head trains on them, with the same optimiser, schedule, batches and epochs
     (exactly what training the head behind a frozen encoder does, at a fraction of the cost).
+    save_to: also save the trained model there (fedhar.model.saved: peft adapters, head, backbone).
     """
+    save = (save_to, backbone_path, label_space)
     if cfg.mode == "probe":
         torch.manual_seed(cfg.seed)
         model = Classifier.from_mae(mae, n_classes)
@@ -116,13 +120,15 @@ def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes
             p.requires_grad = False
         model.finetune_mode = "probe"
         train_x, test_x = frozen_features(model.encoder, train_x), frozen_features(model.encoder, test_x)
-        return _train_and_report(model, model.head, train_x, train_y, test_x, test_y, cfg, log)
-    return _train_and_report(None, None, train_x, train_y, test_x, test_y, cfg, log, mae=mae, n_classes=n_classes)
+        return _train_and_report(model, model.head, train_x, train_y, test_x, test_y, cfg, log, save=save)
+    return _train_and_report(None, None, train_x, train_y, test_x, test_y, cfg, log, mae=mae, n_classes=n_classes,
+                             save=save)
 
 
 def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: FinetuneConfig, log,
-                      mae=None, n_classes: int = 0) -> FinetuneResult:
-    """Train ``trained`` (the part of ``model`` that sees the inputs given) and report on ``model``."""
+                      mae=None, n_classes: int = 0, save=("", "", ())) -> FinetuneResult:
+    """Train ``trained`` (the part of ``model`` that sees the inputs given) and report on ``model``;
+    save = (folder, backbone path, label names): save the model there (nothing when folder is "")."""
     loader = make_loader(train_x, train_y, cfg.batch_size, shuffle=True, seed=cfg.seed)
     losses, seconds = [], []
     # peak memory covers the model's own copy of the backbone (fp32 or NF4), adapters, head,
@@ -133,14 +139,20 @@ def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: Fin
         params = [p for p in trained.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-        for epoch in range(cfg.epochs):
+        bar = progress(range(cfg.epochs), desc=f"{cfg.mode} epochs", unit="epoch")
+        for epoch in bar:
             t0 = time.perf_counter()
             stats = finetune_epoch(trained, _Stepping(loader, schedule), optimizer)
             seconds.append(time.perf_counter() - t0)
             losses.append(stats.loss)
+            bar.set_postfix(loss=f"{stats.loss:.4f}")
             if log:
                 log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats.loss:.4f}  {seconds[-1]:.1f} s")
     metrics = evaluate(trained, test_x, test_y)
+    if save[0]:
+        from fedhar.model.saved import save_model
+
+        save_model(model, save[0], save[1], save[2], cfg.rank, cfg.effective_alpha)
     count = count_parameters(model)
     return FinetuneResult(
         accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
@@ -162,7 +174,7 @@ def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -
 
     if kwargs.get("cfg", FinetuneConfig()).mode != "full":
         import peft  # noqa: F401  (import cost is not training memory)
-    return finetune(load_mae(backbone_path), *args, **kwargs)
+    return finetune(load_mae(backbone_path), *args, backbone_path=str(backbone_path), **kwargs)
 
 
 def _exit_with_parent() -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from fedhar.errors import FedharError
 
 #: run-config keys that do not change what a run computes
-NOT_RESULT_KEYS = {"out-dir", "backbone", "resume", "data-dir"}
+NOT_RESULT_KEYS = {"out-dir", "backbone", "resume", "data-dir", "tensorboard"}
 
 
 def command_of(config: dict) -> str:

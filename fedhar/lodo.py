@@ -25,7 +25,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from fedhar.data import LabelSpace, WindowSet, load
 from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.splits import train_test
 from fedhar.data.synthetic import SyntheticConfig
+from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
 from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
@@ -158,7 +159,7 @@ def split_for(ws: WindowSet, name: str, run: dict, plan: LodoPlan):
     if plan.split == "published":
         try:
             published = get_reader(name).published_test_subjects
-        except KeyError:  # a synthetic domain: no published split
+        except FedharError:  # a synthetic domain: no reader, no published split
             published = None
         if not published:
             raise ValueError(f"{name} has no published split; use split='random'")
@@ -198,7 +199,8 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
             f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
         run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
         result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
-                         labels.size, cfg=cfg, threads=plan.threads)
+                         labels.size, cfg=cfg, threads=plan.threads, label_space=labels.names,
+                         save_to=str(out_dir / "models" / model_name(run)))
         row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] in ("lora", "qlora") else 0, **result.row(),
                "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -210,6 +212,13 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
     rows = pd.read_csv(csv_path)
     (out_dir / "table.md").write_text(markdown_table(rows))
     return rows
+
+
+def model_name(run: dict) -> str:
+    """The folder of a run's saved model under OUT_DIR/models/ (fedhar evaluate reads it)."""
+    return (f"{run['held_out']}-{run['backbone_kind']}-{run['mode']}-r{run['rank']}-train{run['train_fraction']:g}"
+            f"-seed{run['seed']}"
+            f"-{run['epochs']}ep-{run['split']}")
 
 
 def code_version() -> str:

@@ -100,7 +100,8 @@ def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
             p_acc, p_f1 = (f"{paper[0]:.3f}", f"{paper[1]:.3f}") if paper else ("-", "-")
             out.append(f"| {held} | {h['pretrained_on'].iloc[0]} | {mode} | {_pm(acc)} | {_pm(f1)} | {p_acc} | {p_f1} |")
     out += ["", "Paired differences (points, 95% interval over seeds; paper: its single numbers):", "",
-            "| held out | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 | paper LoRA - full | paper QLoRA - LoRA |",
+            "| held out | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 "
+            "| paper LoRA - full | paper QLoRA - LoRA |",
             "|---|---|---|---|---|---|---|"]
     for held, h in main.groupby("held_out", sort=True):
         cells = []
@@ -153,7 +154,8 @@ def comparison(rows: pd.DataFrame) -> str:
             "| mode | trainable / total params | frozen weights as stored | training state | s/epoch (1 thread) |",
             "|---|---|---|---|---|"]
     for mode, r in cost.iterrows():
-        out.append(f"| {mode} | {int(r.trainable):,} / {int(r.total):,} | {r.frozen / 2**20:.2f} MiB | {r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
+        out.append(f"| {mode} | {int(r.trainable):,} / {int(r.total):,} | {r.frozen / 2**20:.2f} MiB | "
+                   f"{r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
     out += ["", "Paper: LoRA/QLoRA 428,832 trainable of 2,636,105; frozen weights 10.06 MB (LoRA) vs 6.22 MB (QLoRA)."]
     return "\n".join(out) + "\n"
 

@@ -22,7 +22,7 @@ class PeakMemory:
         self.peak_mb = 0.0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -1,7 +1,7 @@
 """`fedhar plot`: figures from result tables alone (no training).
 
-    fedhar plot KIND INPUT... --out DIR [--svg]
-    fedhar plot all SWEEP_DIR_OR_RUN_DIR... --out DIR
+    fedhar plot KIND INPUT... --out-dir DIR [--svg]
+    fedhar plot all SWEEP_DIR_OR_RUN_DIR... --out-dir DIR
 
 matplotlib is imported only when a figure is drawn, so `fedhar --help` stays fast.
 """
@@ -66,16 +66,15 @@ def register(commands) -> None:
         "plot", help="figures from result tables alone (no training)",
         description="Draw figures from fedhar's result tables alone: PNG at dpi 150 (plus SVG with --svg) and "
         "a sidecar NAME.json listing every input file with its sha256.\n\nINPUT is " + INPUTS + ".\n\n"
-        "  fedhar plot all runs/sweeps/NAME --out figures        every figure a sweep allows\n"
-        "  fedhar plot clients runs/RUN --out figures            one run's per-client accuracy\n"
-        "  fedhar plot rank results/lodo/uci-har --out figures   rank ablation of the LODO runs\n"
+        "  fedhar plot all runs/sweeps/NAME --out-dir figures        every figure a sweep allows\n"
+        "  fedhar plot clients runs/RUN --out-dir figures            one run's per-client accuracy\n"
+        "  fedhar plot rank results/lodo/uci-har --out-dir figures   rank ablation of the LODO runs\n"
         "  fedhar plot KIND --help                               inputs and options of one figure",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+)
     kinds = plot.add_subparsers(dest="kind", metavar="KIND")
     plot.set_defaults(run=lambda args: _usage(plot))
     for kind, (summary, metavar, description) in KINDS.items():
-        p = kinds.add_parser(kind, help=summary, description=description,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = kinds.add_parser(kind, help=summary, description=description)
         p.add_argument("inputs", nargs="+", type=Path, metavar=metavar, help=INPUTS)
         _common(p, where=kind != "clients")
         p.add_argument("--title", help="replace the computed one-line message of the figure")
@@ -87,7 +86,8 @@ def register(commands) -> None:
                            help="the update whose drift to show: BA (B A / r), or the raw factor A or B "
                                 "(FFA, which never sends A, has B rows only)")
         if kind == "clients":
-            p.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy")
+            p.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy",
+                           help="the score on the y axis")
         if kind == "pareto":
             p.add_argument("--metric", default="accuracy", choices=(
                 "accuracy", "macro_f1", "server_accuracy", "server_macro_f1", "heldout_accuracy", "heldout_macro_f1"),
@@ -100,15 +100,14 @@ def register(commands) -> None:
                            help="LODO rows of this training share (default 0.7 when several)")
         p.set_defaults(run=cmd_plot, kind=kind)
     p = kinds.add_parser("all", help="every figure the inputs allow",
-                         description="Every figure the inputs allow; figures they cannot make are listed with why.",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         description="Every figure the inputs allow; figures they cannot make are listed with why.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="SWEEP_DIR_OR_RUN_DIR", help=INPUTS)
     _common(p)
     p.set_defaults(run=cmd_all, kind="all")
 
 
 def _common(p, where: bool = True) -> None:
-    p.add_argument("--out", type=Path, required=True, help="folder for NAME.png, NAME.svg, NAME.json")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for NAME.png, NAME.svg, NAME.json")
     p.add_argument("--svg", action="store_true", help="also write the figure as SVG")
     if where:
         p.add_argument("--where", type=_where, action="append", default=[], metavar="KEY=VALUE",
@@ -135,9 +134,9 @@ def cmd_plot(args) -> int:
     if args.kind == "clients":
         if len(args.inputs) != 1:
             raise FedharError(f"plot clients takes one run folder, got {len(args.inputs)}")
-        fig = func(args.inputs[0], args.out, **options)
+        fig = func(args.inputs[0], args.out_dir, **options)
     else:
-        fig = func(args.inputs, args.out, **options)
+        fig = func(args.inputs, args.out_dir, **options)
     _report(fig)
     return 0
 
@@ -145,7 +144,7 @@ def cmd_plot(args) -> int:
 def cmd_all(args) -> int:
     from fedhar.plots import NothingToPlot, plot_all
 
-    results = plot_all(args.inputs, args.out, svg=args.svg, where=dict(args.where) or None)
+    results = plot_all(args.inputs, args.out_dir, svg=args.svg, where=dict(args.where) or None)
     made = [fig for fig in results.values() if not isinstance(fig, Exception)]
     errors = 0
     for kind, result in results.items():

@@ -147,7 +147,8 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
 def random_init_backbone(cfg: PretrainConfig = PretrainConfig(), out_dir: Path | None = None) -> Path:
     """The control for every pretraining claim: the same MAE, initialised with ``cfg.seed``
     exactly as pretraining starts, and never trained."""
-    path = (out_dir or backbone_dir()) / f"mae-random-init-seed{cfg.seed}-{hashlib.sha256(json.dumps(cfg.model.to_dict(), sort_keys=True).encode()).hexdigest()[:8]}.safetensors"
+    model = hashlib.sha256(json.dumps(cfg.model.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    path = (out_dir or backbone_dir()) / f"mae-random-init-seed{cfg.seed}-{model}.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)

@@ -5,51 +5,93 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import fields
+from pathlib import Path
 
+from fedhar.data.cli import add_synthetic_options
+from fedhar.data.registry import dataset_names
+from fedhar.options import choice, name_list
 from simulations.config import FLConfig
 
 HELP = {
-    "data": "dataset(s) the clients hold, joined by '+' (default: synthetic)",
-    "partition": "one client per 'dataset', per 'subject', or 'dirichlet' label skew",
-    "mode": "lora | qlora | full",
-    "strategy": "fedavg/fedit | ffa | fedsa | fedex | flora | hetlora | fedprox | fedavgm | fedadam | fedyogi | fedadagrad",
-    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (flora, hetlora)",
-    "client_modes": "per-client modes by partition id, e.g. lora,qlora",
-    "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
-    "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
-    "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
-    "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
-    "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets joined by '+'",
-    "backbone": "an MAE checkpoint to use instead of pretraining",
-    "out_dir": "where the run's tables go (default runs/<time>)",
+    "data": "datasets the clients hold, comma-separated",
+    "data_dir": "folder holding the datasets (default: the search path of `fedhar data list`)",
+    "partition": "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)",
+    "num_clients": "clients of a Dirichlet partition",
+    "dirichlet_alpha": "Dirichlet concentration: smaller = more label skew",
     "test_fraction": "each client's own test share (subject-disjoint for partition=dataset, else the "
     "last windows in time order)",
     "server_test_fraction": "> 0: per dataset, the server holds out the test subjects of the centralised "
     "LODO baseline (same seed, train fraction 1 - this) and evaluates the global model on them; "
     "clients get the remaining subjects only (0 = off)",
-    "normalise": "z-normalisation statistics: 'dataset' (each dataset's training windows over all "
-    "clients) or 'client' (each client's own training windows)",
-    "head": "'shared' (averaged), 'local' (never leaves its client, sized to its labels) or 'auto' "
+    "normalise": "z-normalisation statistics: each dataset's training windows over all clients, or each "
+    "client's own",
+    "synthetic_domains": "synthetic data: domains (each like a dataset, its own sampling rate)",
+    "synthetic_subjects": "synthetic data: subjects per domain",
+    "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets, "
+    "comma-separated",
+    "pretrain_epochs": "MAE pretraining epochs of the backbone (cached by data and settings)",
+    "backbone": "an MAE checkpoint to use instead of pretraining",
+    "mode": "what clients train: full fine-tuning, LoRA, or LoRA on 4-bit NF4 frozen weights",
+    "rank": "LoRA rank r",
+    "lora_alpha": "LoRA scaling alpha (the update is alpha/r * B A)",
+    "local_epochs": "epochs each client trains per round",
+    "batch_size": "training batch size on each client",
+    "lr": "client learning rate (AdamW)",
+    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (flora, hetlora)",
+    "client_modes": "per-client modes by partition id, e.g. lora,qlora",
+    "head": "shared (averaged), local (never leaves its client, sized to its labels) or auto "
     "(local when some client's training labels miss a class of the federation)",
-    "heldout_data": "datasets no client holds, joined by '+' ('synthetic' = a separately seeded draw): "
+    "strategy": "aggregation rule (see README: fedavg = fedit, ffa, fedsa, fedex, flora, hetlora, fedprox, "
+    "and Flower's server optimisers)",
+    "proximal_mu": "fedprox: weight of the proximal term",
+    "server_lr": "fedadam, fedyogi, fedadagrad: the server step eta",
+    "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
+    "rounds": "federated rounds",
+    "fraction_train": "share of the clients sampled to train each round",
+    "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
+    "round_timeout": "seconds to wait for a round's replies; late clients count as timed out",
+    "seed": "seed of partitions, splits, client sampling and initialisation",
+    "heldout_data": "datasets no client holds, comma-separated ('synthetic' = a separately seeded draw): "
     "the server evaluates the global adapters on their LODO test subjects every round",
     "probe_epochs": "epochs of the head-only probe (frozen global encoder) used for held-out data "
     "when the head is local or its labels leave the federation's space",
     "server_eval_every": "server-side evaluation every N rounds (and always after the last)",
     "arm": "federated; centralised (one client with the union of the clients' training windows, all else "
     "equal: the upper bound); local (each client alone, never aggregated: the lower bound)",
+    "out_dir": "where the run's tables, checkpoint and model go (default: runs/<time>)",
+    "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
+    "tensorboard": "log per-round metrics and the run's configuration to TensorBoard under this folder "
+    "(needs `pip install 'fedhar[tracking]'`; view with `tensorboard --logdir DIR`)",
+    "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
 }
+
+
+def _choices() -> dict:
+    """The enumerated fields and their names (also the did-you-mean vocabulary)."""
+    from fedhar.data.registry import dataset_names
+    from simulations.config import ARMS, HEADS, MODES, NORMALISE, PARTITIONS, STRATEGY_NAMES
+
+    return {"partition": PARTITIONS, "mode": MODES, "normalise": NORMALISE, "head": HEADS, "arm": ARMS,
+            "strategy": STRATEGY_NAMES, "data": dataset_names, "heldout_data": dataset_names,
+            "pretrain_data": dataset_names}
 
 
 def add_config_options(parser) -> None:
     """One option per FLConfig field (``--rank``, ``--resume/--no-resume``, ...)."""
+    choices = _choices()
     for f in fields(FLConfig):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=HELP.get(f.name, " "))
+                                help=HELP[f.name])
+        elif callable(choices.get(f.name)):  # dataset lists
+            parser.add_argument(flag, type=name_list("dataset", choices[f.name], as_text=True),
+                                default=f.default, metavar="NAME[,NAME...]", help=HELP[f.name])
+        elif f.name in choices:
+            parser.add_argument(flag, type=choice(f.name.replace("_", "-"), choices[f.name]),
+                                choices=choices[f.name], default=f.default, help=HELP[f.name])
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=HELP.get(f.name, " "))
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
 
 
 def config_from_args(args) -> FLConfig:
@@ -62,7 +104,6 @@ def register(commands) -> None:
         help="run a federated LoRA/QLoRA simulation (Flower, in-process)",
         description="Federated fine-tuning of adapters on a frozen MAE backbone. Defaults are the "
         "embedded default: synthetic data, one client per synthetic domain, LoRA rank 8, FedAvg.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_options(p)
     p.add_argument("--engine", choices=("ray", "inline", "flwr"), default="ray",
@@ -70,6 +111,30 @@ def register(commands) -> None:
                    "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
     p.set_defaults(run=cmd_fl)
+
+    p = commands.add_parser(
+        "evaluate", help="score a saved federated model (OUT_DIR/model) on a dataset",
+        description="Load a saved model (peft adapters, head, backbone; see fedhar/model/saved.py) "
+        "and score it on every window of a dataset fedhar reads, z-normalised with that dataset's own "
+        "statistics. Windows of activities the head does not know count as errors.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="a model folder: a federated run's OUT_DIR/model, or a LODO run's OUT_DIR/models/RUN")
+    p.add_argument("--data", type=choice("dataset", dataset_names), required=True, help="the dataset to score on")
+    p.add_argument("--client", help="add this client's local parts (FedSA's B, a local head)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
+    add_synthetic_options(p)
+    p.set_defaults(run=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from fedhar.data.cli import synthetic_config
+    from fedhar.model.saved import score
+
+    m = score(args.model_dir, args.data, args.data_dir, args.client,
+              synthetic=synthetic_config(args) if args.data == "synthetic" else None)
+    print(f"{m['data']}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+          f"({m['windows']} windows, {m['out_of_space']} of activities the head does not know)")
+    return 0
 
 
 def cmd_fl(args) -> int:
@@ -85,7 +150,7 @@ def cmd_fl(args) -> int:
         from simulations.run import report
 
         t0 = time.perf_counter()
-        report(cfg, launch(cfg), time.perf_counter() - t0)
+        report(cfg, launch(cfg), time.perf_counter() - t0, live=False)
         return 0
     run_inprocess(cfg, engine=args.engine)
     return 0

@@ -28,14 +28,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.model import trainable_state_dict
 from simulations.config import FLConfig
+from simulations.export import save_local_parts
 from simulations.task import (
     add_base_deltas,
     build_model,
@@ -133,10 +134,13 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
             b = {k: v for k, v in state.items() if adapter_part(k) == "B"}
             context.state[LOCAL_B] = ArrayRecord(b)
             state = {k: v for k, v in state.items() if k not in b}  # B never leaves the client
-        if federation(cfg).head == "local":
+        fed = federation(cfg)
+        if fed.head == "local":
             head = {k: v for k, v in state.items() if is_head_key(k)}
             context.state[LOCAL_HEAD] = ArrayRecord(head)
             state = {k: v for k, v in state.items() if k not in head}  # nor does a local head
+        kept = {k: v for k, v in trainable_state_dict(model).items() if k not in state}
+        save_local_parts(cfg.out_dir, fed.client_names[pid], kept, list(data.labels.names) if data.labels else [])  # for fedhar evaluate
         if fault == "nan":  # a corrupted update: the server must reject it, not average it
             state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
         reply = ArrayRecord(state)
@@ -160,4 +164,5 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
     return app
 
 
+quiet_flower()  # this module runs in Flower's processes too (Ray actors, SuperNodes, flwr run)
 app = build_client_app()

@@ -36,6 +36,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from fedhar.errors import FedharError
+from fedhar.options import check_name, split_names
+from strategies.names import STRATEGY_NAMES
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
 MODES = ("full", "lora", "qlora")
@@ -47,7 +49,7 @@ ARMS = ("federated", "centralised", "local")
 @dataclass(frozen=True)
 class FLConfig:
     # data
-    data: str = "synthetic"  # a dataset name, or several joined by "+"
+    data: str = "synthetic"  # a dataset name, or several comma-separated
     data_dir: str = ""  # "" = the usual search path (fedhar data list)
     partition: str = "dataset"  # one client per dataset | per subject | Dirichlet label skew
     num_clients: int = 8  # only for partition = dirichlet
@@ -58,7 +60,7 @@ class FLConfig:
     synthetic_domains: int = 3
     synthetic_subjects: int = 6
     # backbone
-    pretrain_data: str = "synthetic"  # "synthetic" = a separate synthetic population, or datasets joined by "+"
+    pretrain_data: str = "synthetic"  # "synthetic" = a separate synthetic population, or datasets, comma-separated
     pretrain_epochs: int = 5
     backbone: str = ""  # path of an MAE checkpoint; "" = pretrain (cached) on pretrain_data
     # fine-tuning
@@ -83,18 +85,22 @@ class FLConfig:
     round_timeout: float = 600.0  # seconds to wait for replies; late clients count as timed out
     seed: int = 0
     # server-side evaluation (simulations/server_eval.py)
-    heldout_data: str = ""  # datasets joined by "+" that no client holds; "synthetic" = a separate draw
+    heldout_data: str = ""  # comma-separated datasets that no client holds; "synthetic" = a separate draw
     probe_epochs: int = 5  # head-only probe on held-out data (head local, or labels outside the space)
     server_eval_every: int = 1  # evaluate on the server every this many rounds (and the last round)
     out_dir: str = ""  # "" = runs/<timestamp>
     resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
+    tensorboard: str = ""  # a folder: per-round metrics and the config to TensorBoard (simulations/tracking.py)
     inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
 
     def __post_init__(self):
-        if self.partition not in PARTITIONS:
-            raise FedharError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
-        if self.mode not in MODES:
-            raise FedharError(f"mode must be one of {MODES}, got {self.mode!r}")
+        from fedhar.data.registry import dataset_names
+
+        for name, known in (("partition", PARTITIONS), ("mode", MODES), ("normalise", NORMALISE),
+                            ("head", HEADS), ("arm", ARMS), ("strategy", STRATEGY_NAMES)):
+            check_name(name, getattr(self, name), known)
+        for name in (*self.datasets, *self.heldout_datasets, *self.pretrain_datasets):
+            check_name("dataset", name, dataset_names())
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
                      "server_eval_every"):
             if getattr(self, name) < 1:
@@ -107,12 +113,6 @@ class FLConfig:
         if not 0 <= self.server_test_fraction < 1:
             raise FedharError(f"server-test-fraction must be in [0, 1) (0 = no server test split), "
                               f"got {self.server_test_fraction}")
-        if self.normalise not in NORMALISE:
-            raise FedharError(f"normalise must be one of {NORMALISE}, got {self.normalise!r}")
-        if self.arm not in ARMS:
-            raise FedharError(f"arm must be one of {ARMS}, got {self.arm!r}")
-        if self.head not in HEADS:
-            raise FedharError(f"head must be one of {HEADS}, got {self.head!r}")
         self._check_heldout()
 
     def _check_heldout(self) -> None:
@@ -121,7 +121,7 @@ class FLConfig:
         held = self.heldout_datasets
         if len(set(held)) != len(held):
             raise FedharError(f"heldout-data names a dataset twice: {self.heldout_data!r}")
-        pretrain = [d for d in self.pretrain_data.split("+") if d]
+        pretrain = self.pretrain_datasets
         for other, what in ((self.datasets, "data"), (pretrain, "pretrain-data")):
             shared = sorted(set(held) & set(other) - {"synthetic"})
             if shared:
@@ -157,11 +157,15 @@ class FLConfig:
 
     @property
     def datasets(self) -> list[str]:
-        return [d for d in self.data.split("+") if d]
+        return split_names(self.data)
 
     @property
     def heldout_datasets(self) -> list[str]:
-        return [d for d in self.heldout_data.split("+") if d]
+        return split_names(self.heldout_data)
+
+    @property
+    def pretrain_datasets(self) -> list[str]:
+        return split_names(self.pretrain_data)
 
     @property
     def heldout_test_fraction(self) -> float:
@@ -177,7 +181,7 @@ class FLConfig:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_run_config(cls, run_config: dict) -> "FLConfig":
+    def from_run_config(cls, run_config: dict) -> FLConfig:
         known = {f.name: f for f in fields(cls)}
         values = {}
         for key, value in run_config.items():

@@ -137,7 +137,7 @@ class LocalDeployment:
         self._stack = ExitStack()
 
     # ---- processes -----------------------------------------------------------------------
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         try:
@@ -354,5 +354,6 @@ def report(cfg: FLConfig, out_dir: Path, seconds: float, stream) -> None:
     if len(bad):
         cols = [c for c in ("round", "phase", "partition_id", "node_id", "status", "error") if c in bad]
         note = "\nNot ok:\n" + bad[cols].to_string(index=False) + "\n"
-    note += f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; logs: {out_dir / 'logs'}"
-    print_rounds(cfg, out_dir, seconds, name="fedhar deploy", stream=stream, tables_note=note)
+    note += f"tables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; model: {out_dir / 'model'}; logs: {out_dir / 'logs'}"
+    # the rounds ran in the SuperLink's ServerApp process: their lines are printed here
+    print_rounds(cfg, out_dir, seconds, name="fedhar deploy", stream=stream, tables_note=note, live=False)

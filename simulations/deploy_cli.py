@@ -5,9 +5,7 @@ Every ``fedhar fl`` option (the FLConfig fields) is an option here too.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
 
 EPILOG = """\
 What runs (all on 127.0.0.1, free ports, stopped when the run ends, fails or on Ctrl-C):
@@ -29,7 +27,7 @@ def register(commands) -> None:
         "local", help="a SuperLink and one SuperNode per client on this machine (loopback)",
         description="Start a SuperLink (deployment mode) and --nodes SuperNodes on loopback, submit the "
         "run with `flwr run`, follow it, report rounds.csv, stop everything.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     q.add_argument("--nodes", type=int, required=True,
                    help="SuperNodes to start: must equal the number of clients the configuration defines")
     q.add_argument("--node-data-dir", action="append", default=[], metavar="PID=DIR",

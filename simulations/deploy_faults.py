@@ -45,8 +45,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulations.config import FLConfig
 from fedhar.errors import FedharError
+from simulations.config import FLConfig
 from simulations.deploy import CONNECTION, LocalDeployment, interrupt_on_sigterm, prepare
 from simulations.flwr_launch import COMPLETED, stop_tree, write_run_config
 

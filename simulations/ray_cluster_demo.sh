@@ -30,7 +30,7 @@ mkdir -p "$out"
   "$bin/python" -c "
 import ray; ray.init(address='127.0.0.1:$port', logging_level='ERROR')
 for n in ray.nodes(): print('node', n['NodeID'][:8], 'alive' if n['Alive'] else 'dead', n['Resources'].get('CPU'), 'CPU')"
-  "$bin/fedhar" sweep simulations/sweeps/tiny.toml --address "127.0.0.1:$port" --out "$out/tiny"
+  "$bin/fedhar" sweep simulations/sweeps/tiny.toml --address "127.0.0.1:$port" --out-dir "$out/tiny"
   echo; echo "# trials per node (results.csv)"
   "$bin/python" -c "
 import pandas as pd; t = pd.read_csv('$out/tiny/results.csv').drop_duplicates('trial_id')

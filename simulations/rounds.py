@@ -139,7 +139,7 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
         return None
     with open(path, "rb") as f:
         blob = pickle.load(f)
-    ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure"}
+    ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure", "tensorboard"}
     # a field added to FLConfig after the checkpoint was written counts as its default
     saved = {**FLConfig().to_run_config(), **blob["config"]}
     now = {k: v for k, v in cfg.to_run_config().items() if k not in ignore}
@@ -151,9 +151,11 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
 
 
 def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir: Path,
-               node_of: dict[int, int], first_round: int = 1, after_aggregation=None) -> ArrayRecord:
+               node_of: dict[int, int], first_round: int = 1, after_aggregation=None,
+               after_round=None) -> ArrayRecord:
     """Rounds first_round..cfg.rounds; ``after_aggregation(round, arrays)`` sees each round's
-    new global arrays before the clients evaluate them (server-side evaluation)."""
+    new global arrays before the clients evaluate them (server-side evaluation);
+    ``after_round(round)`` is called once the round is recorded (progress, tracking)."""
     members = Membership(node_of, log, cfg.round_timeout)
     n_train = max(1, int(round(cfg.fraction_train * len(members.partitions))))
     for server_round in range(first_round, cfg.rounds + 1):
@@ -199,6 +201,8 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         else:
             log.flush()
         save_checkpoint(out_dir, server_round, arrays, strategy, log, cfg)
+        if after_round is not None:
+            after_round(server_round)
     return arrays
 
 

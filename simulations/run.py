@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
 from simulations.server_app import default_out_dir
@@ -65,21 +66,28 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
     else:
         from flwr.simulation import run_simulation
 
+        quiet_flower()
+
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=n_clients,
             backend_config={
                 "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+                              # actors' output (library noise) only with --verbose: failures are rows
+                              "log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "ERROR"},
             },
         )
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 
 def report(cfg: FLConfig, out_dir: Path, seconds: float, name: str = "fedhar fl", stream=None,
-           tables_note: str = "") -> Path:
-    """Check that every round finished and print the per-round table (any engine, or a deployment)."""
+           tables_note: str = "", live: bool = True) -> Path:
+    """Check that every round finished and say where the tables are (any engine, or a deployment).
+    live=False: the rounds ran in another process, so their lines are printed here."""
+    from simulations.progress import round_line
+
     stream = stream or sys.stdout
     rounds_csv = out_dir / "rounds.csv"
     if not rounds_csv.exists():
@@ -87,8 +95,10 @@ def report(cfg: FLConfig, out_dir: Path, seconds: float, name: str = "fedhar fl"
     rounds = pd.read_csv(rounds_csv)
     if len(rounds) < cfg.rounds:
         raise FedharError(f"only {len(rounds)} of {cfg.rounds} rounds finished (see {out_dir / 'clients.csv'})")
-    print(f"\n{name}: finished in {seconds:.0f} s. Per round:", file=stream)
-    print(rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=stream)
-    print(tables_note or f"\nTables: {out_dir / 'rounds.csv'}, {out_dir / 'clients.csv'}; "
-          f"configuration: {out_dir / 'config.json'}", file=stream, flush=True)
+    if not live:
+        for row in rounds.to_dict("records"):
+            print(round_line(row, cfg.rounds), file=stream)
+    print(f"{name}: finished in {seconds:.0f} s", file=stream)
+    print(tables_note or f"tables: {rounds_csv} (every column per round), {out_dir / 'clients.csv'}; "
+          f"model: {out_dir / 'model'}; configuration: {out_dir / 'config.json'}", file=stream, flush=True)
     return out_dir

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
-
 from logging import INFO
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -22,13 +21,17 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log as flwr_log
 
+from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
+from simulations.export import save_global_model
+from simulations.progress import RoundProgress
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, ensure_backbone, federation, is_head_key
+from simulations.tracking import tracker_for
 from strategies import HETEROGENEOUS_RANKS, RoundLog, make_strategy, strategy_options
 
 
@@ -181,8 +184,23 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         }, indent=1))
         node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
         log.partition_of = {nid: pid for pid, nid in node_of.items()}
-        run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round, after_aggregation=hook)
+        live = RoundProgress(cfg.rounds, first_round, tracker=tracker_for(cfg, out_dir))
+
+        def after_round(server_round: int) -> None:
+            log.flush()
+            table = summarise(out_dir / "clients.csv")
+            live.update(table[table["round"] == server_round].iloc[0].to_dict())
+
+        try:
+            arrays = run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round,
+                                after_aggregation=hook, after_round=after_round)
+        finally:
+            live.close()
         log.flush()
+        if hasattr(strategy, "downlink"):  # what the clients would receive: FedEx/FLoRA base updates too
+            strategy.observe_global(arrays)
+            arrays = strategy.downlink(arrays)
+        save_global_model(cfg, fed, {k: v.numpy() for k, v in arrays.items()}, out_dir, cfg.rounds)
         summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
 
     return app
@@ -192,4 +210,5 @@ def log_info(message: str) -> None:
     flwr_log(INFO, message)
 
 
+quiet_flower()  # this module runs in Flower's processes too (Ray actors, SuperNodes, flwr run)
 app = build_server_app()

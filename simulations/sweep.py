@@ -67,6 +67,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedhar.console import progress, say
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
 
@@ -575,7 +576,7 @@ def plan(sweep: Sweep, sweep_dir: Path) -> list[tuple[Trial, str]]:
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None = None,
               max_concurrent: int | None = None, command: str = "", log=None) -> SweepOutcome:
     """Run (or resume) every trial not done yet, as Ray tasks; returns the counts and table."""
-    log = log or (lambda msg: print(msg, flush=True))
+    log = log or say
     settings = sweep.settings
     address = settings.ray_address if address is None else address
     limit = settings.max_concurrent if max_concurrent is None else max_concurrent
@@ -612,6 +613,7 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None =
                     trial = queue.pop(0)
                     running[task.remote(trial.cfg, threads, os.getcwd())] = (trial, time.perf_counter())
 
+            bar = progress(total=len(trials), initial=skipped, desc="trials", unit="trial")
             try:
                 fill()
                 while running:
@@ -631,7 +633,9 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None =
                     failed += summary["status"] != "ok"
                     log(_progress(trial, summary, len(trials), skipped + ok, failed, len(running), len(queue),
                                   sum(took) / len(took) * (len(queue) + len(running)) / parallel))
+                    bar.update(1)
             finally:
+                bar.close()
                 for ref in running:  # interrupted: stop what still runs (it resumes next time)
                     ray.cancel(ref, force=True)
     results = write_results(sweep, trials, sweep_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -14,9 +13,9 @@ sweep file (TOML):
   [base]                        FLConfig values every trial shares (see fedhar fl --help)
   [grid]                        lists of values; one trial per combination
 
-Each trial runs in OUT/trials/<trial id> (a hash of its configuration). A trial already
+Each trial runs in OUT_DIR/trials/<trial id> (a hash of its configuration). A trial already
 finished is skipped, one cut short resumes from its checkpoint, a failed one runs again.
-OUT/results.csv has one row per trial and round. Examples: simulations/sweeps/*.toml
+OUT_DIR/results.csv has one row per trial and round. Examples: simulations/sweeps/*.toml
 """
 
 
@@ -26,9 +25,9 @@ def register(commands) -> None:
         description="Run every combination of a sweep file's [grid] over its [base] as Ray tasks (one\n"
         "federated run each, inline engine), on a local Ray instance or a cluster. Re-running\n"
         "the same command skips what is done and resumes what was cut short.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("file", type=Path, help="the sweep file (.toml)")
-    p.add_argument("--out", type=Path, help="sweep folder (default runs/sweeps/<name>)")
+    p.add_argument("--out-dir", type=Path, help="sweep folder (default: runs/sweeps/<name>)")
     p.add_argument("--address", help="Ray cluster to run on ('auto', 'host:6379', 'ray://host:10001'); "
                    "default: the file's ray_address, else a local Ray instance")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once "
@@ -44,7 +43,7 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(args.file)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise FedharError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-    out = args.out or sweep.default_dir()
+    out = args.out_dir or sweep.default_dir()
     if args.dry_run:
         states = plan(sweep, out)
         counts = {s: sum(x == s for _, x in states) for s in ("done", "partial", "failed", "pending")}

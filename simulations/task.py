@@ -26,6 +26,7 @@ from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
 from fedhar.data.splits import Normaliser, split_subjects
 from fedhar.data.synthetic import SyntheticConfig
+from fedhar.errors import FedharError
 from fedhar.model import (
     Classifier,
     evaluate,
@@ -35,7 +36,6 @@ from fedhar.model import (
     prepare_for_finetune,
     trainable_state_dict,
 )
-from fedhar.errors import FedharError
 from fedhar.model.checkpoint import load_mae
 from fedhar.model.head import ClassificationHead
 from fedhar.pretrain import PretrainConfig, pretrain
@@ -113,7 +113,7 @@ def ensure_backbone(cfg: FLConfig, quiet: bool = False) -> Path:
     """The MAE checkpoint for this run: the given one, or pretrained (once, then cached)."""
     if cfg.backbone:
         return Path(cfg.backbone)
-    pretrain_sets = [d for d in cfg.pretrain_data.split("+") if d]
+    pretrain_sets = cfg.pretrain_datasets
     overlap = set(pretrain_sets) & set(cfg.datasets) - {"synthetic"}
     if overlap:
         raise ValueError(f"pretrain-data and data share {sorted(overlap)}: the backbone would see test data")

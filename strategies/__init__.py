@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedProx, FedYogi
 
-from strategies.lora_strategies import FFALoRA, FedExLoRA, FedIT, FedSALoRA, FLoRA, HetLoRA
+from strategies.lora_strategies import FedExLoRA, FedIT, FedSALoRA, FFALoRA, FLoRA, HetLoRA
 from strategies.recording import RoundLog, recording
 from strategies.validation import validated
 

@@ -24,7 +24,6 @@ from flwr.supercore import log
 
 from strategies import lora_math as lm
 
-
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

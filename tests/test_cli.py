@@ -39,7 +39,7 @@ def test_list_is_truthful(capsys, tmp_path):
 
 
 def test_info_synthetic(capsys):
-    code, out, _ = run(capsys, "data", "info", "synthetic", "--domains", "2", "--subjects", "3")
+    code, out, _ = run(capsys, "data", "info", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "3")
     assert code == 0
     assert "subjects     6" in out and "activities   6" in out
     assert "synthetic data" in out and "synthetic-d1/3" in out
@@ -77,3 +77,76 @@ def test_info_hapt_on_the_real_data(capsys):
     assert code == 0
     assert "subjects     30" in out and "activities   12" in out and "windows      10929" in out
     assert "Published split: test subjects [2, 4, 9, 10, 12, 13, 18, 20, 24]" in out
+
+
+def _parsers(parser):
+    """The parser and every sub-command's parser under it."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _parsers(sub)
+
+
+def test_every_option_of_every_sub_command_has_help_and_shows_defaults_once():
+    from fedhar.cli import build_parser
+
+    missing, bad = [], []
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if action.dest in ("help", "version") or not (action.option_strings or action.dest != "command"):
+                continue
+            if type(action).__name__ == "_SubParsersAction":
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+        text = parser.format_help()
+        for wrong in ("%%", "(default: None)", "(default: ('", "(default: ["):
+            if wrong in text:
+                bad.append(f"{parser.prog}: {wrong}")
+        bad += [f"{parser.prog}: {line.strip()}" for line in text.splitlines() if line.count("(default:") > 1]
+    assert not missing, f"options without help: {missing}"
+    assert not bad, f"badly shown defaults: {bad}"
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["fl", "--data", "ucihar"], "did you mean 'uci-har'?"),
+    (["fl", "--heldout-data", "synthetc"], "did you mean 'synthetic'?"),
+    (["fl", "--strategy", "fedavgg"], "did you mean 'fedavg'?"),
+    (["fl", "--mode", "qlroa"], "did you mean 'qlora'?"),
+    (["fl", "--partition", "subjects"], "did you mean 'subject'?"),
+    (["fl", "--head", "shard"], "did you mean 'shared'?"),
+    (["fl", "--arm", "centralsed"], "did you mean 'centralised'?"),
+    (["lodo", "--data", "uci-har", "--backbones", "other+synthetc", "--out-dir", "x"], "did you mean 'other+synthetic'?"),
+    (["lodo", "--data", "uci-har", "--modes", "lora,ful", "--out-dir", "x"], "did you mean 'full'?"),
+    (["pretrain", "--data", "hpat"], "did you mean 'hapt'?"),
+    (["data", "info", "ucihar"], "did you mean 'uci-har'?"),
+    (["data", "prepar", "hapt"], "did you mean 'prepare'?"),
+    (["plot", "paretto", "x", "--out-dir", "y"], "did you mean 'pareto'?"),
+    (["flx"], "did you mean 'fl'?"),
+    (["lodo", "--datasets", "uci-har", "--out-dir", "x"], "did you mean '--data'?"),
+])
+def test_unknown_names_are_one_line_errors_with_a_suggestion(capsys, argv, suggestion):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fedhar: error: ") and suggestion in err and "Traceback" not in err
+
+
+def test_unknown_names_from_python_name_the_closest_one():
+    from fedhar.errors import FedharError
+    from simulations.config import FLConfig
+
+    with pytest.raises(FedharError, match="unknown dataset 'ucihar' \\(did you mean 'uci-har'\\?\\)"):
+        FLConfig(data="ucihar")
+    with pytest.raises(FedharError, match="did you mean 'fedex'"):
+        FLConfig(strategy="fedx")
+
+
+def test_strategy_names_match_the_strategies():
+    from strategies import STRATEGIES
+    from strategies.names import STRATEGY_NAMES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES

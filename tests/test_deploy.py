@@ -94,8 +94,9 @@ def test_nodes_must_equal_the_clients_of_the_configuration(tmp_path, monkeypatch
 
 
 def test_each_supernode_is_told_its_partition_and_data_and_the_cli_its_superlink(tmp_path):
-    from flwr.cli.flower_config import parse_superlink_connection
     import tomllib
+
+    from flwr.cli.flower_config import parse_superlink_connection
 
     dep = LocalDeployment(tmp_path, 3, {1: "/data/with space/node-1"})
     command = dep.supernode_command(1)
@@ -242,7 +243,9 @@ def test_sigterm_mid_run_stops_every_process_it_started(tmp_path):
     """`fedhar deploy local` terminated during round 1: SuperLink, SuperExecs, ServerApp,
     SuperNodes, ClientApps and `flwr run` are all gone, by their process ids."""
     out = tmp_path / "run"
-    env = {**__import__("os").environ, "FEDHAR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # FEDHAR_VERBOSE: Flower's INFO log ("[ROUND 1/3]", awaited below) is shown only when verbose
+    env = {**__import__("os").environ, "FEDHAR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "FEDHAR_VERBOSE": "1"}
     command = [sys.executable, "-m", "fedhar", "deploy", "local", "--nodes", "3",
                *tiny_options(out, "--rounds", "3", "--round-timeout", "300")]
     with open(tmp_path / "cli.log", "w") as log:

@@ -94,12 +94,12 @@ def test_many_clients_match_a_direct_computation():
     p = np.asarray(counts, float) / sum(counts)
     rows = client_drift(sent, clients, counts)
     for layer in LAYERS:
-        def product(s):
+        def product(s, layer=layer):
             return s[b_key(layer)].astype(float) @ s[a_key(layer)].astype(float) / 4
 
-        for part, delta in (("BA", lambda s: product(s) - product(sent)),
-                            ("A", lambda s: s[a_key(layer)].astype(float) - sent[a_key(layer)]),
-                            ("B", lambda s: s[b_key(layer)].astype(float) - sent[b_key(layer)])):
+        for part, delta in (("BA", lambda s, product=product: product(s) - product(sent)),
+                            ("A", lambda s, layer=layer: s[a_key(layer)].astype(float) - sent[a_key(layer)]),
+                            ("B", lambda s, layer=layer: s[b_key(layer)].astype(float) - sent[b_key(layer)])):
             deltas = [delta(s) for s in clients]
             mean = sum(pk * d for pk, d in zip(p, deltas))
             got = {r["k"]: r for r in rows if r["layer"] == layer and r["part"] == part}

@@ -110,7 +110,7 @@ def test_dataset_normalisation_uses_the_datasets_training_windows(tmp_path, monk
         np.testing.assert_allclose(c.train_x.mean(axis=(0, 2)), 0, atol=1e-4)  # its own statistics
         np.testing.assert_allclose(c.train_x.std(axis=(0, 2)), 1, atol=1e-3)
         assert not np.allclose(d.train_x, c.train_x)
-    for name, xs in pooled.items():  # dataset statistics: zero mean, unit std over all its clients
+    for xs in pooled.values():  # dataset statistics: zero mean, unit std over all its clients
         x = np.concatenate(xs)
         np.testing.assert_allclose(x.mean(axis=(0, 2)), 0, atol=1e-4)
         np.testing.assert_allclose(x.std(axis=(0, 2)), 1, atol=1e-3)

@@ -1,9 +1,8 @@
 """The centralised LODO baseline: source selection, learning, resumable tables, run reports."""
 
 import numpy as np
-import torch
-import pandas as pd
 import pytest
+import torch
 
 from fedhar.data import LabelSpace, load, train_test
 from fedhar.data.synthetic import SyntheticConfig
@@ -34,6 +33,14 @@ def test_tiny_lodo_learns_resumes_and_extends(tmp_path):
     assert row["pretrained_on"] == "synthetic-d1+synthetic-d2"
     assert row["accuracy"] > 0.5  # chance is 1/6
     assert row["n_train"] > row["n_test"] > 0
+    # the run's model is saved (peft adapters, head, backbone) and scores as the run did on its test windows
+    from fedhar.lodo import model_name
+    from fedhar.model.saved import load_model
+
+    saved = out / "models" / model_name(row.to_dict())
+    assert (saved / "adapter_model.safetensors").exists() and (saved / "adapter_config.json").exists()
+    model, meta = load_model(saved)
+    assert meta["rank"] == 8 and meta["mode"] == "lora" and model.head.n_classes == len(meta["label_space"])
     # the same plan again runs nothing new
     assert len(run_lodo(plan, out, log=lambda m: None)) == 1
     # a wider plan (one more seed) adds only the missing row

@@ -11,8 +11,16 @@ import pytest
 
 from fedhar.cli import main
 from fedhar.errors import FedharError
-from fedhar.plots import (NothingToPlot, accuracy_per_client, accuracy_vs_bytes, drift_vs_round, inexactness_scaling,
-                          lora_vs_qlora, plot_all, rank_ablation)
+from fedhar.plots import (
+    NothingToPlot,
+    accuracy_per_client,
+    accuracy_vs_bytes,
+    drift_vs_round,
+    inexactness_scaling,
+    lora_vs_qlora,
+    plot_all,
+    rank_ablation,
+)
 from fedhar.plots.figures import _pareto
 from fedhar.plots.style import wrap
 
@@ -52,10 +60,11 @@ def test_drift_from_the_sweep_column(tmp_path):
     assert legend(ax) == labelled_lines(ax)
     assert len(ax.collections) == 2  # a min-max band per strategy
     assert "round" in ax.get_xlabel() and "unitless" in ax.get_ylabel()
-    assert fig._suptitle.get_text().startswith("fedsa drifts least")
+    assert fig._suptitle.get_text() == "Client drift per round · synthetic data · n = 8 trials"
     assert "rank ∈ {4, 16}" in ax.get_title(loc="left").replace("\n", " ")  # says what each line averages over
     blob = sidecar(tmp_path, "drift_vs_round")
     assert inputs(blob) == {"sweep/results.csv"} and blob["files"] == ["drift_vs_round.png"]
+    assert "fedsa" in blob["message"] and "fedavg" in blob["message"]
 
 
 def test_drift_from_trial_files_over_seeds(tmp_path):
@@ -95,8 +104,9 @@ def test_inexactness_against_epochs_and_clients(tmp_path):
     assert list(epochs.get_xticks()) == [1, 3] and list(clients.get_xticks()) == [4, 8]
     assert "local epochs" in epochs.get_xlabel() and "clients" in clients.get_xlabel()
     assert "at K = 4 clients" in epochs.get_title(loc="left").replace("\n", " ")
-    assert "grows with local epochs" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text() == "Aggregation inexactness · synthetic data · n = 12 trials"
     blob = sidecar(tmp_path, "inexactness")
+    assert "grows with local epochs" in blob["message"]
     assert sum(p.endswith("inexactness.csv") for p in inputs(blob)) == 12
 
 
@@ -116,7 +126,8 @@ def test_accuracy_per_client_with_server_and_heldout(tmp_path):
     assert widths["held out: synthetic"] > 2 * widths["synthetic-d1"]
     assert "(%)" in ax.get_ylabel()
     blob = sidecar(tmp_path, "accuracy_per_client")
-    assert inputs(blob) == {"run/clients.csv"}
+    assert inputs(blob) == {"run/clients.csv", "run/config.json"}
+    assert fig._suptitle.get_text().startswith("Accuracy per client and round · synthetic data · one run")
     assert "synthetic-d3: failed in round 2 (train)" in blob["notes"]
 
 
@@ -135,12 +146,19 @@ def test_accuracy_per_client_without_optional_columns(tmp_path):
 def test_pareto_front(tmp_path):
     fig = accuracy_vs_bytes(SWEEP, tmp_path)
     (ax,) = fig.axes
-    assert legend(ax) == ["fedavg", "fedsa", "lora", "qlora", "Pareto front"]
-    assert labelled_lines(ax) == ["Pareto front"]
-    assert sum(len(c.get_offsets()) for c in ax.collections) == 8 + 2  # 8 configurations, 2 ringed
-    assert "(MB)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
-    assert {t.get_text() for t in ax.texts} == {"fedavg / r4", "fedavg / r16", "fedsa / r4", "fedsa / r16"}
-    assert fig._suptitle.get_text().startswith("2 of 8 configurations are Pareto-optimal")
+    configurations = legend(ax)[:-1]
+    assert len(configurations) == 8 and legend(ax)[-1] == "Pareto front"
+    assert "fedavg / lora / r4" in configurations and "fedsa / qlora / r16" in configurations
+    # every configuration its own colour and marker; no labels written over the points
+    points = [c for c in ax.collections if len(c.get_offsets()) == 1]
+    assert len({tuple(c.get_facecolor()[0]) for c in points}) == len({c.get_paths()[0].vertices.tobytes()
+                                                                        for c in points}) == 8
+    assert not ax.texts
+    assert "MB = 10^6 bytes" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1  # no zoom into a fraction of a point
+    assert fig._suptitle.get_text().startswith("Final accuracy vs communicated MB · synthetic data · n = 8")
+    assert sidecar(tmp_path, "accuracy_vs_bytes")["message"].startswith("2 of 8 configurations are Pareto-optimal")
     assert inputs(sidecar(tmp_path, "accuracy_vs_bytes")) == {"sweep/results.csv"}
 
 
@@ -149,17 +167,23 @@ def test_pareto_indices():
     assert _pareto([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.65, 0.8]) == [0, 1, 4]
 
 
-def test_rank_ablation_from_sweep_and_lodo(tmp_path):
-    fig = rank_ablation([SWEEP, LODO], tmp_path)
+def test_rank_ablation_from_a_sweep_and_from_lodo_never_on_one_axis(tmp_path):
+    fig = rank_ablation(SWEEP, tmp_path / "fed")
     acc, f1 = fig.axes
-    assert legend(acc) == ["full fine-tuning (LODO uci-har)", "federated: fedavg / lora", "federated: fedavg / qlora",
-                           "federated: fedsa / lora", "federated: fedsa / qlora", "LODO uci-har: lora",
-                           "LODO uci-har: qlora"]
-    assert [t.get_text() for t in acc.get_xticklabels()] == ["4", "8", "16", "32", "64"]
+    assert legend(acc) == ["federated: fedavg / lora", "federated: fedavg / qlora", "federated: fedsa / lora",
+                           "federated: fedsa / qlora"]
+    assert fig._suptitle.get_text().startswith("Accuracy vs LoRA rank · federated · synthetic data")
     assert "macro-F1" in f1.get_ylabel() and "rank" in acc.get_xlabel()
-    blob = sidecar(tmp_path, "rank_ablation")
-    assert inputs(blob) == {"sweep/results.csv", "lodo/runs.csv"}
+    fig = rank_ablation(LODO, tmp_path / "lodo")
+    acc, _ = fig.axes
+    assert legend(acc) == ["full fine-tuning (LODO uci-har)", "LODO uci-har: lora", "LODO uci-har: qlora"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["8", "16", "32", "64"]
+    assert "real data: UCI-HAR" in fig._suptitle.get_text()
+    blob = sidecar(tmp_path / "lodo", "rank_ablation")
+    assert inputs(blob) == {"lodo/runs.csv"}
     assert any("train_fraction 0.7" in n for n in blob["notes"])
+    with pytest.raises(NothingToPlot, match="not both"):
+        rank_ablation([SWEEP, LODO], tmp_path)
 
 
 def test_rank_ablation_needs_two_ranks():
@@ -171,9 +195,11 @@ def test_lora_vs_qlora(tmp_path):
     fig = lora_vs_qlora([SWEEP, LODO], tmp_path)
     sweep, lodo = fig.axes
     assert legend(sweep) == ["LoRA (fp32 backbone), n=4", "QLoRA (4-bit NF4 backbone), n=4"]
-    assert legend(lodo) == ["LoRA (fp32 backbone), n=5", "QLoRA (4-bit NF4 backbone), n=2"]
-    assert "(MB)" in sweep.get_xlabel() and "(MiB)" in lodo.get_xlabel()
-    assert fig._suptitle.get_text().startswith("QLoRA needs")
+    # LoRA only at the rank QLoRA ran too: like with like
+    assert legend(lodo) == ["LoRA (fp32 backbone), n=2", "QLoRA (4-bit NF4 backbone), n=2"]
+    assert "MB = 10^6 bytes" in sweep.get_xlabel() and "MB = 10^6 bytes" in lodo.get_xlabel()
+    assert fig._suptitle.get_text().startswith("LoRA vs QLoRA")
+    assert sidecar(tmp_path, "lora_vs_qlora")["message"].startswith("QLoRA needs")
     assert inputs(sidecar(tmp_path, "lora_vs_qlora")) == {"sweep/results.csv", "lodo/runs.csv"}
 
 
@@ -185,10 +211,10 @@ def test_lora_vs_qlora_needs_both_modes():
 def test_all_makes_what_the_inputs_allow(tmp_path):
     results = plot_all([SWEEP, LODO], tmp_path)
     made = {k for k, v in results.items() if not isinstance(v, Exception)}
-    assert made == {"drift", "pareto", "rank", "memory"}
-    assert all(isinstance(results[k], NothingToPlot) for k in ("inexactness", "clients"))
+    assert made == {"drift", "pareto", "memory"}
+    assert all(isinstance(results[k], NothingToPlot) for k in ("inexactness", "clients", "rank"))
     assert {p.name for p in tmp_path.iterdir()} == {f"{n}.{s}" for n in ("drift_vs_round", "accuracy_vs_bytes",
-                                                                         "rank_ablation", "lora_vs_qlora")
+                                                                         "lora_vs_qlora")
                                                    for s in ("png", "json")}
     results = plot_all(RUN, tmp_path / "run")
     assert {k for k, v in results.items() if not isinstance(v, Exception)} == {"drift", "clients"}
@@ -234,7 +260,7 @@ def test_missing_column_names_file_and_column(tmp_path, func, fixture, table, co
 def test_all_skips_what_a_sweep_did_not_record(capsys, tmp_path):
     sweep = _copy(tmp_path, SWEEP)
     _drop(sweep / "results.csv", "drift_mean")
-    code, out, err = run_cli(capsys, "plot", "all", sweep, "--out", tmp_path / "out")
+    code, out, err = run_cli(capsys, "plot", "all", sweep, "--out-dir", tmp_path / "out")
     assert code == 0 and "accuracy_vs_bytes.png" in out and "drift_vs_round" not in out
     assert f"skipped drift: {sweep / 'results.csv'}: missing column 'drift_mean'" in err
 
@@ -286,28 +312,25 @@ def run_cli(capsys, *argv):
 
 
 def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["plot", "--help"])
+    assert main(["plot", "--help"]) == 0
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and "fedhar plot" in out
+    assert "fedhar plot" in out
     assert all(kind in out for kind in ("drift", "inexactness", "clients", "pareto", "rank", "memory", "all"))
-    with pytest.raises(SystemExit) as exit_:
-        main(["plot", "drift", "--help"])
-    assert exit_.value.code == 0 and "--where" in capsys.readouterr().out
+    assert main(["plot", "drift", "--help"]) == 0 and "--where" in capsys.readouterr().out
     code, _, err = run_cli(capsys, "plot")
     assert code == 2 and "KIND" in err
 
 
 def test_cli_draws_and_reports(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "plot", "clients", RUN, "--out", tmp_path, "--svg", "--name", "fig")
+    code, out, err = run_cli(capsys, "plot", "clients", RUN, "--out-dir", tmp_path, "--svg", "--name", "fig")
     assert code == 0 and (tmp_path / "fig.png").is_file() and (tmp_path / "fig.svg").is_file()
     assert out.startswith(f"{tmp_path / 'fig.png'}: After round 3") and "note: synthetic-d3: failed" in err
-    code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out", tmp_path, "--where", "mode=lora")
+    code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out-dir", tmp_path, "--where", "mode=lora")
     assert code == 0 and "of 4 configurations" in out
 
 
 def test_cli_all(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "plot", "all", SCALING, "--out", tmp_path)
+    code, out, err = run_cli(capsys, "plot", "all", SCALING, "--out-dir", tmp_path)
     assert code == 0 and "drift_vs_round.png" in out and "inexactness.png" in out
     assert "skipped rank: " in err and "skipped memory: " in err
 
@@ -315,8 +338,8 @@ def test_cli_all(capsys, tmp_path):
 def test_cli_bad_input_is_one_line(capsys, tmp_path):
     sweep = _copy(tmp_path, SWEEP)
     _drop(sweep / "results.csv", "bytes_down")
-    code, _, err = run_cli(capsys, "plot", "pareto", sweep, "--out", tmp_path / "out")
+    code, _, err = run_cli(capsys, "plot", "pareto", sweep, "--out-dir", tmp_path / "out")
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"fedhar: error: {sweep / 'results.csv'}: missing required column 'bytes_down'")
-    code, _, err = run_cli(capsys, "plot", "rank", SCALING, "--out", tmp_path / "out", "--where", "nope=1")
+    code, _, err = run_cli(capsys, "plot", "rank", SCALING, "--out-dir", tmp_path / "out", "--where", "nope=1")
     assert code == 2 and "no column 'nope'" in err

@@ -10,8 +10,8 @@ import pytest
 
 from fedhar.data.harmonise import WindowConfig, harmonise
 from fedhar.data.labels import ACTIVITY_ID, UNLABELLED
-from fedhar.data.registry import get_reader
 from fedhar.data.readers.hapt import HaptReader, find_experiments, read_table
+from fedhar.data.registry import get_reader
 from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport
 from fedhar.errors import DataFormatError
 from tests.fixtures.hapt import default_experiments, shared_data_dir, write_hapt

@@ -174,8 +174,8 @@ def set_cell(line_i, column, text):
 @pytest.mark.parametrize(
     "edit, line, words",
     [
-        (set_line(7, lambda l: " ".join(l.split()[:53]) + "\n"), 8, "found 53"),
-        (set_line(9, lambda l: l.rstrip("\n") + " 1.0\n"), 10, "found 55"),
+        (set_line(7, lambda line: " ".join(line.split()[:53]) + "\n"), 8, "found 53"),
+        (set_line(9, lambda line: line.rstrip("\n") + " 1.0\n"), 10, "found 55"),
         (lambda lines: lines[:-1] + [" ".join(lines[-1].split()[:20])], 40, "truncated"),
         (set_cell(12, 25, "abc"), 13, "column 26: 'abc'"),
         (set_cell(12, 30, "nan"), 13, "column 31: 'nan'"),  # the published token is NaN

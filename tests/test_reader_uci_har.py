@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhar.data.loading import find_dataset
 from fedhar.data.harmonise import WindowConfig, harmonise
 from fedhar.data.labels import ACTIVITY_ID, UNLABELLED
-from fedhar.data.registry import get_reader
+from fedhar.data.loading import find_dataset
 from fedhar.data.readers.hapt import HaptReader
 from fedhar.data.readers.uci_har import TRANSITIONS_DROPPED, UciHarReader
+from fedhar.data.registry import get_reader
 from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording, WindowSet
 from fedhar.errors import DataFormatError, FedharError
 from tests.fixtures.hapt import shared_data_dir, write_hapt

@@ -57,7 +57,7 @@ def test_all_twelve_activities_stay_distinct_and_subjects_come_from_folders(tmp_
     recs, _ = read(root)
     got = {(r.subject, Path(r.source).name): int(r.labels[0]) for r in recs}
     assert len(got) == 24
-    for (subject, name), label in got.items():
+    for (_subject, name), label in got.items():
         activity = int(name[1 : name.index("t")])
         assert label == ACTIVITY_ID[LABEL_MAP[activity]]
     assert [LABEL_MAP[a] for a in range(1, 13)] == [

@@ -40,7 +40,8 @@ def test_subject_split_per_dataset_and_published_override():
     train, test = subject_split(ws, 0.3, seed=0, test_subjects={"b": (1, 2)})
     assert len(train) + len(test) == len(ws)
     for name in ("a", "b"):
-        tr = set(train.subject[train.dataset == name]); te = set(test.subject[test.dataset == name])
+        tr = set(train.subject[train.dataset == name])
+        te = set(test.subject[test.dataset == name])
         assert not tr & te and len(te) in (2, 3)
     assert set(test.subject[test.dataset == "b"]) == {1, 2}
 

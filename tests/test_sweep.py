@@ -79,7 +79,7 @@ def test_headline_sweeps_are_valid():
     ('[base]\nrank = 4\n[grid]\nrank = [8]\n', "rank", 4, "both [base] and [grid]"),
     ('[base]\nout_dir = "x"\n', "out_dir", 2, "the sweep sets it"),
     ('[grids]\nrank = [4]\n', "grids", 1, "unknown table"),
-    ('[grid]\nmode = ["lora", "sparse"]\n', "mode", None, "mode must be one of"),
+    ('[grid]\nmode = ["lora", "sparse"]\n', "mode", None, "unknown mode 'sparse'"),
     ('[grid\nrank = [4]\n', "line 1", None, "not a valid TOML"),
 ])
 def test_a_bad_sweep_file_names_the_file_the_key_and_the_line(tmp_path, capsys, text, key, line, says):
@@ -96,7 +96,7 @@ def test_a_bad_sweep_file_names_the_file_the_key_and_the_line(tmp_path, capsys, 
 
 
 def test_dry_run_lists_the_trials_and_runs_nothing(tmp_path, capsys):
-    assert main(["sweep", str(TINY), "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    assert main(["sweep", str(TINY), "--out-dir", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     for trial in load_sweep(TINY).trials(tmp_path / "s"):
         assert trial.trial_id in out
@@ -104,9 +104,9 @@ def test_dry_run_lists_the_trials_and_runs_nothing(tmp_path, capsys):
 
 
 def test_a_failing_trial_reports_its_error_and_keeps_its_log(tmp_path):
-    cfg = FLConfig(data="no-such-dataset", backbone=str(tmp_path / "mae.safetensors"), out_dir=str(tmp_path / "t"))
+    cfg = FLConfig(backbone=str(tmp_path / "no-such-mae.safetensors"), out_dir=str(tmp_path / "t"))
     summary = run_trial(cfg)
-    assert summary["status"] == "failed" and "no-such-dataset" in summary["error"]
+    assert summary["status"] == "failed" and "no-such-mae.safetensors" in summary["error"]
     # seconds is rounded to 0.1 s: a trial failing on cached data can take 0.0
     assert summary["seconds"] >= 0 and summary["cpu_seconds"] > 0 and summary["peak_rss_mb"] > 0 and summary["hostname"]
     assert "Traceback" in (tmp_path / "t" / "trial.log").read_text()
@@ -158,7 +158,7 @@ def test_tiny_sweep_on_ray_writes_one_table_and_resumes(tmp_path, capsys):
     assert (again.ran, again.skipped) == (0, 2)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len(json.loads((out / "sweep.json").read_text())["history"]) == 2
-    assert main(["sweep", str(TINY), "--out", str(out), "--dry-run"]) == 0
+    assert main(["sweep", str(TINY), "--out-dir", str(out), "--dry-run"]) == 0
     assert "2 done" in capsys.readouterr().out
 
     # a trial cut short (no marker, a checkpoint) resumes from its checkpoint; only it runs

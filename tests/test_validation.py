@@ -21,7 +21,7 @@ def _state(w, mean, var, tracked):
 
 @pytest.mark.parametrize("cls, options", [(FedAvgM, {"server_momentum": 0.9, "server_learning_rate": 0.1}),
                                           (FedAdam, {"eta": 0.01, "eta_l": 0.01})])
-def test_buffers_get_the_plain_weighted_mean_while_weights_follow_the_optimiser(cls, options, server_identity):
+def test_buffers_get_the_plain_weighted_mean_while_weights_follow_the_optimiser(cls, options, server_identity):  # noqa: F811
     strategy = validated(cls)(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2, **options)
     start = _state(0.0, 0.0, 1.0, 10)
     list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in start.items()}), ConfigRecord(), _Grid()))

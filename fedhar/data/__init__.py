@@ -3,7 +3,7 @@
 from fedhar.data.harmonise import WindowConfig
 from fedhar.data.labels import ACTIVITIES, LabelSpace
 from fedhar.data.loading import Prepared, find_dataset, load
-from fedhar.data.schema import CHANNELS, CHANNEL_UNITS, PrepareReport, Recording, WindowSet
+from fedhar.data.schema import CHANNEL_UNITS, CHANNELS, PrepareReport, Recording, WindowSet
 from fedhar.data.splits import Normaliser, subject_split, train_test
 
 __all__ = [

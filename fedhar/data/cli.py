@@ -15,6 +15,7 @@ from fedhar.data.registry import SYNTHETIC, dataset_names, get_reader, reader_na
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
+from fedhar.options import check_name, choice
 
 
 def register(commands) -> None:
@@ -22,15 +23,17 @@ def register(commands) -> None:
         "data",
         help="list, inspect, prepare and download HAR datasets",
         description="Datasets in their published layouts, harmonised to 50 Hz, 6 channels, "
-        "128-sample windows with 50%% overlap.",
+        "128-sample windows with 50% overlap.",
     )
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def common(p, many=False):
         if many:
-            p.add_argument("names", nargs="*", metavar="DATASET", help=f"one of: {', '.join(dataset_names())}")
+            p.add_argument("names", nargs="*", metavar="DATASET", type=choice("dataset", dataset_names),
+                           help=f"one of: {', '.join(dataset_names())}")
         else:
-            p.add_argument("name", metavar="DATASET", help=f"one of: {', '.join(dataset_names())}")
+            p.add_argument("name", metavar="DATASET", type=choice("dataset", dataset_names),
+                           help=f"one of: {', '.join(dataset_names())}")
         p.add_argument("--data-dir", type=Path, help="folder holding the datasets (else $FEDHAR_DATA_DIR, ./data, ...)")
         add_synthetic_options(p)
 
@@ -50,35 +53,35 @@ def register(commands) -> None:
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("download", help="fetch a dataset from its canonical source, verify and unpack it")
-    p.add_argument("name", metavar="DATASET", choices=reader_names(), help=f"one of: {', '.join(reader_names())}")
+    p.add_argument("name", metavar="DATASET", type=choice("downloadable dataset", reader_names),
+                   help=f"one of: {', '.join(reader_names())}")
     p.add_argument("--dest", type=Path, help=f"folder to unpack into (default {paths.download_dir()})")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
     p.set_defaults(run=cmd_download)
 
 
-def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+def add_synthetic_options(p: argparse.ArgumentParser, domains: int | None = None, subjects: int | None = None) -> None:
+    """--synthetic-domains/-subjects/-seed: the same names as `fedhar fl`'s (default: the generator's)."""
+    from fedhar.data.synthetic import SyntheticConfig
+
+    base = SyntheticConfig()
     g = p.add_argument_group("synthetic data (dataset 'synthetic')")
-    g.add_argument("--domains", type=int, help="number of domains (like datasets)")
-    g.add_argument("--subjects", type=int, help="subjects per domain")
-    g.add_argument("--seed", type=int, help="generator seed")
+    g.add_argument("--synthetic-domains", type=int, default=domains or base.n_domains,
+                   help="number of domains (each like a dataset)")
+    g.add_argument("--synthetic-subjects", type=int, default=subjects or base.subjects_per_domain,
+                   help="subjects per domain")
+    g.add_argument("--synthetic-seed", type=int, default=base.seed, help="generator seed")
 
 
 def synthetic_config(args):
     from fedhar.data.synthetic import SyntheticConfig
 
-    changes = {}
-    if getattr(args, "domains", None) is not None:
-        changes["n_domains"] = args.domains
-    if getattr(args, "subjects", None) is not None:
-        changes["subjects_per_domain"] = args.subjects
-    if getattr(args, "seed", None) is not None:
-        changes["seed"] = args.seed
-    return SyntheticConfig(**changes)
+    return SyntheticConfig(n_domains=args.synthetic_domains, subjects_per_domain=args.synthetic_subjects,
+                           seed=args.synthetic_seed)
 
 
 def _load(name: str, args, rebuild: bool = False) -> Prepared:
-    if name not in dataset_names():
-        raise FedharError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    check_name("dataset", name, dataset_names())
     synthetic = synthetic_config(args) if name == SYNTHETIC else None
     return load(name, args.data_dir, synthetic=synthetic, progress=True, rebuild=rebuild)
 

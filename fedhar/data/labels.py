@@ -64,7 +64,7 @@ class LabelSpace:
     names: tuple[str, ...]
 
     @classmethod
-    def from_ids(cls, ids) -> "LabelSpace":
+    def from_ids(cls, ids) -> LabelSpace:
         present = sorted({int(i) for i in np.asarray(ids).ravel() if i != UNLABELLED})
         return cls(tuple(ACTIVITIES[i] for i in present))
 

@@ -32,10 +32,8 @@ def dataset_names() -> list[str]:
 
 
 def get_reader(name: str) -> Reader:
-    try:
-        target = _READERS[name]
-    except KeyError:
-        known = ", ".join(dataset_names())
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    from fedhar.options import check_name
+
+    target = _READERS[check_name("dataset", name, reader_names())]
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)()

@@ -78,7 +78,7 @@ class PrepareReport:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PrepareReport":
+    def from_dict(cls, d: dict) -> PrepareReport:
         return cls(
             dataset=d["dataset"],
             files_read=d["files_read"],
@@ -117,11 +117,11 @@ class WindowSet:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, index) -> "WindowSet":
+    def subset(self, index) -> WindowSet:
         return WindowSet(self.x[index], self.y[index], self.subject[index], self.dataset[index])
 
     @classmethod
-    def empty(cls, length: int = 128) -> "WindowSet":
+    def empty(cls, length: int = 128) -> WindowSet:
         return cls(
             np.zeros((0, len(CHANNELS), length), np.float32),
             np.zeros(0, np.int64),
@@ -130,7 +130,7 @@ class WindowSet:
         )
 
     @classmethod
-    def concat(cls, parts: list["WindowSet"]) -> "WindowSet":
+    def concat(cls, parts: list[WindowSet]) -> WindowSet:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()

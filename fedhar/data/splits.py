@@ -61,7 +61,7 @@ class Normaliser:
     std: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, train: WindowSet) -> "Normaliser":
+    def fit(cls, train: WindowSet) -> Normaliser:
         mean, std = {}, {}
         for name in train.datasets():
             x = train.x[train.dataset == name]

@@ -46,7 +46,7 @@ class Classifier(nn.Module):
 
     @classmethod
     def from_mae(cls, mae: MaskedAutoencoder, n_classes: int, hidden: int = 128,
-                 dropout: float = 0.2) -> "Classifier":
+                 dropout: float = 0.2) -> Classifier:
         """A classifier on a deep copy of a pretrained MAE's encoder (the MAE stays untouched)."""
         encoder = copy.deepcopy(mae.encoder)
         return cls(encoder, ClassificationHead(encoder.config.dim, n_classes, hidden, dropout))

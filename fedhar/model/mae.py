@@ -87,7 +87,7 @@ class MAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MAEConfig":
+    def from_dict(cls, d: dict) -> MAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

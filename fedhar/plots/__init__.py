@@ -1,4 +1,4 @@
-"""Figures from fedhar's result tables alone (no training): `fedhar plot KIND INPUT... --out DIR`.
+"""Figures from fedhar's result tables alone (no training): `fedhar plot KIND INPUT... --out-dir DIR`.
 
 Each function reads a sweep (results.csv), run folders (rounds.csv, clients.csv, drift.csv,
 inexactness.csv, config.json) and/or LODO runs.csv tables, writes NAME.png (dpi 150),
@@ -14,8 +14,16 @@ figure can be traced to its data, and returns the matplotlib Figure.
     plot_all             every figure the inputs allow
 """
 
-from fedhar.plots.figures import (FIGURES, accuracy_per_client, accuracy_vs_bytes, drift_vs_round,
-                                  inexactness_scaling, lora_vs_qlora, plot_all, rank_ablation)
+from fedhar.plots.figures import (
+                                  FIGURES,
+                                  accuracy_per_client,
+                                  accuracy_vs_bytes,
+                                  drift_vs_round,
+                                  inexactness_scaling,
+                                  lora_vs_qlora,
+                                  plot_all,
+                                  rank_ablation,
+)
 from fedhar.plots.tables import NothingToPlot
 
 __all__ = ["FIGURES", "NothingToPlot", "accuracy_per_client", "accuracy_vs_bytes", "drift_vs_round",

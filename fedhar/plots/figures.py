@@ -14,13 +14,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from fedhar.errors import DataFormatError, FedharError
 from fedhar.plots import style as st
-from fedhar.plots.tables import (NothingToPlot, Trace, Trials, classify, fmt, label, load_lodo, load_trials,
-                                 read_table, spread, varying)
+from fedhar.plots.tables import (
+    NothingToPlot,
+    Trace,
+    Trials,
+    classify,
+    data_label,
+    fmt,
+    label,
+    load_lodo,
+    load_trials,
+    read_run_config,
+    read_table,
+    spread,
+    varying,
+)
 
 Paths = str | Path | Sequence[str | Path]
 
@@ -33,6 +45,17 @@ DRIFT_LABELS = {  # (axis label, caption): fedhar.drift defines the columns
 INEXACTNESS_FORMULA = r"$\Vert\Sigma_k\, p_k B_k A_k - \bar{B}\bar{A}\Vert_F \,/\, \Vert\Sigma_k\, p_k B_k A_k\Vert_F$"
 DRIFT_PARTS = {"BA": "B A / r", "A": "A", "B": "B"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+MB_NOTE = "MB = 10^6 bytes"
+
+
+def _data(frame: pd.DataFrame, column: str = "data") -> str:
+    return data_label(frame[column].dropna().unique()) if column in frame else "data not recorded"
+
+
+def _n(k: int, what: str) -> str:
+    return f"n = {k} {what}{'s' if k != 1 else ''}"
+
+
 SCORE_NAMES = {**METRIC_NAMES, "server_accuracy": "server-side accuracy", "server_macro_f1": "server-side macro-F1",
                "heldout_accuracy": "held-out accuracy", "heldout_macro_f1": "held-out macro-F1"}
 
@@ -69,12 +92,13 @@ def drift_vs_round(inputs: Paths, out_dir: str | Path, *, metric: str = "rel_dri
     for g in groups:
         piv = drift[drift["group"] == g].pivot_table(index="round", columns="trial_id", values="value", aggfunc="mean")
         mean, n = piv.mean(axis=1), piv.shape[1]
+        last_values = piv.iloc[-1].dropna()
         ax.plot(mean.index, mean.to_numpy(), color=colour[g], marker=marker[g],
                 label=g + (f" (mean of {n} trials)" if n > 1 else ""))
         if n > 1:
             ax.fill_between(mean.index, piv.min(axis=1), piv.max(axis=1), color=colour[g], alpha=0.18, linewidth=0)
             banded = True
-        finals[g] = (mean.index[-1], mean.iloc[-1], mean.iloc[0])
+        finals[g] = (mean.index[-1], mean.iloc[-1], mean.iloc[0], last_values.min(), last_values.max(), n)
     ax.set_xlabel("federated round")
     ax.set_ylabel(DRIFT_LABELS[metric][0])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -87,16 +111,23 @@ def drift_vs_round(inputs: Paths, out_dir: str | Path, *, metric: str = "rel_dri
                + (f"; lines average over {mixed}" if mixed else "")
                + ("; band: min–max over trials" if banded else ""))
     if len(groups) == 1:
-        (g, (last_round, last, first)), = finals.items()
-        verb = "rises" if last > first else "falls" if last < first else "stays"
-        message = f"Client drift under {g} {verb} from {first:.3g} to {last:.3g} by round {fmt(last_round)}"
+        (g, (last_round, last, first, *_)), = finals.items()
+        if abs(last - first) <= 0.02 * max(abs(first), 1e-12):  # within 2%: no trend to name
+            message = f"Client drift under {g} stays at about {last:.3g} up to round {fmt(last_round)}"
+        else:
+            verb = "rises" if last > first else "falls"
+            message = f"Client drift under {g} {verb} from {first:.3g} to {last:.3g} by round {fmt(last_round)}"
     else:
         low = min(finals, key=lambda g: finals[g][1])
         high = max(finals, key=lambda g: finals[g][1])
-        message = (f"{low} drifts least: {finals[low][1]:.3g} at its last round vs {finals[high][1]:.3g} "
-                   f"for {high}")
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="drift", message=title or message, svg=svg)
+        # a ranking needs repeated trials whose ranges at the last round do not overlap
+        separated = min(finals[g][5] for g in (low, high)) > 1 and finals[low][4] < finals[high][3]
+        message = (f"{low} drifts least ({finals[low][1]:.3g} at its last round) and {high} most ({finals[high][1]:.3g})"
+                   if separated else
+                   f"Last-round drift from {finals[low][1]:.3g} ({low}) to {finals[high][1]:.3g} ({high}); "
+                   "the ranges over trials overlap or are single trials, so no strategy is shown to drift less")
+    st.title(fig, title or f"Client drift per round · {_data(summary.loc[ids])} · {_n(len(ids), 'trial')}")
+    return st.save(fig, out_dir, name, trace, kind="drift", message=message, svg=svg)
 
 
 def _drift(trials: Trials, metric: str, part: str, trace: Trace) -> pd.DataFrame:
@@ -186,6 +217,9 @@ def inexactness_scaling(inputs: Paths, out_dir: str | Path, *, by: Sequence[str]
     if all(summary[x].nunique() < 2 for x, _, _ in panels):
         raise NothingToPlot(f"{trials.describe()}: neither local epochs nor the clients per round vary across "
                             "trials; nothing to plot inexactness against")
+    for x, xlabel, _ in [p for p in panels if summary[p[0]].nunique() < 2]:
+        trace.note(f"no panel against {xlabel}: one value only ({fmt(summary[x].iloc[0])})")
+    panels = [p for p in panels if summary[p[0]].nunique() >= 2]
     summary["group"] = [label(row, by) for _, row in summary.iterrows()]
     groups = sorted(summary["group"].unique())
     colour, marker = st.colours(groups), st.markers(groups)
@@ -206,18 +240,21 @@ def inexactness_scaling(inputs: Paths, out_dir: str | Path, *, by: Sequence[str]
             if stats.empty:
                 continue
             ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        color=colour[g], marker=marker[g], capsize=0, label=g)
+                        color=colour[g], marker=marker[g], capsize=3, label=g,
+                        ls="-" if len(stats) > 2 else "none")  # no trend line through two points
         xs = sorted(sub[x].dropna().unique())
         ax.xaxis.set_major_locator(FixedLocator(xs))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("aggregation inexactness (unitless)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * sub["inexactness"].max())
+        single = sub.groupby(["group", x]).size().max() == 1
         ax.legend(title=", ".join(by))
         skip = (*by, x, *others, *(["num_clients", "fraction_train"] if clients == "clients_trained" else []))
         mixed = spread(sub, [c for c in (*trials.settings, "seed") if c not in skip])
         note = ("not varied in this sweep; " if len(xs) < 2 else "") + (f"at {fixed}; " if fixed else "")
         st.caption(ax, note + INEXACTNESS_FORMULA + ", mean over rounds and layers"
-                   + (f"; averages over {mixed}" if mixed else "") + "; bars: min–max over trials", width=62)
+                   + (f"; averages over {mixed}" if mixed else "")
+                   + ("; one trial per point: no interval" if single else "; bars: min–max over trials"), width=62)
         if len(xs) > 1:
             means = sub.groupby(x)["inexactness"].mean()
             a, b = means.iloc[0], means.iloc[-1]
@@ -225,10 +262,11 @@ def inexactness_scaling(inputs: Paths, out_dir: str | Path, *, by: Sequence[str]
             if messages and messages[-1].startswith(verb + " "):
                 verb = ""
             messages.append(f"{verb + ' ' if verb else ''}with {'local epochs' if symbol == 'E' else 'clients'} "
-                            f"({a:.3g} at {symbol}={fmt(xs[0])} → {b:.3g} at {symbol}={fmt(xs[-1])})")
+                            f"({a:.3g} at {symbol}={fmt(xs[0])} → {b:.3g} at {symbol}={fmt(xs[-1])}"
+                            + ("; one trial per point, no interval" if single else "") + ")")
     message = "Aggregation inexactness " + " and ".join(messages)
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="inexactness", message=title or message, svg=svg)
+    st.title(fig, title or f"Aggregation inexactness · {_data(summary)} · {_n(len(summary), 'trial')}")
+    return st.save(fig, out_dir, name, trace, kind="inexactness", message=message, svg=svg)
 
 
 def _inexactness(trials: Trials, trace: Trace) -> pd.Series:
@@ -339,6 +377,7 @@ def accuracy_per_client(run: str | Path, out_dir: str | Path, *, metric: str = "
                         va="center", color="#333333")
     ax.set_xlabel("federated round")
     ax.set_ylabel(f"test {METRIC_NAMES[metric]} (%)")
+    st.honest_score_axis(ax, [*evaluate[metric], *[v for c in extra.values() for v in c]])
     st.percent_axis(ax.yaxis)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right")
@@ -350,8 +389,10 @@ def accuracy_per_client(run: str | Path, out_dir: str | Path, *, metric: str = "
                f"{final[worst]:.0%} ({worst}) to {final[best]:.0%} ({best})")
     if "heldout" in extra:
         message += f"; held out: {extra['heldout'].iloc[-1]:.0%}"
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="clients", message=title or message, svg=svg)
+    settings = read_run_config(run_dir, trace) or {}
+    data = data_label([settings["data"]]) if "data" in settings else "data not recorded"
+    st.title(fig, title or f"Accuracy per client and round · {data} · one run, {len(clients)} clients")
+    return st.save(fig, out_dir, name, trace, kind="clients", message=message, svg=svg)
 
 
 def _mean_curve(rows: pd.DataFrame, metric: str, weighted: bool) -> pd.Series:
@@ -389,48 +430,49 @@ def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str = "accu
                             f"found {len(points)}")
     if "strategy" not in points:
         points["strategy"] = s["strategy"].iloc[0]
-    has_mode = "mode" in points.columns
-    named = [k for k in keys if k != "mode"] or ["strategy"]
+    # name a configuration by the settings that tell configurations apart (not by one set only for some)
+    named = [k for k in keys if points[k].dropna().map(fmt).nunique() > 1] or keys
     points["label"] = [label(row, named) for _, row in points.iterrows()]
-    strategies = list(dict.fromkeys(sorted(points["strategy"].map(fmt))))
-    modes = list(dict.fromkeys(sorted(points["mode"].map(fmt)))) if has_mode else []
-    colour, marker = st.colours(strategies), st.markers(modes or ["-"])
+    points = points.sort_values("label").reset_index(drop=True)
+    # every configuration its own colour and marker, named in the legend (labels on the points overlap)
+    colour, marker = st.colours(points["label"]), st.markers(points["label"])
     front = _pareto(points["mb"].to_numpy(), points["acc"].to_numpy())
 
-    fig, (ax,) = st.new_figure(width=7.0, height=4.8)
+    fig, (ax,) = st.new_figure(width=7.6, height=4.8)
     for _, p in points.iterrows():
-        c, m = colour[fmt(p["strategy"])], marker[fmt(p["mode"]) if has_mode else "-"]
+        c, m = colour[p["label"]], marker[p["label"]]
         if p["n"] > 1:
             ax.errorbar(p["mb"], p["acc"], yerr=[[p["acc"] - p["lo"]], [p["hi"] - p["acc"]]], fmt="none",
-                        ecolor=c, elinewidth=1, capsize=0)
-        ax.scatter(p["mb"], p["acc"], color=c, marker=m, s=46, zorder=3)
+                        ecolor=c, elinewidth=1, capsize=3)
+        ax.scatter(p["mb"], p["acc"], color=c, marker=m, s=52, zorder=3,
+                   label=p["label"] + (f" (n={int(p['n'])})" if p["n"] > 1 else ""))
     on = points.iloc[front].sort_values("mb")
-    ax.step(on["mb"], on["acc"], where="post", color="#000000", lw=1.2, ls="--", label="Pareto front", zorder=2)
-    ax.scatter(on["mb"], on["acc"], s=140, facecolors="none", edgecolors="#000000", linewidths=1, zorder=2)
-    if points["mb"].max() > 20 * points["mb"].min() > 0:
+    ax.step(on["mb"], on["acc"], where="post", color="#000000", lw=1.0, ls="--", label="Pareto front", zorder=2)
+    if points["mb"].max() > 5 * points["mb"].min() > 0:
         ax.set_xscale("log")
-    ax.margins(x=0.12, y=0.08)
-    st.label_points(ax, points["mb"], points["acc"], points["label"])
-    ax.set_xlabel("communicated bytes, cumulative upload + download (MB)")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
+    ax.margins(x=0.08)
+    ax.set_xlabel(f"communicated, cumulative upload + download (MB; {MB_NOTE})")
     ax.set_ylabel(f"final-round test {SCORE_NAMES[metric]} (%)")
+    st.honest_score_axis(ax, [*points["lo"], *points["hi"]])
     st.percent_axis(ax.yaxis)
-    handles = [Line2D([], [], color=colour[k], marker="o", ls="none", label=k) for k in strategies]
-    handles += [Line2D([], [], color=st.GREY, marker=marker[k], ls="none", label=k) for k in modes]
-    handles += [Line2D([], [], color="#000000", lw=1.2, ls="--", marker="o", mfc="none", label="Pareto front")]
-    ax.legend(handles=handles, loc="best")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title=" / ".join(named), frameon=False)
     seeds = points["n"].max()
-    st.caption(ax, "one point per configuration (colour: strategy" + (", marker: mode" if has_mode else "")
-               + f"); {SCORE_NAMES[metric]} after the last round, bytes summed over all rounds and clients"
-               + (f"; mean over up to {seeds} trials (seeds), bars: min–max" if seeds > 1 else ""))
+    st.caption(ax, f"one point per configuration; {SCORE_NAMES[metric]} after the last round, bytes summed "
+               "over all rounds and clients"
+               + (f"; mean over up to {seeds} trials (seeds), bars: min–max" if seeds > 1
+                  else "; one trial each: no interval"))
     best = points.loc[points["acc"].idxmax()]
     cheap = on.iloc[0]
     message = (f"{len(on)} of {len(points)} configurations {'is' if len(on) == 1 else 'are'} Pareto-optimal: "
                f"{best['label']} is most accurate "
-               f"({best['acc']:.1%}, {best['mb']:.3g} MB)")
+               f"({best['acc']:.1%}, {best['mb']:,.1f} MB)")
     if cheap["label"] != best["label"]:
-        message += f", {cheap['label']} cheapest ({cheap['mb']:.3g} MB, {cheap['acc']:.1%})"
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="pareto", message=title or message, svg=svg)
+        message += f", {cheap['label']} cheapest ({cheap['mb']:,.1f} MB, {cheap['acc']:.1%})"
+    st.title(fig, title or f"Final accuracy vs communicated MB · {_data(s)} · {_n(len(points), 'configuration')}"
+             + (f", {_n(int(seeds), 'seed')} max" if seeds > 1 else ", one trial each"))
+    return st.save(fig, out_dir, name, trace, kind="pareto", message=message, svg=svg)
 
 
 def _pareto(cost: np.ndarray, gain: np.ndarray) -> list[int]:
@@ -453,6 +495,9 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
     seeds), centralised lines from LODO runs.csv (dashed); full fine-tuning as a dotted level."""
     trace = Trace()
     src = classify(inputs)
+    if src.federated and src.lodo:
+        raise NothingToPlot("rank ablation: give federated runs (a sweep or run folders) or LODO tables, not both: "
+                          "they are different experiments (data, protocol, ranks) and would share the axes")
     series, levels = [], []  # series: (label, style, rows with rank + metrics); levels: (label, colour, rows)
     if src.federated:
         trials = load_trials(src, trace, required=("rank", "accuracy"), purpose="the rank ablation").where(where)
@@ -462,7 +507,7 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
             levels.append(("full fine-tuning (federated)", st.GREY, s[full], "federated"))
         s = s[~full]
         keys = [k for k in varying(s, trials.settings) if k != "rank"]
-        for key, rows in (s.groupby(keys, sort=True, dropna=False) if keys else [("", s)]):
+        for _key, rows in (s.groupby(keys, sort=True, dropna=False) if keys else [("", s)]):
             series.append(("federated" + (": " + label(rows.iloc[0], keys) if keys else ""), "-", rows, "federated"))
     if src.lodo:
         rows = load_lodo(src.lodo, trace, ("rank",), purpose="the rank ablation", train_fraction=train_fraction)
@@ -497,7 +542,8 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
             if stats.empty:
                 continue
             ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        color=colour[lab], marker=marker[lab], ls=ls, capsize=0, label=lab)
+                        color=colour[lab], marker=marker[lab], ls=ls if len(stats) > 2 else "none", capsize=3,
+                        label=lab)
             if metric == "accuracy" and len(stats) > 1:
                 source = "LODO" if lab.startswith("LODO") else "federated"
                 deltas.append((source, stats.index[0], stats.index[-1], stats["mean"].iloc[-1] - stats["mean"].iloc[0]))
@@ -510,14 +556,17 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("LoRA rank r (log scale)")
         ax.set_ylabel(f"test {METRIC_NAMES[metric]} (%)")
+        st.honest_score_axis(ax, [v for _, _, rows, _ in series + [(0, 0, r, 0) for _, _, r, _ in levels]
+                                  if metric in rows for v in rows[metric]])
         st.percent_axis(ax.yaxis)
     axes[0].legend(loc="lower right")
     seeds = max(int(rows.groupby("rank").size().max()) for _, _, rows, _ in series)
     for ax, metric in zip(axes, metrics):
-        parts = (["federated (solid): after the last round"] if src.federated else []) + \
-                (["LODO (dashed): on the held-out dataset's test subjects"] if src.lodo else [])
+        parts = (["federated: after the last round"] if src.federated else []) + \
+                (["LODO: on the held-out dataset's test subjects"] if src.lodo else [])
         st.caption(ax, f"{METRIC_NAMES[metric]}, " + "; ".join(parts) + ("; dotted: full fine-tuning" if levels else "")
-                   + (f"; mean over up to {seeds} runs (seeds), bars: min–max" if seeds > 1 else ""), width=62)
+                   + (f"; mean over up to {seeds} runs (seeds), bars: min–max" if seeds > 1
+                      else "; one run per point: no interval"), width=62)
     messages = []
     for source in dict.fromkeys(d[0] for d in deltas):
         mine = [d for d in deltas if d[0] == source]
@@ -527,8 +576,13 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
         messages.append(f"{source}, rank {fmt(lo)} → {fmt(hi)} {verb}"
                         + (f" (mean over {len(mine)} settings)" if len(mine) > 1 else ""))
     message = ("Raising the LoRA rank: " + "; ".join(messages)) if messages else "Accuracy against LoRA rank"
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="rank", message=title or message, svg=svg)
+    if src.federated:
+        what = f"federated · {_data(s)}"
+    else:
+        what = f"centralised LODO · {_data(rows, 'held_out')} held out"
+    st.title(fig, title or f"Accuracy vs LoRA rank · {what} · " + (f"up to {_n(seeds, 'seed')}" if seeds > 1
+                                                                     else "one run per rank"))
+    return st.save(fig, out_dir, name, trace, kind="rank", message=message, svg=svg)
 
 
 # ------------------------------------------------------------------- 6. LoRA vs QLoRA memory
@@ -551,27 +605,28 @@ def lora_vs_qlora(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
         tags = [k for k in varying(s, trials.settings) if k != "mode"]
         s["x"] = s["peak_rss_mb"]
         s["tag"] = [label(row, tags) if tags else "" for _, row in s.iterrows()]
-        panels.append(("federated sweep: peak resident memory of each trial, final-round accuracy",
-                       "peak RSS of the trial (MB)", s, [c for c in trials.settings if c != "mode"]))
+        panels.append((f"federated sweep ({_data(s)}): peak resident memory of each trial, final-round accuracy",
+                       f"peak RSS of the trial (MB; {MB_NOTE})", s, [c for c in trials.settings if c != "mode"]))
     if src.lodo:
         rows = load_lodo(src.lodo, trace, ("frozen_bytes",), purpose="the LoRA-vs-QLoRA figure",
                          train_fraction=train_fraction)
         rows = rows.copy()
-        rows["x"] = rows["frozen_bytes"] / 2**20
+        rows["x"] = rows["frozen_bytes"] / 1e6
         tags = varying(rows[rows["mode"].isin(["lora", "qlora"])], ["held_out", "rank"])
         rows["tag"] = [label(row, tags) if tags else "" for _, row in rows.iterrows()]
-        panels.append(("centralised LODO: frozen backbone weights as stored, held-out accuracy",
-                       "frozen weights as stored (MiB)", rows, ["held_out", "rank"]))
+        panels.append((f"centralised LODO ({_data(rows, 'held_out')} held out): frozen backbone weights as stored, "
+                       "test accuracy", f"frozen weights as stored (MB; {MB_NOTE})", rows, ["held_out", "rank"]))
     usable = []
     for cap, xlabel, rows, keys in panels:
         mode = rows["mode"].map(fmt)
         if (mode == "full").any():
-            trace.note(f"{cap.split(':')[0]}: full fine-tuning rows left out (no frozen, quantised weights)")
+            trace.note(f"{cap.split(' (')[0]}: full fine-tuning rows left out (no frozen, quantised weights)")
         rows = rows[mode.isin(["lora", "qlora"]) & rows["x"].notna() & rows["accuracy"].notna()]
+        rows = _matched(rows, [k for k in keys if k in rows.columns], cap.split(" (")[0], trace)
         if rows["mode"].nunique() == 2:
             usable.append((cap, xlabel, rows, keys))
         else:
-            trace.note(f"{cap.split(':')[0]}: only {', '.join(sorted(set(rows['mode']))) or 'no'} LoRA runs; "
+            trace.note(f"{cap.split(' (')[0]}: only {', '.join(sorted(set(rows['mode']))) or 'no'} LoRA runs; "
                        "no panel")
     if not usable:
         raise NothingToPlot(f"LoRA vs QLoRA needs runs of both modes (lora and qlora); {src.describe()} have "
@@ -592,13 +647,30 @@ def lora_vs_qlora(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
         st.label_points(ax, tagged["x"], tagged["accuracy"], tagged["tag"], fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
+        st.honest_score_axis(ax, rows["accuracy"])
         st.percent_axis(ax.yaxis)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
         st.caption(ax, cap + "; +: mean per mode", width=62)
         messages.append(_memory_message(rows, [k for k in keys if k in rows.columns], "RSS" in xlabel))
     message = "QLoRA " + "; ".join(messages)
-    st.title(fig, title or message)
-    return st.save(fig, out_dir, name, trace, kind="memory", message=title or message, svg=svg)
+    n = min(int((rows["mode"] == m).sum()) for _, _, rows, _ in usable for m in ("lora", "qlora"))
+    st.title(fig, title or f"LoRA vs QLoRA: memory and accuracy · {_n(n, 'run')} per mode at least")
+    return st.save(fig, out_dir, name, trace, kind="memory", message=message, svg=svg)
+
+
+def _matched(rows: pd.DataFrame, keys: list[str], what: str, trace: Trace) -> pd.DataFrame:
+    """Only the configurations run in both modes: LoRA at ranks QLoRA never ran would compare unlike with unlike."""
+    keys = [k for k in keys if rows[k].notna().all()]
+    if not keys:
+        return rows
+    config = rows[keys].astype(str).agg(" / ".join, axis=1)
+    both = {c for c, g in rows.groupby(config)["mode"] if g.nunique() == 2}
+    if not both:
+        return rows
+    left = sorted(set(config) - both)
+    if left:
+        trace.note(f"{what}: left out configurations run in one mode only ({', '.join(left)})")
+    return rows[config.isin(both)]
 
 
 def _memory_message(rows: pd.DataFrame, keys: list[str], peak: bool) -> str:
@@ -616,7 +688,7 @@ def _memory_message(rows: pd.DataFrame, keys: list[str], peak: bool) -> str:
         la, qa = means[("accuracy", "lora")].mean(), means[("accuracy", "qlora")].mean()
     change = (qx - lx) / lx * 100 if lx else float("nan")
     size = f"{abs(change):.0f}% {'less' if change < 0 else 'more'}"
-    what, unit = ("peak memory", "MB") if peak else ("memory for the frozen weights", "MiB")
+    what, unit = ("peak memory", "MB") if peak else ("memory for the frozen weights", "MB")
     return f"needs {size} {what} than LoRA ({lx:.3g} → {qx:.3g} {unit}) at {(qa - la) * 100:+.1f} pp accuracy"
 
 

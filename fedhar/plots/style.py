@@ -23,7 +23,10 @@ from fedhar.plots.tables import Trace
 # Okabe & Ito (2008), distinguishable with every common colour-vision deficiency; yellow
 # (weak on white) last. Markers repeat the distinction without colour.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# beyond eight series: Paul Tol's muted scheme, so no two series share a colour (up to 16)
+TOL_MUTED = ("#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733", "#88CCEE", "#661100")
+PALETTE = OKABE_ITO + TOL_MUTED
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8", "1")
 MODE_COLOURS = {"lora": "#0072B2", "qlora": "#D55E00", "full": "#000000"}
 GREY = "#8C8C8C"
 DPI = 150
@@ -49,12 +52,39 @@ def styled(func):
 
 
 def colours(keys) -> dict:
-    """key -> colour, in the order the keys are given (Okabe-Ito, cycled)."""
-    return {k: OKABE_ITO[i % len(OKABE_ITO)] for i, k in enumerate(dict.fromkeys(keys))}
+    """key -> colour, in the order the keys are given; distinct for up to 16 keys."""
+    keys = list(dict.fromkeys(keys))
+    if len(keys) > len(PALETTE):
+        raise FedharError(f"{len(keys)} series are more than a figure can tell apart ({len(PALETTE)}); "
+                          "narrow the input with --where")
+    return {k: PALETTE[i] for i, k in enumerate(keys)}
 
 
 def markers(keys) -> dict:
+    """key -> marker, distinct for up to 16 keys (colour and marker both tell series apart)."""
     return {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(dict.fromkeys(keys))}
+
+
+MIN_SCORE_SPAN = 0.10  # accuracy axes show at least 10 percentage points
+
+
+def honest_score_axis(ax, values) -> None:
+    """An accuracy axis in [0, 1] spanning at least MIN_SCORE_SPAN around the data, so a gap of a
+    fraction of a point between unrepeated runs does not fill the panel."""
+    values = [float(v) for v in values if v == v]
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    pad = max(0.02, (hi - lo) * 0.1)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < MIN_SCORE_SPAN:
+        middle = (hi + lo) / 2
+        lo, hi = middle - MIN_SCORE_SPAN / 2, middle + MIN_SCORE_SPAN / 2
+    if lo < 0:
+        lo, hi = 0.0, hi - lo
+    if hi > 1:
+        lo, hi = max(0.0, lo - (hi - 1)), 1.0
+    ax.set_ylim(lo, hi)
 
 
 def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.4):
@@ -64,7 +94,8 @@ def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.4):
 
 
 def title(fig: Figure, message: str) -> None:
-    width = int(70 * fig.get_figwidth() / 6.4)
+    """A short title (what, on which data, n); what the figure says goes in its sidecar and caption."""
+    width = int(80 * fig.get_figwidth() / 6.4)
     fig.suptitle(textwrap.fill(message, width))
 
 
@@ -106,7 +137,7 @@ def label_points(ax, xs, ys, labels, fontsize: float = 7.5) -> None:
     for x, y, text in sorted(zip(xs, ys, labels), key=lambda p: (-p[1], p[0])):
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         left, width, dy = px + 5, 0.6 * fontsize * len(str(text)), 4.0
-        while any(left < l + w and l < left + width and abs(py + dy - b) < step for l, b, w in placed):
+        while any(left < x0 + w and x0 < left + width and abs(py + dy - b) < step for x0, b, w in placed):
             dy -= step
         placed.append((left, py + dy, width))
         ax.annotate(text, (x, y), xytext=(5, dy), textcoords="offset points", fontsize=fontsize, color="#333333")

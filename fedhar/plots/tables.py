@@ -48,6 +48,21 @@ FIRST = ("strategy", "mode", "rank", "local_epochs", "num_clients", "fraction_tr
 NOT_A_SETTING = {"seed", "out_dir", "resume", "inject_failure", "data_dir", "backbone", "round_timeout"}
 
 
+DATASET_NAMES = {"uci-har": "UCI-HAR", "hapt": "HAPT", "motionsense": "MotionSense", "hhar": "HHAR",
+                 "realworld": "RealWorld", "pamap2": "PAMAP2", "usc-had": "USC-HAD"}
+
+
+def data_label(names) -> str:
+    """'synthetic data' or 'real data: UCI-HAR' (or both) for the datasets a figure shows."""
+    from fedhar.options import split_names
+
+    found = {n.split("-d")[0] if n.startswith("synthetic") else n
+             for value in names if isinstance(value, str) for n in split_names(value)}
+    real = sorted(DATASET_NAMES.get(n, n) for n in found if n != "synthetic")
+    parts = (["synthetic data"] if "synthetic" in found else []) + (["real data: " + ", ".join(real)] if real else [])
+    return " + ".join(parts) or "data not recorded"
+
+
 def config_keys() -> tuple[str, ...]:
     """The settings of a federated run, snake_case (the FLConfig fields)."""
     from simulations.config import FLConfig
@@ -208,7 +223,7 @@ class Trials:
         keys = [c for c in config_keys() if c in self.rounds.columns and c not in NOT_A_SETTING]
         return sorted(keys, key=lambda c: (FIRST.index(c) if c in FIRST else len(FIRST), keys.index(c)))
 
-    def where(self, filters: dict[str, str] | None) -> "Trials":
+    def where(self, filters: dict[str, str] | None) -> Trials:
         if not filters:
             return self
         df = self.rounds
@@ -243,8 +258,8 @@ class Trials:
                 row["mb"] = float((g["bytes_up"].fillna(0) + g["bytes_down"].fillna(0)).sum()) / 1e6
             if "clients_trained" in g:
                 row["clients_trained"] = g["clients_trained"].median()
-            if "peak_rss_mb" in g:
-                row["peak_rss_mb"] = g["peak_rss_mb"].max()
+            if "peak_rss_mb" in g:  # the sweep records MiB (ru_maxrss / 1024): MB = 10^6 bytes here
+                row["peak_rss_mb"] = g["peak_rss_mb"].max() * 2**20 / 1e6
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -12,21 +12,21 @@
 # other+synthetic. Mode probe = the head alone on the frozen backbone (a cheap diagnostic).
 set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
-common="--datasets uci-har,usc-had --pretrain-pool hapt --epochs 20 --pretrain-epochs 30 --threads 1"
+common="--data uci-har,usc-had --pretrain-pool hapt --epochs 20 --pretrain-epochs 30 --threads 1"
 
 for held in uci-har usc-had; do
   # 1. pretraining, tested: probe on every backbone (5 seeds), LoRA and full on none vs other (3 seeds)
-  $fedhar lodo $common --held-out $held --backbones none,other --modes probe --seeds 0,1,2,3,4 --out results/lodo/$held
-  $fedhar lodo $common --held-out $held --backbones none,other --modes lora,full --seeds 0,1,2 --out results/lodo/$held
+  $fedhar lodo $common --heldout-data $held --backbones none,other --modes probe --seeds 0,1,2,3,4 --out-dir results/lodo/$held
+  $fedhar lodo $common --heldout-data $held --backbones none,other --modes lora,full --seeds 0,1,2 --out-dir results/lodo/$held
 done
 for held in uci-har usc-had; do
   # 2. main table: the other-data backbone, full / LoRA / QLoRA, 5 paired seeds
-  $fedhar lodo $common --held-out $held --backbones other --modes full,lora,qlora --seeds 0,1,2,3,4 --out results/lodo/$held
+  $fedhar lodo $common --heldout-data $held --backbones other --modes full,lora,qlora --seeds 0,1,2,3,4 --out-dir results/lodo/$held
 done
 for held in uci-har usc-had; do
   # 1b. the synthetic backbones (probe: 5 seeds; LoRA: 3 seeds)
-  $fedhar lodo $common --held-out $held --backbones synthetic,other+synthetic --modes probe --seeds 0,1,2,3,4 --out results/lodo/$held
-  $fedhar lodo $common --held-out $held --backbones synthetic,other+synthetic --modes lora --seeds 0,1,2 --out results/lodo/$held
+  $fedhar lodo $common --heldout-data $held --backbones synthetic,other+synthetic --modes probe --seeds 0,1,2,3,4 --out-dir results/lodo/$held
+  $fedhar lodo $common --heldout-data $held --backbones synthetic,other+synthetic --modes lora --seeds 0,1,2 --out-dir results/lodo/$held
 done
 # the tables: pretraining vs control, main table beside the paper, paired differences
 ${PYTHON:-python} -m fedhar.lodo_report results/lodo

@@ -48,8 +48,8 @@ import pandas as pd
 
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.readers.base import Reader
-from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording
 from fedhar.data.readers.csvscan import raise_first_bad_line
+from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording
 from fedhar.errors import DataFormatError
 
 RATE_HZ = 50.0

@@ -61,8 +61,8 @@ import pandas as pd
 
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.readers.base import Reader
-from fedhar.data.schema import PrepareReport, Recording
 from fedhar.data.readers.csvscan import raise_first_bad_line
+from fedhar.data.schema import PrepareReport, Recording
 from fedhar.errors import DataFormatError
 
 RATE_HZ = 50.0
@@ -337,7 +337,7 @@ class RealWorldReader(Reader):
                 raise DataFormatError(path, "not a readable zip archive") from None
         return sessions
 
-    def _collect(self, archive: zipfile.ZipFile, where: str, parts: tuple, ctx: "_Context"):
+    def _collect(self, archive: zipfile.ZipFile, where: str, parts: tuple, ctx: _Context):
         """Waist members of ``archive`` (recursing into nested archives) into ctx.sessions."""
         for member in archive.namelist():
             base = member.rsplit("/", 1)[-1]
@@ -369,7 +369,7 @@ class RealWorldReader(Reader):
             ctx.report.files_read += 1
             ctx.sessions[session] = clean_clock(table, source, ctx.report)
 
-    def _check_member(self, prefix: str, member_activity: str, ctx: "_Context", source: str):
+    def _check_member(self, prefix: str, member_activity: str, ctx: _Context, source: str):
         if member_activity != ctx.activity:
             what = "activity" if member_activity in self.label_map else "unknown activity"
             raise DataFormatError(

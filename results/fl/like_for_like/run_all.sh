@@ -16,7 +16,7 @@ set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
 runs=results/fl/like_for_like/runs
 mkdir -p "$runs"
-backbone=$($fedhar pretrain --datasets usc-had --epochs 30 | tail -n 1)
+backbone=$($fedhar pretrain --data usc-had --epochs 30 | tail -n 1)
 common="--data uci-har --partition subject --server-test-fraction 0.3 --normalise dataset --backbone $backbone
         --mode lora --rank 16 --lora-alpha 32 --lr 1e-3 --rounds 10 --local-epochs 2 --engine inline"
 
