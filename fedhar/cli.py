@@ -1,8 +1,9 @@
 """The `fedhar` command line: one entry point, one sub-command per job.
 
 Errors fedhar expects (bad data, missing datasets, bad options) print as one line
-prefixed "fedhar: error:" and exit with status 2; anything else is a bug and keeps
-its traceback.
+prefixed "fedhar: error:" and exit with status 2; so do errors of the file system (a
+file that cannot be read or written, a full disk), naming the file. Anything else is a
+bug and keeps its traceback. Ctrl-C exits 130, SIGTERM 143, after the same clean-up.
 """
 
 from __future__ import annotations
@@ -52,11 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    from fedhar.interrupt import Terminated, interrupt_on_sigterm
+
     try:
-        return int(args.run(args) or 0)
+        with interrupt_on_sigterm():
+            return int(args.run(args) or 0)
     except FedharError as exc:
         print(f"fedhar: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system's refusal (permissions, full disk, ...): name the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fedhar: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("fedhar: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fedhar: interrupted", file=sys.stderr)
         return 130

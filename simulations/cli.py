@@ -15,7 +15,8 @@ HELP = {
     "strategy": "fedavg/fedit | ffa | fedsa | fedex | flora | hetlora | fedprox | fedavgm | fedadam | fedyogi | fedadagrad",
     "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (flora, hetlora)",
     "client_modes": "per-client modes by partition id, e.g. lora,qlora",
-    "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
+    "resume": "continue a crashed or stopped run from OUT_DIR/checkpoint.pkl (it must be there)",
+    "overwrite": "replace the earlier run in OUT_DIR (without it, an OUT_DIR holding a run is an error)",
     "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
     "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
     "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
@@ -69,6 +70,9 @@ def register(commands) -> None:
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
                    "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
+    p.add_argument("--address", default="",
+                   help="ray engine: the Ray cluster to run on (e.g. auto, host:6379); default: a Ray instance "
+                   "of this run's own, never one already running on the machine")
     p.set_defaults(run=cmd_fl)
 
 
@@ -87,5 +91,9 @@ def cmd_fl(args) -> int:
         t0 = time.perf_counter()
         report(cfg, launch(cfg), time.perf_counter() - t0)
         return 0
-    run_inprocess(cfg, engine=args.engine)
+    if args.address and args.engine != "ray":
+        from fedhar.errors import FedharError
+
+        raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
+    run_inprocess(cfg, engine=args.engine, address=args.address)
     return 0

@@ -184,9 +184,11 @@ def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
     stream = stream or sys.stdout
     from simulations.task import ensure_backbone, federation
 
+    from simulations.out_dir import claim
+
     cfg = absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)  # one simulated SuperNode per client
     ensure_backbone(cfg)  # pretrain (cached) here, with progress on this terminal
     run_config = write_run_config(cfg, out_dir / "run_config.toml")
