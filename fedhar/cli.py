@@ -48,14 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
     from fedhar.interrupt import Terminated, interrupt_on_sigterm
 
     try:
+        parser = build_parser()  # (its help texts name cache folders: FEDHAR_CACHE_DIR is checked)
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 0 if args.command is None else 2
         with interrupt_on_sigterm():
             return int(args.run(args) or 0)
     except FedharError as exc:

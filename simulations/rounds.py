@@ -303,7 +303,8 @@ def _check_trained(log, server_round: int) -> None:
     if any(r.get("phase") == "train" and r.get("status") in ("ok", "not aggregated") for r in rows):
         return
     log.flush()  # clients.csv keeps this round's failure rows for diagnosis
-    reasons = sorted({str(r.get("error") or r.get("status")) for r in rows if r.get("phase") == "train"})
+    reasons = sorted({" ".join(str(r.get("error") or r.get("status")).split())  # one line each
+                      for r in rows if r.get("phase") == "train"})
     shown = "; ".join(reason[:200] for reason in reasons[:3]) or "no client was sampled or connected"
     raise RunFailed(f"round {server_round}: no client trained ({shown}); the checkpoint holds the rounds "
                     f"before it (see {log.path})")

@@ -51,12 +51,13 @@ def find_dataset(name: str, data_dir: str | Path | None = None) -> Path:
             root = locate(directory)
             if root is not None:
                 return root
-    searched = [f"  {directory}  ({why}{'' if directory.is_dir() else ': does not exist'})" for directory, why in dirs]
-    folders = " or ".join(reader.folder_names)
+    searched = "; ".join(f"{directory} ({why}{'' if directory.is_dir() else ': does not exist'})"
+                         for directory, why in dirs)
+    folders = ", ".join(reader.folder_names)
+    only = " (the only place searched when --data-dir is given)" if data_dir else ""
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found. Looked for a folder {folders} in:\n"
-        + "\n".join(searched)
-        + f"\nRun `fedhar data download {name}`, or pass --data-dir / set FEDHAR_DATA_DIR."
+        f"dataset {name!r} not found: no folder {folders} in {searched}{only}. "
+        f"Run `fedhar data download {name}`, or pass --data-dir / set FEDHAR_DATA_DIR."
     )
 
 
