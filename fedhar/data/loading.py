@@ -113,11 +113,11 @@ def _load(path: Path) -> tuple[WindowSet, PrepareReport]:
         meta = json.loads(meta_path.read_text())
         data = path.read_bytes()
     except FileNotFoundError as e:
-        raise DamagedCache(f"{e.filename} is missing") from None
+        raise DamagedCache(f"{path}: {Path(e.filename).name} is missing") from None
     except ValueError:
-        raise DamagedCache(f"{meta_path} is not valid JSON") from None
+        raise DamagedCache(f"{path}: {meta_path.name} is not valid JSON") from None
     if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise DamagedCache(f"{path} does not match the checksum in {meta_path.name}")
+        raise DamagedCache(f"{path}: does not match the checksum in {meta_path.name}")
     with np.load(io.BytesIO(data)) as z:
         ws = WindowSet(z["x"], z["y"], z["subject"], z["dataset"])
     return ws, PrepareReport.from_dict(meta["report"])

@@ -250,7 +250,7 @@ def data_cases(work: Path):
     def data_read_recorded():
         d, _ = hapt("recorded")
         out = work / "recorded-run"
-        p = run(["fl", *TINY, "--engine", "inline", "--rounds", "1", "--data", "hapt", "--partition", "subject",
+        p = run(["fl", *TINY, "--engine", "inline", "--rounds", "1", "--data", "hapt",
                  "--data-dir", d, "--out-dir", out])
         if p.returncode != 0:
             return judge_refusal(p, "")
@@ -288,7 +288,9 @@ def cache_cases(work: Path):
             again = run(argv, env=env)
             if "Traceback" in again.stderr:
                 return "traceback", again.stderr.strip().splitlines()[-1][:160]
-            if again.returncode == 0 and npz.name in again.stderr and again.stdout == first.stdout:
+            same = [line for line in again.stdout.splitlines() if "prepared now" not in line] == \
+                [line for line in first.stdout.splitlines() if "prepared now" not in line]
+            if again.returncode == 0 and npz.name in again.stderr and same:
                 return "clear", "named and rebuilt: " + again.stderr.strip().splitlines()[0][:150]
             return "silent" if again.returncode == 0 else "unclear", again.stderr.strip()[-160:]
         return case

@@ -165,7 +165,7 @@ def find_experiments(root: Path) -> dict[int, Experiment]:
             )
         if sensor in entry:  # acc_exp1_user01.txt beside acc_exp01_user01.txt
             raise DataFormatError(
-                path, f"experiment {exp} already has a {sensor} file, {entry[sensor].name}: "
+                path, f"experiment {exp} already has the {sensor} file {entry[sensor].name}: "
                 "which one to read is ambiguous"
             )
         entry[sensor] = path
