@@ -3,7 +3,7 @@
 Errors fedhar expects (bad data, missing datasets, bad options) print as one line
 prefixed "fedhar: error:" and exit with status 2; so do errors of the file system (a
 file that cannot be read or written, a full disk), naming the file. Anything else is a
-bug and keeps its traceback. Ctrl-C exits 130, SIGTERM 143, after the same clean-up.
+bug and keeps its traceback. Ctrl-C and SIGTERM exit 130, after the same clean-up.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedhar.interrupt import Terminated, interrupt_on_sigterm
+    from fedhar.interrupt import interrupt_on_sigterm
 
     try:
         parser = build_parser()  # (its help texts name cache folders: FEDHAR_CACHE_DIR is checked)
@@ -65,9 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"fedhar: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("fedhar: terminated", file=sys.stderr)
-        return 143
     except KeyboardInterrupt:
         print("fedhar: interrupted", file=sys.stderr)
         return 130

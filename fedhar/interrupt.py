@@ -8,19 +8,15 @@ import threading
 from contextlib import contextmanager
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread as Ctrl-C's KeyboardInterrupt is."""
-
-
 @contextmanager
 def interrupt_on_sigterm():
-    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) while the block runs."""
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the block runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, _frame):
-        raise Terminated(f"signal {signum}")
+        raise KeyboardInterrupt(f"signal {signum}")
 
     old = signal.signal(signal.SIGTERM, interrupt)
     try:
