@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -351,3 +352,14 @@ def test_the_summary_of_a_run_where_no_client_ever_replied(tmp_path):
     (tmp_path / "clients.csv").write_text("round,phase,node_id,status,error\n1,train,5,failed,boom\n")
     table = summarise(tmp_path / "clients.csv")
     assert table.loc[0, "clients_trained"] == 0 and table.loc[0, "failed"] == 1
+
+
+def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
+    from fedhar.plots import NothingToPlot, accuracy_vs_bytes
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tables" / "run", run)
+    rounds = run / "rounds.csv"
+    rounds.write_text(rounds.read_text().splitlines()[0] + "\n")  # the header only
+    with pytest.raises(NothingToPlot, match=f"no finished rounds in {rounds}"):
+        accuracy_vs_bytes([run], tmp_path / "out")
