@@ -86,6 +86,9 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         except KeyboardInterrupt:  # the ServerApp runs in a thread of its own: tell it to stop
             STOP.set()
             raise
+        except SystemExit:  # ray.init replaces our SIGTERM handler with one that calls sys.exit
+            STOP.set()
+            raise KeyboardInterrupt("SIGTERM") from None
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 
