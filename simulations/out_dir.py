@@ -5,8 +5,8 @@ Checked before any work starts (``claim``), by every runner (``fedhar fl`` on an
   - an out-dir that is a file or not writable is an error naming it;
   - an out-dir that holds an earlier run (its tables or checkpoint) is an error unless
     ``--resume`` (continue it) or ``--overwrite`` (its run files are removed first);
-  - ``--resume`` needs an intact checkpoint there: it never silently starts again from
-    round 1 over the earlier tables.
+  - ``--resume`` continues from an intact checkpoint there; without one it starts at round 1
+    only where there is nothing to lose (no earlier tables), never over the earlier tables.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ def claim(out_dir: Path, resume: bool, overwrite: bool) -> None:
     found = earlier_run(out_dir)
     if resume:
         checkpoint = out_dir / CHECKPOINT
-        if not checkpoint.exists():
-            kept = f"; the earlier tables there ({', '.join(found)}) are kept" if found else ""
-            raise FedharError(f"--resume: no checkpoint {checkpoint}, nothing to continue{kept}. "
-                              f"Start again with --overwrite")
-        read_checkpoint(checkpoint)  # a damaged checkpoint is an error now, not after pretraining
+        if checkpoint.exists():
+            read_checkpoint(checkpoint)  # a damaged checkpoint is an error now, not after pretraining
+        elif found:
+            raise FedharError(f"--resume: no checkpoint {checkpoint}; the earlier tables there "
+                              f"({', '.join(found)}) are kept. Start again with --overwrite")
     elif found:
         if not overwrite:
             raise FedharError(f"--out-dir {out_dir} holds an earlier run ({', '.join(found)}): pass --resume to "

@@ -162,12 +162,15 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         hook = server_evaluation(strategy, evaluator, cfg, log) if evaluator.active else None
         arrays, first_round = ArrayRecord(initial), 1
         if cfg.resume:
-            saved = load_checkpoint(out_dir, cfg)  # there: claim() checked
-            arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
-            vars(strategy).update(saved["strategy_state"])
-            log.rows = saved["log_rows"]
-            first_round = saved["round"] + 1
-            log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
+            saved = load_checkpoint(out_dir, cfg)
+            if saved is None:  # (claim() checked: no earlier tables either)
+                log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
+            else:
+                arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
+                vars(strategy).update(saved["strategy_state"])
+                log.rows = saved["log_rows"]
+                first_round = saved["round"] + 1
+                log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.to_run_config(),
             "code": code_version(),

@@ -363,3 +363,8 @@ def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
     rounds.write_text(rounds.read_text().splitlines()[0] + "\n")  # the header only
     with pytest.raises(NothingToPlot, match=f"no finished rounds in {rounds}"):
         accuracy_vs_bytes([run], tmp_path / "out")
+
+
+def test_resume_where_nothing_ran_yet_starts_at_round_one(tmp_path):
+    claim(tmp_path / "new", resume=True, overwrite=False)  # (scripts pass --resume on every run)
+    assert (tmp_path / "new").is_dir()
