@@ -274,9 +274,7 @@ def _send_and_receive(grid, messages: list[Message], timeout: float):
     """What Flower's grids do (push, then pull until all replies or the timeout), looking at
     ``STOP`` between pulls. The inline grid delivers in this very thread (Ctrl-C reaches it
     directly) and applies its own timeout rules: it keeps its send_and_receive."""
-    from simulations.inline import InlineGrid
-
-    if isinstance(grid, InlineGrid):
+    if getattr(grid, "delivers_in_this_thread", False):  # simulations.inline.InlineGrid
         return grid.send_and_receive(messages, timeout=timeout)
     waiting = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
