@@ -1,8 +1,9 @@
 """The `fedhar` command line: one entry point, one sub-command per job.
 
 Errors fedhar expects (bad data, missing datasets, bad options) print as one line
-prefixed "fedhar: error:" and exit with status 2; anything else is a bug and keeps
-its traceback.
+prefixed "fedhar: error:" and exit with status 2; so do errors of the file system (a
+file that cannot be read or written, a full disk), naming the file. Anything else is a
+bug and keeps its traceback. Ctrl-C and SIGTERM exit 130, after the same clean-up.
 """
 
 from __future__ import annotations
@@ -61,22 +62,29 @@ def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    from fedhar.interrupt import interrupt_on_sigterm
+
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            _reject_unknown(parser, argv, extra)
-    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
-        return int(exc.code or 0)
-    set_verbose(args.verbose)
-    if not getattr(args, "run", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
-    try:
-        return int(args.run(args) or 0)
+        parser = build_parser()  # (its help texts name cache folders: FEDHAR_CACHE_DIR is checked)
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                _reject_unknown(parser, argv, extra)
+        except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+            return int(exc.code or 0)
+        set_verbose(args.verbose)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 0 if args.command is None else 2
+        with interrupt_on_sigterm():
+            return int(args.run(args) or 0)
     except FedharError as exc:
         print(f"fedhar: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system's refusal (permissions, full disk, ...): name the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fedhar: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedhar: interrupted", file=sys.stderr)

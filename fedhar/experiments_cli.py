@@ -76,11 +76,40 @@ def register(commands) -> None:
     p.set_defaults(run=cmd_lodo)
 
 
+def check_options(args, at_least_one=(), non_negative=(), positive=(), fractions=(), ranks=()) -> None:
+    """Option values checked before any work starts; an error names the option."""
+    import math
+
+    def values(name):
+        value = getattr(args, name)
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name in at_least_one:
+        if any(v < 1 for v in values(name)):
+            raise FedharError(f"{flag(name)} must be >= 1, got {getattr(args, name)}")
+    for name in non_negative:
+        if any(v < 0 for v in values(name)):
+            raise FedharError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    for name in positive:
+        if any(not (math.isfinite(v) and v > 0) for v in values(name)):
+            raise FedharError(f"{flag(name)} must be a finite number > 0, got {getattr(args, name)}")
+    for name in fractions:
+        if any(not 0 < v < 1 for v in values(name)):
+            raise FedharError(f"{flag(name)} must be in (0, 1), got {getattr(args, name)}")
+    from simulations.config import MAX_RANK
+
+    for name in ranks:
+        if any(not 1 <= v <= MAX_RANK for v in values(name)):
+            raise FedharError(f"{flag(name)}: a LoRA rank must be in 1..{MAX_RANK}, got {getattr(args, name)}")
+
+
 def cmd_pretrain(args) -> int:
     from fedhar.data import WindowSet, load
     from fedhar.model.mae import MAEConfig
     from fedhar.pretrain import PretrainConfig, pretrain
 
+    check_options(args, at_least_one=("epochs", "batch_size"), non_negative=("pretrain_seed",), positive=("lr",))
     parts = []
     for name in args.data:
         synth = synthetic_config(args) if name == SYNTHETIC else None
@@ -100,6 +129,11 @@ def cmd_pretrain(args) -> int:
 def cmd_lodo(args) -> int:
     from fedhar.lodo import LodoPlan, run_lodo
 
+    check_options(args, at_least_one=("epochs", "pretrain_epochs", "synthetic_domains", "synthetic_subjects"),
+                  non_negative=("seeds", "threads"), fractions=("train_fractions",), ranks=("ranks",))
+    unknown = sorted(set(args.held_out) - set(args.datasets))
+    if unknown:
+        raise FedharError(f"--held-out {','.join(unknown)}: not among --datasets {','.join(args.datasets)}")
     plan = LodoPlan(
         datasets=args.data, held_out=args.heldout_data, backbones=args.backbones,
         pretrain_pool=args.pretrain_pool, modes=args.modes, ranks=args.ranks,

@@ -5,6 +5,10 @@ fingerprint of the exact windows it saw. Asking again for the same thing returns
 existing checkpoint instead of training again; a run that was interrupted resumes from
 its last finished epoch (a ``.partial.pt`` file beside the final checkpoint).
 
+Integrity: processes asking for the same backbone at once take turns (a file lock): the
+first pretrains it, the others reuse it. A cached backbone whose weights fail their
+checksum, or a ``.partial.pt`` that cannot be read, is named on stderr and trained again.
+
 Pretraining windows are z-normalised per dataset with that dataset's own statistics:
 pretraining data is never the data a model is evaluated on (LODO holds it out).
 """
@@ -26,7 +30,7 @@ import torch
 from fedhar.data.paths import cache_root
 from fedhar.data.schema import WindowSet
 from fedhar.data.splits import Normaliser
-from fedhar.model.checkpoint import load_mae, save_mae
+from fedhar.model.checkpoint import CheckpointError, load_mae, save_mae
 from fedhar.model.mae import MAEConfig, MaskedAutoencoder
 from fedhar.model.training import pretrain_step
 
@@ -91,12 +95,35 @@ def _log(msg: str, quiet: bool) -> None:
 def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir: Path | None = None,
              quiet: bool = False) -> Path:
     """Pretrain an MAE on ``windows`` (raw units); returns the checkpoint path (reused if done)."""
+    from fedhar.data.loading import cache_lock
+
     path = checkpoint_path(windows, cfg, out_dir)
-    info_path = path.with_suffix(".json")
-    if path.exists() and info_path.exists():
-        _log(f"backbone: reusing {path}", quiet)
+    if _finished(path, quiet):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(path):  # another process may be pretraining the same backbone: wait, then reuse it
+        if _finished(path, quiet):
+            return path
+        return _pretrain(windows, cfg, path, quiet)
+
+
+def _finished(path: Path, quiet: bool) -> bool:
+    """Whether ``path`` is a finished, intact backbone (a damaged one is named and removed)."""
+    info_path = path.with_suffix(".json")
+    if not (path.exists() and info_path.exists()):
+        return False
+    try:
+        load_mae(path)
+    except CheckpointError as e:
+        print(f"fedhar: {e}: pretraining it again", file=sys.stderr, flush=True)
+        info_path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        return False
+    _log(f"backbone: reusing {path}", quiet)
+    return True
+
+
+def _pretrain(windows: WindowSet, cfg: PretrainConfig, path: Path, quiet: bool) -> Path:
+    info_path = path.with_suffix(".json")
     x = torch.from_numpy(Normaliser.fit(windows).apply(windows).x)
 
     torch.manual_seed(cfg.seed)
@@ -106,8 +133,8 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps_per_epoch))
     partial = path.with_suffix(".partial.pt")
     start, history = 0, []
-    if partial.exists():
-        state = torch.load(partial, weights_only=False)
+    state = _read_partial(partial)
+    if state is not None:
         mae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -129,9 +156,14 @@ def pretrain(windows: WindowSet, cfg: PretrainConfig = PretrainConfig(), out_dir
         left = elapsed / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
         _log(f"backbone: epoch {epoch + 1}/{cfg.epochs}  masked MSE {history[-1]:.4f}  "
              f"({elapsed:.0f} s, ~{left:.0f} s left)", quiet)
-        torch.save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history,
-                    "rng": torch.get_rng_state()}, partial)
+        tmp = partial.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            torch.save({"model": mae.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history,
+                        "rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, partial)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     info = {"config": cfg.to_dict(), "data_fingerprint": fingerprint(windows),
             "datasets": windows.datasets(), "windows": len(windows),
@@ -156,6 +188,19 @@ def random_init_backbone(cfg: PretrainConfig = PretrainConfig(), out_dir: Path |
         save_mae(MaskedAutoencoder(cfg.model), tmp, extra={"pretrain": json.dumps({"random_init": True, "seed": cfg.seed})})
         os.replace(tmp, path)
     return path
+
+
+def _read_partial(partial: Path) -> dict | None:
+    """The state of an interrupted pretraining, or None (none, or damaged: named, removed)."""
+    if not partial.exists():
+        return None
+    try:
+        return torch.load(partial, weights_only=False)
+    except Exception as e:  # torch.load raises what the unpickler or zip reader hit
+        print(f"fedhar: {partial}: cannot resume pretraining from it ({type(e).__name__}: {e}); "
+              f"starting again", file=sys.stderr, flush=True)
+        partial.unlink()
+        return None
 
 
 def load_backbone(path: Path) -> MaskedAutoencoder:

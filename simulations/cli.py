@@ -59,7 +59,8 @@ HELP = {
     "arm": "federated; centralised (one client with the union of the clients' training windows, all else "
     "equal: the upper bound); local (each client alone, never aggregated: the lower bound)",
     "out_dir": "where the run's tables, checkpoint and model go (default: runs/<time>)",
-    "resume": "continue a crashed run from OUT_DIR/checkpoint.pkl",
+    "resume": "continue a crashed or stopped run from OUT_DIR/checkpoint.pkl",
+    "overwrite": "replace the earlier run in OUT_DIR (without it, an OUT_DIR holding a run is an error)",
     "tensorboard": "log per-round metrics and the run's configuration to TensorBoard under this folder "
     "(needs `pip install 'fedhar[tracking]'`; view with `tensorboard --logdir DIR`)",
     "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
@@ -110,6 +111,9 @@ def register(commands) -> None:
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
                    "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
+    p.add_argument("--address", default="",
+                   help="ray engine: the Ray cluster to run on (e.g. auto, host:6379); default: a Ray instance "
+                   "of this run's own, never one already running on the machine")
     p.set_defaults(run=cmd_fl)
 
     p = commands.add_parser(
@@ -152,5 +156,9 @@ def cmd_fl(args) -> int:
         t0 = time.perf_counter()
         report(cfg, launch(cfg), time.perf_counter() - t0, live=False)
         return 0
-    run_inprocess(cfg, engine=args.engine)
+    if args.address and args.engine != "ray":
+        from fedhar.errors import FedharError
+
+        raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
+    run_inprocess(cfg, engine=args.engine, address=args.address)
     return 0

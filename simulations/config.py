@@ -33,6 +33,7 @@ Arms of the like-for-like comparison (``arm``); everything but federation is hel
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from fedhar.errors import FedharError
@@ -44,6 +45,12 @@ MODES = ("full", "lora", "qlora")
 NORMALISE = ("dataset", "client")
 HEADS = ("auto", "shared", "local")
 ARMS = ("federated", "centralised", "local")
+FAULTS = ("raise", "nan")
+MAX_RANK = 192  # the MAE's width (fedhar.model.mae.MAEConfig.dim): a higher rank adds nothing
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,14 @@ class FLConfig:
     out_dir: str = ""  # "" = runs/<timestamp>
     resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
     tensorboard: str = ""  # a folder: per-round metrics and the config to TensorBoard (simulations/tracking.py)
+    overwrite: bool = False  # replace an earlier run's tables in out_dir (else that is an error)
     inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Every option checked before any work starts; errors name the option (--flag)."""
         from fedhar.data.registry import dataset_names
 
         for name, known in (("partition", PARTITIONS), ("mode", MODES), ("normalise", NORMALISE),
@@ -102,18 +114,84 @@ class FLConfig:
         for name in (*self.datasets, *self.heldout_datasets, *self.pretrain_datasets):
             check_name("dataset", name, dataset_names())
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
-                     "server_eval_every"):
+                     "server_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
+                     "synthetic_subjects"):
             if getattr(self, name) < 1:
-                raise FedharError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for mode in [m.strip() for m in self.client_modes.split(",") if m.strip()]:
+                raise FedharError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise FedharError(f"--seed must be >= 0, got {self.seed}")
+        for f in fields(self):  # nan/inf never make sense as a setting
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FedharError(f"--{_flag(f.name)} must be a finite number, got {value}")
+        for name in ("lr", "lora_alpha", "dirichlet_alpha", "server_lr", "round_timeout"):
+            if getattr(self, name) <= 0:
+                raise FedharError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.proximal_mu < 0:
+            raise FedharError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
+        if not 0 <= self.server_momentum < 1:
+            raise FedharError(f"--server-momentum must be in [0, 1), got {self.server_momentum}")
+        if not 0 < self.test_fraction < 1:
+            raise FedharError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        for rank in [self.rank, *self.rank_list]:
+            if not 1 <= rank <= MAX_RANK:
+                raise FedharError(f"--{'client-ranks' if rank != self.rank else 'rank'}: a LoRA rank must be in "
+                                  f"1..{MAX_RANK} (the backbone's width), got {rank}")
+        if self.client_ranks:
+            from strategies import HETEROGENEOUS_RANKS
+
+            if self.strategy not in HETEROGENEOUS_RANKS:
+                raise FedharError(f"--client-ranks needs a strategy that aggregates different ranks: "
+                                  f"{', '.join(HETEROGENEOUS_RANKS)} (got {self.strategy})")
+        for mode in self.mode_list:
             if mode not in ("lora", "qlora"):
-                raise FedharError(f"client-modes mixes lora and qlora clients, got {mode!r}")
+                raise FedharError(f"--client-modes mixes lora and qlora clients, got {mode!r}")
         if not 0 < self.fraction_train <= 1:
-            raise FedharError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+            raise FedharError(f"--fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.server_test_fraction < 1:
-            raise FedharError(f"server-test-fraction must be in [0, 1) (0 = no server test split), "
+            raise FedharError(f"--server-test-fraction must be in [0, 1) (0 = no server test split), "
                               f"got {self.server_test_fraction}")
+        if self.resume and self.overwrite:
+            raise FedharError("--resume continues the run in --out-dir, --overwrite replaces it: not both")
+        _ = self.faults  # parses --inject-failure
+        self._check_datasets()
         self._check_heldout()
+
+    def check_clients(self, n_clients: int) -> None:
+        """What needs the number of clients (known once the data is partitioned)."""
+        for flag, values in (("client-ranks", self.rank_list), ("client-modes", self.mode_list)):
+            if len(values) > n_clients:
+                raise FedharError(f"--{flag} gives {len(values)} values for {n_clients} clients")
+        for pid, _ in self.faults:
+            if pid >= n_clients:
+                raise FedharError(f"--inject-failure names client {pid}, but the run has {n_clients} clients "
+                                  f"(0..{n_clients - 1})")
+
+    def _check_datasets(self) -> None:
+        """Known names; the backbone never pretrained on the clients' data or their people."""
+        from fedhar.data.registry import SYNTHETIC, get_reader
+
+        pretrain = self.pretrain_datasets
+        for flag, names in (("data", self.datasets), ("pretrain-data", pretrain), ("heldout-data", self.heldout_datasets)):
+            if not names and flag != "heldout-data":
+                raise FedharError(f"--{flag} names no dataset")
+            for name in names:
+                if name != SYNTHETIC:
+                    try:
+                        get_reader(name)
+                    except KeyError as e:
+                        raise FedharError(f"--{flag}: {e.args[0]}") from None
+        if self.backbone:
+            return  # a given backbone: what it was pretrained on is not ours to check
+        shared = sorted(set(pretrain) & set(self.datasets) - {SYNTHETIC})
+        if shared:
+            raise FedharError(f"--pretrain-data and --data share {shared}: the backbone would see test data")
+        from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+
+        for group in SAME_PEOPLE:
+            if group & set(pretrain) and group & set(self.datasets):
+                raise FedharError(f"--pretrain-data {sorted(group & set(pretrain))} was recorded from the same "
+                                  f"people as --data {sorted(group & set(self.datasets))}")
 
     def _check_heldout(self) -> None:
         """Held-out datasets must be unseen: by the clients, by the backbone, and by anyone
@@ -134,26 +212,54 @@ class FLConfig:
                     raise FedharError(f"heldout-data {sorted(group & set(held))} was recorded from the same "
                                       f"people as {sorted(group & (set(self.datasets) | set(pretrain)))}")
 
+    @property
+    def rank_list(self) -> list[int]:
+        """--client-ranks as integers (cycled over the clients by partition id)."""
+        ranks = []
+        for item in (r.strip() for r in self.client_ranks.split(",") if r.strip()):
+            try:
+                ranks.append(int(item))
+            except ValueError:
+                raise FedharError(f"--client-ranks: {item!r} is not an integer "
+                                  f"(expected ranks by partition id, e.g. 4,8,16)") from None
+        return ranks
+
+    @property
+    def mode_list(self) -> list[str]:
+        return [m.strip() for m in self.client_modes.split(",") if m.strip()]
+
     def client_rank(self, pid: int) -> int:
-        ranks = [int(r) for r in self.client_ranks.split(",") if r.strip()]
+        ranks = self.rank_list
         return ranks[pid % len(ranks)] if ranks else self.rank
 
     def client_mode(self, pid: int) -> str:
-        modes = [m.strip() for m in self.client_modes.split(",") if m.strip()]
+        modes = self.mode_list
         return modes[pid % len(modes)] if modes else self.mode
 
     @property
     def max_rank(self) -> int:
-        ranks = [int(r) for r in self.client_ranks.split(",") if r.strip()]
-        return max([self.rank, *ranks])
+        return max([self.rank, *self.rank_list])
+
+    @property
+    def faults(self) -> dict[tuple[int, int], str]:
+        """--inject-failure parsed: (partition id, round) -> "raise" | "nan"."""
+        out = {}
+        for item in filter(None, (p.strip() for p in self.inject_failure.split(","))):
+            parts = item.split(":")
+            kind = parts[2] if len(parts) > 2 else "raise"
+            if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]) or kind not in FAULTS:
+                raise FedharError(f"--inject-failure: {item!r} is not pid:round[:raise|nan] "
+                                  f"(e.g. 0:2 or 1:3:nan)")
+            pid, server_round = int(parts[0]), int(parts[1])
+            if not 1 <= server_round <= self.rounds:
+                raise FedharError(f"--inject-failure: {item!r} names round {server_round}, but the run has "
+                                  f"rounds 1..{self.rounds}")
+            out[(pid, server_round)] = kind
+        return out
 
     def fault(self, pid: int, server_round: int) -> str:
         """The fault injected into client pid in this round: "" (none), "raise" or "nan"."""
-        for item in filter(None, (p.strip() for p in self.inject_failure.split(","))):
-            parts = item.split(":")
-            if parts[:2] == [str(pid), str(server_round)]:
-                return parts[2] if len(parts) > 2 else "raise"
-        return ""
+        return self.faults.get((pid, server_round), "")
 
     @property
     def datasets(self) -> list[str]:

@@ -41,6 +41,7 @@ import pandas as pd
 import psutil
 
 from fedhar.errors import FedharError
+from fedhar.interrupt import interrupt_on_sigterm
 from simulations.config import FLConfig
 from simulations.flwr_launch import (
     COMPLETED,
@@ -287,28 +288,13 @@ def _signals_deferred():
             raise KeyboardInterrupt(f"signal {received[0]}")
 
 
-@contextmanager
-def interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so that ``with`` blocks clean up."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def prepare(cfg: FLConfig, n_nodes: int) -> FLConfig:
     """Absolute paths, the backbone pretrained (cached) here, and the node count checked."""
+    from simulations.out_dir import claim
     from simulations.task import ensure_backbone, federation
 
     cfg = absolute_paths(cfg)
+    claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)
     if n_nodes != n_clients:
         raise FedharError(f"--nodes {n_nodes}: this configuration has {n_clients} clients "

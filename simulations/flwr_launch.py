@@ -182,11 +182,12 @@ def run_status(env: dict, run_id: str, connection: str | None = None) -> dict:
 def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
     """Run ``cfg`` through ``flwr run``; returns the out-dir, raises FedharError unless it completed."""
     stream = stream or sys.stdout
+    from simulations.out_dir import claim
     from simulations.task import ensure_backbone, federation
 
     cfg = absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)  # one simulated SuperNode per client
     ensure_backbone(cfg)  # pretrain (cached) here, with progress on this terminal
     run_config = write_run_config(cfg, out_dir / "run_config.toml")

@@ -101,6 +101,8 @@ class InlineGrid(Grid):
     messages never delivered because the deadline had passed (``undelivered``).
     """
 
+    delivers_in_this_thread = True  # the round loop keeps this grid's own timeout rules
+
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: Mapping | None = None, *,
                  run_id: int = DEFAULT_RUN_ID, timeout_mode: str = "per-message") -> None:
         if num_nodes < 1:

@@ -9,7 +9,13 @@ aggregate_evaluate) itself so that:
   - clients that fail, time out, or are rejected are rows in clients.csv, and a round with
     fewer than ``min_train_replies`` replies leaves the global adapters unchanged;
   - after every round a checkpoint (global arrays, strategy state, log rows, round) is
-    written atomically, and ``resume`` continues from it.
+    written atomically with a SHA-256 of its content, and ``resume`` continues from it (a
+    damaged checkpoint is an error naming it, never a silent restart);
+  - a round in which no client trained is a run failure with the clients' reasons (a
+    corrupt backbone, NaN settings, clients that all crash), not a "finished" run;
+  - ``STOP`` (set on Ctrl-C / SIGTERM while the ServerApp runs in another thread: the Ray
+    engine) ends the loop within a second; the round in flight leaves no checkpoint, so
+    ``--resume`` continues after the last finished round.
 
 Nodes that come and go (deployment: SuperNodes on other machines, see docs/deployment.md).
 Partitions are sampled as above whoever is connected, but each phase is sent only to the
@@ -23,9 +29,11 @@ node stays connected and mapped, so none of this changes what is sent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import threading
 import time
 from contextlib import contextmanager
 from logging import INFO, WARNING
@@ -39,6 +47,18 @@ from fedhar.errors import FedharError
 from simulations.config import FLConfig
 
 CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT_MAGIC = b"fedhar-checkpoint-1\n"  # then the SHA-256 of the pickle (32 bytes), then the pickle
+POLL_SECONDS = 0.2  # how often replies are pulled (and STOP looked at) while a round waits
+
+STOP = threading.Event()  # set by the runner on Ctrl-C / SIGTERM
+
+
+class RunStopped(FedharError):
+    """The run was stopped (Ctrl-C, SIGTERM) between or during rounds."""
+
+
+class RunFailed(FedharError):
+    """A round in which no client trained: the run cannot go on meaningfully."""
 
 
 class NodeView:
@@ -127,19 +147,37 @@ def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, strat
     state = {k: v for k, v in vars(strategy).items() if k != "log"}
     blob = {"round": server_round, "arrays": {k: v.numpy() for k, v in arrays.items()},
             "strategy_state": state, "log_rows": log.rows, "config": cfg.to_run_config()}
-    tmp = out_dir / (CHECKPOINT + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(blob, f)
-    os.replace(tmp, out_dir / CHECKPOINT)
+    payload = pickle.dumps(blob)
+    tmp = out_dir / f"{CHECKPOINT}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(CHECKPOINT_MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_dir / CHECKPOINT)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's content; a damaged file (truncated, overwritten, not a checkpoint) is an
+    error naming it."""
+    data = path.read_bytes()
+    damaged = f"{path}: the checkpoint is damaged ({{}}); cannot resume: start again with --overwrite"
+    if not data.startswith(CHECKPOINT_MAGIC):
+        raise FedharError(damaged.format("not a fedhar checkpoint"))
+    digest, payload = data[len(CHECKPOINT_MAGIC):][:32], data[len(CHECKPOINT_MAGIC) + 32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise FedharError(damaged.format("its checksum does not match: truncated or overwritten"))
+    return pickle.loads(payload)
 
 
 def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
-    with open(path, "rb") as f:
-        blob = pickle.load(f)
-    ignore = {"resume", "rounds", "out-dir", "backbone", "inject-failure", "tensorboard"}
+    blob = read_checkpoint(path)
+    ignore = {"resume", "overwrite", "rounds", "out-dir", "backbone", "inject-failure", "tensorboard"}
     # a field added to FLConfig after the checkpoint was written counts as its default
     saved = {**FLConfig().to_run_config(), **blob["config"]}
     now = {k: v for k, v in cfg.to_run_config().items() if k not in ignore}
@@ -159,6 +197,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
     members = Membership(node_of, log, cfg.round_timeout)
     n_train = max(1, int(round(cfg.fraction_train * len(members.partitions))))
     for server_round in range(first_round, cfg.rounds + 1):
+        _check_stop(server_round)
         flwr_log(INFO, "")
         flwr_log(INFO, "[ROUND %s/%s]", server_round, cfg.rounds)
         sampled = sample_partitions(members.partitions, n_train, cfg.seed, server_round)
@@ -186,6 +225,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = as_float32(new_arrays)
+        _check_trained(log, server_round)
         if after_aggregation is not None:
             after_aggregation(server_round, arrays)
         connected, offline = members.split(members.partitions, members.refresh(grid))
@@ -200,6 +240,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
             strategy.aggregate_evaluate(server_round, replies)
         else:
             log.flush()
+        _check_stop(server_round)
         save_checkpoint(out_dir, server_round, arrays, strategy, log, cfg)
         if after_round is not None:
             after_round(server_round)
@@ -216,20 +257,59 @@ def as_float32(arrays: ArrayRecord) -> ArrayRecord:
 
 
 def exchange(grid, messages: list[Message], timeout: float) -> list[Message]:
-    """``grid.send_and_receive``, with each reply attributed to the node its message was for.
+    """``grid.send_and_receive``, with each reply attributed to the node its message was for,
+    and given up when ``STOP`` is set.
 
     The SuperLink itself answers a message whose node stopped sending heartbeats (NODE_UNAVAILABLE,
     once 2 heartbeat intervals have passed): that error reply's src_node_id is the SuperLink's
     (SUPERLINK_NODE_ID), so it is set here to the node the message went to."""
     if not messages:
         return []
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(_send_and_receive(grid, messages, timeout))
     dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     for r in replies:
         dst = dst_of.get(r.metadata.reply_to_message_id)
         if r.has_error() and dst is not None and r.metadata.src_node_id != dst:
             r.metadata.__dict__["_src_node_id"] = dst  # Metadata has no setter (Flower sets ids this way too)
     return replies
+
+
+def _send_and_receive(grid, messages: list[Message], timeout: float):
+    """What Flower's grids do (push, then pull until all replies or the timeout), looking at
+    ``STOP`` between pulls. The inline grid delivers in this very thread (Ctrl-C reaches it
+    directly) and applies its own timeout rules: it keeps its send_and_receive."""
+    if getattr(grid, "delivers_in_this_thread", False):  # simulations.inline.InlineGrid
+        return grid.send_and_receive(messages, timeout=timeout)
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies = []
+    while waiting and time.monotonic() < deadline:
+        if STOP.is_set():
+            raise RunStopped("stopped while waiting for the clients' replies")
+        got = list(grid.pull_messages(list(waiting)))
+        replies += got
+        waiting -= {r.metadata.reply_to_message_id for r in got}
+        if waiting:
+            time.sleep(POLL_SECONDS)
+    return replies
+
+
+def _check_stop(server_round: int) -> None:
+    if STOP.is_set():
+        raise RunStopped(f"stopped in round {server_round}; the checkpoint holds the rounds before it")
+
+
+def _check_trained(log, server_round: int) -> None:
+    """A round in which no client trained is a run failure, with the clients' own reasons."""
+    rows = [r for r in log.rows if r.get("round") == server_round and r.get("phase") in ("train", "aggregate")]
+    if any(r.get("phase") == "train" and r.get("status") in ("ok", "not aggregated") for r in rows):
+        return
+    log.flush()  # clients.csv keeps this round's failure rows for diagnosis
+    reasons = sorted({" ".join(str(r.get("error") or r.get("status")).split())  # one line each
+                      for r in rows if r.get("phase") == "train"})
+    shown = "; ".join(reason[:200] for reason in reasons[:3]) or "no client was sampled or connected"
+    raise RunFailed(f"round {server_round}: no client trained ({shown}); the checkpoint holds the rounds "
+                    f"before it (see {log.path})")
 
 
 def _offline_rows(log, server_round: int, phase: str, offline: list[tuple[int, int]]) -> None:

@@ -28,22 +28,27 @@ from simulations.server_app import default_out_dir
 ENGINES = ("ray", "inline")
 
 
-def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray") -> Path:
+def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray", address: str = "") -> Path:
     """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv.
 
     ``engine``: "ray" (Flower's simulation engine) or "inline" (``simulations.inline``;
-    ``cpus_per_client`` does not apply: clients run one at a time)."""
+    ``cpus_per_client`` does not apply: clients run one at a time). ``address``: the Ray
+    cluster to run on; "" starts a Ray instance of this run's own (never one already running).
+    Ctrl-C / SIGTERM stop the run within a second or so (``rounds.STOP``)."""
     if engine not in ENGINES:
         raise FedharError(f"engine must be one of {ENGINES}, got {engine!r}")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
     from simulations.client_app import build_client_app
+    from simulations.out_dir import claim
     from simulations.server_app import build_server_app
     from simulations.task import ensure_backbone, federation
 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
+    claim(out_dir, cfg.resume, cfg.overwrite)
     cfg = replace(cfg, out_dir=str(out_dir.resolve()))
-    # pretrain (or find) the backbone and prepare the data once, before clients start
+    # prepare the data (its checks are quick), then pretrain (or find) the backbone, before clients start
+    n_clients = len(federation(cfg).parts)
     cfg = replace(cfg, backbone=str(ensure_backbone(cfg).resolve()))
     if cfg.arm == "local":  # nothing is aggregated: no Flower run (simulations/local_only.py)
         from simulations.local_only import run_local_only
@@ -53,7 +58,6 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         print(f"\nfedhar fl --arm local: each client's own model, mean over clients:\n{summary.to_string()}\n"
               f"Table: {out_dir / 'local.csv'}", flush=True)
         return out_dir
-    n_clients = len(federation(cfg).parts)
     print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
           f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {out_dir}",
           flush=True)
@@ -66,19 +70,29 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
     else:
         from flwr.simulation import run_simulation
 
-        quiet_flower()
+        from simulations.rounds import STOP
 
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=n_clients,
-            backend_config={
-                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                              # actors' output (library noise) only with --verbose: failures are rows
-                              "log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "ERROR"},
-            },
-        )
+        quiet_flower()
+        ray_init = {"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}
+        STOP.clear()
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=n_clients,
+                backend_config={
+                    "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                    "init_args": {**ray_init, "include_dashboard": False,
+                                  # actors' output (library noise) only with --verbose: failures are rows
+                                  "log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "ERROR"},
+                },
+            )
+        except KeyboardInterrupt:  # the ServerApp runs in a thread of its own: tell it to stop
+            STOP.set()
+            raise
+        except SystemExit:  # ray.init replaces our SIGTERM handler with one that calls sys.exit
+            STOP.set()
+            raise KeyboardInterrupt("SIGTERM") from None
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 

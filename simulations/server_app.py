@@ -27,12 +27,15 @@ from fedhar.lodo import code_version
 from fedhar.model import count_parameters, trainable_state_dict
 from simulations.config import FLConfig
 from simulations.export import save_global_model
+from simulations.out_dir import claim
 from simulations.progress import RoundProgress
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
-from simulations.task import build_model, ensure_backbone, federation, is_head_key
+from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
 from simulations.tracking import tracker_for
-from strategies import HETEROGENEOUS_RANKS, RoundLog, make_strategy, strategy_options
+from strategies import RoundLog, make_strategy, strategy_options
+
+REPLY_COLUMNS = ("num_examples", "train_loss", "accuracy", "macro_f1", "bytes_sent", "bytes_received")
 
 
 def default_out_dir() -> Path:
@@ -49,6 +52,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
     with server-side evaluation also server_* / heldout_* accuracy and macro-F1,
     example-weighted over the datasets (NaN in rounds the server did not evaluate)."""
     df = pd.read_csv(clients_csv)
+    # a column only replies fill in is absent when no client ever replied
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *REPLY_COLUMNS])))
     if "partition_id" in df:  # replies arrive in any order: sum in partition order, reproducibly
         df = df.sort_values(["round", "partition_id"], kind="stable")
     ok = df[df["status"] == "ok"]
@@ -142,12 +147,9 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         if cfg.arm == "local":
             raise FedharError("arm=local aggregates nothing, so it is not a Flower run: use `fedhar fl --arm local`")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))
-        if cfg.client_ranks and cfg.strategy not in HETEROGENEOUS_RANKS:
-            raise FedharError(f"client-ranks needs a strategy that aggregates different ranks: "
-                              f"{', '.join(HETEROGENEOUS_RANKS)} (got {cfg.strategy})")
+        claim(out_dir, cfg.resume, cfg.overwrite)  # (the runners did already; a by-hand `flwr run` not)
         fed = federation(cfg)
+        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
         params = count_parameters(model)
         n_clients = len(fed.parts)
@@ -163,8 +165,8 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         arrays, first_round = ArrayRecord(initial), 1
         if cfg.resume:
             saved = load_checkpoint(out_dir, cfg)
-            if saved is None:
-                log_info(f"resume: no checkpoint in {out_dir}, starting at round 1")
+            if saved is None:  # (claim() checked: no earlier tables either)
+                log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
             else:
                 arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
                 vars(strategy).update(saved["strategy_state"])
@@ -173,7 +175,8 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
                 log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.to_run_config(),
-            "code": code_version(),  # the git commit that made these tables ("unknown" outside a checkout)
+            "code": code_version(),
+            "data_read": data_sources(cfg),  # where each dataset was actually read from
             "clients": fed.client_names,
             "label_space": list(fed.labels.names),
             "head": fed.head,  # cfg.head resolved (auto -> shared | local)

@@ -72,7 +72,7 @@ from fedhar.errors import FedharError
 from simulations.config import FLConfig
 
 #: what the sweep sets for each trial itself
-MANAGED = ("out_dir", "resume")
+MANAGED = ("out_dir", "resume", "overwrite")
 #: config columns results.csv always has, beside every field the sweep file sets
 KEY_COLUMNS = ("data", "partition", "num_clients", "strategy", "mode", "rank", "local_epochs",
                "fraction_train", "seed", "rounds")
@@ -418,7 +418,7 @@ def run_trial(cfg: FLConfig, threads: int = 1, cwd: str = "") -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resumed = (out / CHECKPOINT).exists()
-    cfg = replace(cfg, resume=resumed)
+    cfg = replace(cfg, resume=resumed, overwrite=not resumed)  # the sweep owns its trial dirs
     status, error = "ok", ""
     with _output_to(out / "trial.log"):
         print(f"\n=== trial {out.name} started {started} (resume={resumed}) ===", flush=True)

@@ -112,11 +112,9 @@ def head_size(labels: LabelSpace) -> int:
 def ensure_backbone(cfg: FLConfig, quiet: bool = False) -> Path:
     """The MAE checkpoint for this run: the given one, or pretrained (once, then cached)."""
     if cfg.backbone:
+        _mae(str(cfg.backbone))  # a missing or damaged file is an error now, naming it
         return Path(cfg.backbone)
-    pretrain_sets = cfg.pretrain_datasets
-    overlap = set(pretrain_sets) & set(cfg.datasets) - {"synthetic"}
-    if overlap:
-        raise ValueError(f"pretrain-data and data share {sorted(overlap)}: the backbone would see test data")
+    pretrain_sets = cfg.pretrain_datasets  # unseen by the clients: FLConfig checked
     windows = load_windows(pretrain_sets, cfg, pretraining=True)
     return pretrain(windows, PretrainConfig(epochs=cfg.pretrain_epochs, seed=cfg.seed), quiet=quiet)
 
@@ -208,7 +206,11 @@ def _federation(cfg_json: str) -> Federation:
     elif cfg.partition == "subject":
         parts = by_subject(ws)
     else:
-        parts = dirichlet(ws, cfg.num_clients, cfg.dirichlet_alpha, seed=cfg.seed)
+        try:
+            parts = dirichlet(ws, cfg.num_clients, cfg.dirichlet_alpha, seed=cfg.seed)
+        except ValueError as e:
+            raise FedharError(f"--num-clients {cfg.num_clients} --dirichlet-alpha {cfg.dirichlet_alpha}: {e}") from None
+    cfg.check_clients(len(parts))
     splits = []
     for idx in parts.values():
         train, test = _client_split(ws.subset(idx), cfg)
@@ -225,6 +227,16 @@ def _federation(cfg_json: str) -> Federation:
     client_labels = [LabelSpace.from_ids(ws.y[train]) for train, _ in splits]
     return Federation(ws, parts, labels, splits, norm, server_test, client_labels,
                       resolve_head(cfg, labels, client_labels))
+
+
+def data_sources(cfg: FLConfig) -> dict[str, str]:
+    """Dataset -> the folder it is read from ("synthetic" is generated), for config.json."""
+    from fedhar.data.loading import find_dataset
+
+    names = dict.fromkeys([*cfg.datasets, *cfg.heldout_datasets,
+                           *([] if cfg.backbone else [d for d in cfg.pretrain_data.split("+") if d])])
+    return {name: "generated" if name == "synthetic" else str(find_dataset(name, cfg.data_dir or None).resolve())
+            for name in names}
 
 
 def federation(cfg: FLConfig) -> Federation:

@@ -51,8 +51,8 @@ def test_flwr_run_completes_writes_tables_and_stops_its_daemons(tmp_path, monkey
 def test_a_failing_server_app_is_a_failure_not_exit_zero(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
     # flwr run --stream exits 0 here; the launcher must read the run's status and fail
-    with pytest.raises(FedharError, match="finished:failed.*client-ranks needs a strategy"):
-        launch(_tiny(tmp_path / "run", strategy="fedavg", client_ranks="4,8", rounds=1))
+    with pytest.raises(FedharError, match="finished:failed.*round 1: no client trained"):
+        launch(_tiny(tmp_path / "run", inject_failure="0:1,1:1", rounds=1))
     assert not _descendants()
 
 

@@ -173,7 +173,8 @@ def test_non_integer_in_labels(hapt_root):
 def test_acc_gyro_length_mismatch(hapt_root):
     path = hapt_root / "RawData" / "gyro_exp02_user01.txt"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-3]))
-    err = raises_at(hapt_root, "acc_exp02_user01.txt", 398, "acc has 400 samples but gyro has 397")
+    # the truncated file is the one named, not its intact partner
+    err = raises_at(hapt_root, "gyro_exp02_user01.txt", None, "397 samples but acc_exp02_user01.txt has 400")
     assert "sample-aligned" in err.message
 
 

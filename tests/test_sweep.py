@@ -104,9 +104,10 @@ def test_dry_run_lists_the_trials_and_runs_nothing(tmp_path, capsys):
 
 
 def test_a_failing_trial_reports_its_error_and_keeps_its_log(tmp_path):
-    cfg = FLConfig(backbone=str(tmp_path / "no-such-mae.safetensors"), out_dir=str(tmp_path / "t"))
+    cfg = FLConfig(data="pamap2", data_dir=str(tmp_path / "no-data"), backbone=str(tmp_path / "mae.safetensors"),
+                   out_dir=str(tmp_path / "t"))
     summary = run_trial(cfg)
-    assert summary["status"] == "failed" and "no-such-mae.safetensors" in summary["error"]
+    assert summary["status"] == "failed" and "'pamap2' not found" in summary["error"]
     # seconds is rounded to 0.1 s: a trial failing on cached data can take 0.0
     assert summary["seconds"] >= 0 and summary["cpu_seconds"] > 0 and summary["peak_rss_mb"] > 0 and summary["hostname"]
     assert "Traceback" in (tmp_path / "t" / "trial.log").read_text()

@@ -38,7 +38,7 @@ def register(commands) -> None:
         add_synthetic_options(p)
 
     p = sub.add_parser("list", help="which datasets are known and where they were found")
-    p.add_argument("--data-dir", type=Path, help="also look in this folder first")
+    p.add_argument("--data-dir", type=Path, help="look only in this folder")
     p.set_defaults(run=cmd_list)
 
     p = sub.add_parser("info", help="windows per class and per subject, label mapping, repairs and drops")

@@ -19,7 +19,7 @@ from scipy.signal import resample_poly
 
 from fedhar.data.labels import UNLABELLED
 from fedhar.data.schema import PrepareReport, Recording, WindowSet
-from fedhar.errors import FedharError
+from fedhar.errors import DataFormatError, FedharError
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,10 @@ def harmonise(items, cfg: WindowConfig, dataset: str, report: PrepareReport) -> 
             continue
         report.recordings += 1
         report.samples_in += len(item.labels)
-        if not np.isfinite(item.signal).all():
-            raise ValueError(f"{item.source}: reader yielded non-finite samples (a reader bug)")
+        if not np.isfinite(item.signal).all():  # e.g. a huge value that overflowed a unit conversion
+            sample = int(np.flatnonzero(~np.isfinite(item.signal).all(axis=1))[0])
+            raise DataFormatError(item.source, f"sample {sample + 1} is out of range (non-finite after "
+                                  "conversion to SI units)")
         parts.append(cut_windows(resample(item, cfg.rate), cfg, dataset, report))
     out = WindowSet.concat(parts)
     report.windows = len(out)

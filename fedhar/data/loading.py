@@ -3,14 +3,22 @@
 The cache key covers the reader (name and version), the window configuration and the
 source files (relative path, size and modification time), so any change to one of them
 prepares the dataset again; an unchanged dataset loads from one .npz in well under a second.
+
+Integrity: the .json beside each .npz holds the .npz's SHA-256. A cache entry that is
+damaged (truncated, overwritten, its .json missing) is named on stderr and prepared again.
+Processes preparing the same entry at once take turns (a file lock; the second one reads
+what the first wrote); each writes under a temporary name of its own, removed on failure
+(a full disk leaves nothing half-written behind).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +29,7 @@ from fedhar.data import paths
 from fedhar.data.harmonise import WindowConfig, harmonise
 from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.schema import PrepareReport, WindowSet
-from fedhar.errors import DatasetNotFoundError
+from fedhar.errors import DataFormatError, DatasetNotFoundError, FedharError
 
 
 @dataclass
@@ -43,12 +51,13 @@ def find_dataset(name: str, data_dir: str | Path | None = None) -> Path:
             root = locate(directory)
             if root is not None:
                 return root
-    searched = [f"  {directory}  ({why})" for directory, why in dirs]
-    folders = " or ".join(reader.folder_names)
+    searched = "; ".join(f"{directory} ({why}{'' if directory.is_dir() else ': does not exist'})"
+                         for directory, why in dirs)
+    folders = ", ".join(reader.folder_names)
+    only = " (the only place searched when --data-dir is given)" if data_dir else ""
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found. Looked for a folder {folders} in:\n"
-        + "\n".join(searched)
-        + f"\nRun `fedhar data download {name}`, or pass --data-dir / set FEDHAR_DATA_DIR."
+        f"dataset {name!r} not found: no folder {folders} in {searched}{only}. "
+        f"Run `fedhar data download {name}`, or pass --data-dir / set FEDHAR_DATA_DIR."
     )
 
 
@@ -60,25 +69,71 @@ def _cache_key(parts: dict) -> str:
 def _files_fingerprint(root: Path, files: list[Path]) -> list:
     out = []
     for f in sorted(files):
-        st = f.stat()
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            raise DataFormatError(f, "file is missing") from None
         out.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
     return out
 
 
 def _save(path: Path, ws: WindowSet, report: PrepareReport, meta: dict) -> None:
+    """Write the .npz under a unique temporary name, then its .json (with the SHA-256), then
+    rename the .npz into place: a half-written entry is never read."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x=ws.x, y=ws.y, subject=ws.subject, dataset=ws.dataset)
-    meta_path = path.with_suffix(".json")
-    meta_path.write_text(json.dumps({"report": report.to_dict(), **meta}, indent=1))
-    os.replace(tmp, path)  # the .npz appears last: a half-written cache is never read
+    buffer = io.BytesIO()
+    np.savez(buffer, x=ws.x, y=ws.y, subject=ws.subject, dataset=ws.dataset)
+    data = buffer.getvalue()
+    info = {"report": report.to_dict(), "sha256": hashlib.sha256(data).hexdigest(), **meta}
+    try:
+        _write_atomic(path.with_suffix(".json"), json.dumps(info, indent=1).encode())
+        _write_atomic(path, data)
+    except OSError as e:
+        raise FedharError(f"{path}: cannot write the window cache ({e.strerror})") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class DamagedCache(Exception):
+    """A window cache entry that cannot be trusted (the message says why)."""
 
 
 def _load(path: Path) -> tuple[WindowSet, PrepareReport]:
-    with np.load(path) as z:
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise DamagedCache(f"{path}: {Path(e.filename).name} is missing") from None
+    except ValueError:
+        raise DamagedCache(f"{path}: {meta_path.name} is not valid JSON") from None
+    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise DamagedCache(f"{path}: does not match the checksum in {meta_path.name}")
+    with np.load(io.BytesIO(data)) as z:
         ws = WindowSet(z["x"], z["y"], z["subject"], z["dataset"])
-    meta = json.loads(path.with_suffix(".json").read_text())
     return ws, PrepareReport.from_dict(meta["report"])
+
+
+def _cached(cache_file: Path) -> tuple[WindowSet, PrepareReport] | None:
+    """The cache entry, or None when there is none; a damaged one is named and removed."""
+    if not cache_file.exists() and not cache_file.with_suffix(".json").exists():
+        return None
+    try:
+        return _load(cache_file)
+    except DamagedCache as e:
+        print(f"fedhar: damaged window cache ({e}): preparing it again", file=sys.stderr, flush=True)
+        for f in (cache_file, cache_file.with_suffix(".json")):
+            f.unlink(missing_ok=True)
+        return None
 
 
 def load(
@@ -141,11 +196,28 @@ def load(
             ws = harmonise(shown(reader.read(root, report), name), window, name, report)
             return ws, report
 
+    if not cache:
+        ws, report = prepare()
+        return Prepared(ws, report, root, None, False, time.perf_counter() - t0)
     cache_file = paths.window_cache_dir() / f"{name}-{_cache_key(key_parts)}.npz"
-    if cache and not rebuild and cache_file.exists():
-        ws, report = _load(cache_file)
-        return Prepared(ws, report, root, cache_file, True, time.perf_counter() - t0)
-    ws, report = prepare()
-    if cache:
-        _save(cache_file, ws, report, {"key": key_parts})
-    return Prepared(ws, report, root, cache_file if cache else None, False, time.perf_counter() - t0)
+    found = None if rebuild else _cached(cache_file)
+    if found is None:
+        with cache_lock(cache_file):  # another process may be preparing the same entry
+            found = None if rebuild else _cached(cache_file)
+            if found is None:
+                ws, report = prepare()
+                _save(cache_file, ws, report, {"key": key_parts})
+                return Prepared(ws, report, root, cache_file, False, time.perf_counter() - t0)
+    ws, report = found
+    return Prepared(ws, report, root, cache_file, True, time.perf_counter() - t0)
+
+
+def cache_lock(path: Path):
+    """An exclusive lock beside ``path`` (a cache entry being made), held by one process at a time."""
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FedharError(f"{path.parent}: cannot create the cache folder ({e.strerror})") from None
+    return FileLock(str(path) + ".lock")

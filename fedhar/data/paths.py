@@ -1,11 +1,12 @@
 """Where data and caches live.
 
-Data directories are searched in this order (the first that holds a dataset wins):
-  1. an explicit ``--data-dir`` (CLI) / ``data_dir=`` (API),
-  2. ``$FEDHAR_DATA_DIR`` (several joined by ``os.pathsep``),
-  3. ``./data`` in the working directory,
-  4. ``../shared/data`` beside the fedhar checkout (the shared real data on dev machines),
-  5. the download directory, ``$FEDHAR_CACHE_DIR/data`` (default ``~/.cache/fedhar/data``).
+An explicit ``--data-dir`` (CLI) / ``data_dir=`` (API) is the only place searched: a
+dataset missing there is an error naming it, never a silent fallback to another copy.
+Without one, data directories are searched in this order (the first that holds a dataset wins):
+  1. ``$FEDHAR_DATA_DIR`` (several joined by ``os.pathsep``),
+  2. ``./data`` in the working directory,
+  3. ``../shared/data`` beside the fedhar checkout (the shared real data on dev machines),
+  4. the download directory, ``$FEDHAR_CACHE_DIR/data`` (default ``~/.cache/fedhar/data``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FEDHAR_CACHE_DIR") or Path.home() / ".cache" / "fedhar")
+    root = Path(os.environ.get("FEDHAR_CACHE_DIR") or Path.home() / ".cache" / "fedhar")
+    if root.exists() and not root.is_dir():
+        from fedhar.errors import FedharError
+
+        raise FedharError(f"FEDHAR_CACHE_DIR={root} is a file, not a directory")
+    return root
 
 
 def window_cache_dir() -> Path:
@@ -30,9 +36,9 @@ def download_dir() -> Path:
 
 def data_dirs(explicit: str | Path | None = None) -> list[tuple[Path, str]]:
     """Candidate data directories with the reason each is searched, in search order."""
-    out: list[tuple[Path, str]] = []
     if explicit:
-        out.append((Path(explicit), "--data-dir"))
+        return [(Path(explicit), "--data-dir")]
+    out: list[tuple[Path, str]] = []
     for part in filter(None, os.environ.get("FEDHAR_DATA_DIR", "").split(os.pathsep)):
         out.append((Path(part), "$FEDHAR_DATA_DIR"))
     out.append((Path.cwd() / "data", "./data"))

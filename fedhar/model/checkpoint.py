@@ -5,13 +5,20 @@ the sin-cos positional encodings are rebuilt, not stored) and, as safetensors me
 ``format = "fedhar-mae-1"`` and ``config`` = the JSON of ``MAEConfig``, so
 ``load_mae(path)`` rebuilds the model without being told its shape.
 
+Every checkpoint written here also carries ``sha256``, a hash of its tensors, checked on
+loading together with finiteness: a damaged file (bytes overwritten, NaN weights) is an
+error naming it, never a model that silently fails to train.
+
 A trainable checkpoint holds ``trainable_state_dict(model)`` with
 ``format = "fedhar-trainable-1"`` and free-form string metadata (e.g. mode, rank).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +40,30 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().contiguous().view(torch.uint8).numpy().tobytes()
+                 if state[key].numel() else b"")
+    return h.hexdigest()
+
+
+def _write(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Atomically (a unique temporary name, then a rename), with the tensors' hash."""
+    path = Path(path)
+    state = _contiguous(state)
+    metadata = {**metadata, "sha256": tensors_sha256(state)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
@@ -45,6 +76,11 @@ def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tenso
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     if metadata.get("format") != expected_format:
         raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {expected_format!r}")
+    if "sha256" in metadata and tensors_sha256(tensors) != metadata["sha256"]:
+        raise CheckpointError(f"{path}: the checkpoint is damaged (its weights do not match their checksum)")
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"{path}: the checkpoint is damaged (non-finite weights in {', '.join(bad[:3])})")
     return tensors, metadata
 
 
@@ -52,7 +88,7 @@ def save_mae(mae: MaskedAutoencoder, path: str | Path, extra: dict[str, str] | N
     """Save the MAE; ``extra`` string metadata (e.g. the data fingerprint) is stored beside its config."""
     metadata = {str(k): str(v) for k, v in (extra or {}).items()}
     metadata.update({"format": MAE_FORMAT, "config": json.dumps(mae.config.to_dict(), sort_keys=True)})
-    save_file(_contiguous(mae.state_dict()), str(path), metadata=metadata)
+    _write(mae.state_dict(), path, metadata)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -82,7 +118,7 @@ def save_trainable(state: dict[str, torch.Tensor], path: str | Path,
                    metadata: dict[str, str] | None = None) -> None:
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["format"] = TRAINABLE_FORMAT
-    save_file(_contiguous(state), str(path), metadata=meta)
+    _write(state, path, meta)
 
 
 def load_trainable(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

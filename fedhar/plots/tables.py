@@ -269,9 +269,10 @@ def load_trials(inputs: Inputs, trace: Trace, required=(), purpose: str = "") ->
     keys = set(config_keys())
     setting_cols = [c for c in required if c in keys]
     table_cols = [c for c in required if c not in keys]
-    frames, dirs, tables = [], {}, {}
+    frames, dirs, tables, read = [], {}, {}, []
 
     def add(df: pd.DataFrame, table: Path, dir_of) -> None:
+        read.append(table)  # (named if none of them has a finished round)
         df = df.copy()
         original = df["trial_id"].astype(str)
         df["trial_id"] = original
@@ -305,7 +306,7 @@ def load_trials(inputs: Inputs, trace: Trace, required=(), purpose: str = "") ->
     rounds = pd.concat(frames, ignore_index=True)
     rounds = rounds[rounds["round"].notna()]
     if rounds.empty:
-        raise NothingToPlot(f"no finished rounds in {', '.join(map(str, dict.fromkeys(tables.values())))}")
+        raise NothingToPlot(f"no finished rounds in {', '.join(map(str, dict.fromkeys(read)))}")
     return Trials(rounds, dirs, tables)
 
 

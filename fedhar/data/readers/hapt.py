@@ -72,21 +72,17 @@ def read_table(path: Path, ncols: int, dtype=np.float64) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(path, "file is missing")
+        raise DataFormatError(path, "is a folder, not a file" if path.is_dir() else "file is missing")
     try:
-        frame = pd.read_csv(
-            path,
-            sep=r"\s+",
-            header=None,
-            names=list(range(ncols)),
-            dtype=dtype,
-            engine="c",
-            skip_blank_lines=False,
-        )
+        # no ``names``: with them, pandas would take an extra first field as the index and
+        # silently shift the columns; the column count is checked instead
+        frame = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtype, engine="c", skip_blank_lines=False)
         table = frame.to_numpy(dtype=dtype)
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror})") from None
     except (ValueError, OverflowError):  # pandas' ParserError/EmptyDataError are ValueErrors
         return _scan_table(path, ncols, dtype)
-    if len(table) == 0 or not np.isfinite(table).all():
+    if len(table) == 0 or table.shape[1] != ncols or not np.isfinite(table).all():
         return _scan_table(path, ncols, dtype)
     return table
 
@@ -95,6 +91,10 @@ def _scan_table(path: Path, ncols: int, dtype) -> np.ndarray:
     """Slow exact parse: raises DataFormatError at the first bad line, else the table."""
     convert = int if np.issubdtype(dtype, np.integer) else float
     kind = "an integer" if convert is int else "a number"
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise DataFormatError(path, "is not plain ASCII text (UTF-16 or binary?): save it as ASCII/UTF-8")
     rows: list[list] = []
     blank_at = None
     with open(path, encoding="ascii", errors="replace") as fh:
@@ -134,6 +134,13 @@ def _parses(convert, cell: str) -> bool:
 # --------------------------------------------------------------------------- layout
 
 
+def raw_dir(root: Path) -> Path:
+    raw = Path(root) / RAW_DIR
+    if not raw.is_dir():
+        raise DataFormatError(raw, "is a file, not the folder of raw recordings" if raw.exists() else "folder is missing")
+    return raw
+
+
 @dataclass(frozen=True)
 class Experiment:
     number: int
@@ -144,9 +151,7 @@ class Experiment:
 
 def find_experiments(root: Path) -> dict[int, Experiment]:
     """Experiment number -> its acc/gyro files, from the names in RawData/."""
-    raw = Path(root) / RAW_DIR
-    if not raw.is_dir():
-        raise DataFormatError(raw, "folder is missing")
+    raw = raw_dir(root)
     found: dict[int, dict] = {}
     for path in sorted(raw.iterdir()):
         m = _SIGNAL_FILE.match(path.name)
@@ -157,6 +162,11 @@ def find_experiments(root: Path) -> dict[int, Experiment]:
         if entry["user"] != user:
             raise DataFormatError(
                 path, f"experiment {exp} is already filed under user {entry['user']}"
+            )
+        if sensor in entry:  # acc_exp1_user01.txt beside acc_exp01_user01.txt
+            raise DataFormatError(
+                path, f"experiment {exp} already has the {sensor} file {entry[sensor].name}: "
+                "which one to read is ambiguous"
             )
         entry[sensor] = path
     experiments = {}
@@ -212,11 +222,12 @@ class HaptReader(Reader):
     )
 
     def looks_like_root(self, root: Path) -> bool:
-        raw = Path(root) / RAW_DIR
-        return (raw / LABELS_FILE).is_file() and any(raw.glob("acc_exp*_user*.txt"))
+        # a RawData entry is enough: what is wrong inside it is then an error naming the file
+        # (a missing labels.txt), not "dataset not found"
+        return (Path(root) / RAW_DIR).exists()
 
     def source_files(self, root: Path) -> list[Path]:
-        raw = Path(root) / RAW_DIR
+        raw = raw_dir(root)
         signal_files = [p for p in raw.iterdir() if _SIGNAL_FILE.match(p.name)]
         return [raw / LABELS_FILE, *sorted(signal_files)]
 
@@ -268,15 +279,19 @@ class HaptReader(Reader):
         gyro = read_table(exp.gyro, 3)
         report.files_read += 1
         if len(acc) != len(gyro):
-            longer = exp.acc if len(acc) > len(gyro) else exp.gyro
+            shorter, longer = (exp.acc, exp.gyro) if len(acc) < len(gyro) else (exp.gyro, exp.acc)
             raise DataFormatError(
-                longer,
-                f"acc has {len(acc)} samples but gyro has {len(gyro)}: the two files of "
-                f"experiment {exp.number} must be sample-aligned",
-                line=min(len(acc), len(gyro)) + 1,
+                shorter,
+                f"{min(len(acc), len(gyro))} samples but {longer.name} has {max(len(acc), len(gyro))}: "
+                f"the two files of experiment {exp.number} must be sample-aligned (truncated?)",
             )
         labels = self.segment_labels(len(acc), segments, exp)
-        signal = np.concatenate([acc * STANDARD_GRAVITY, gyro], axis=1)
+        with np.errstate(over="ignore"):
+            acc = acc * STANDARD_GRAVITY
+        if not np.isfinite(acc).all():
+            line = int(np.flatnonzero(~np.isfinite(acc).all(axis=1))[0]) + 1
+            raise DataFormatError(exp.acc, "value out of range (overflows when converted from g to m/s^2)", line)
+        signal = np.concatenate([acc, gyro], axis=1)
         return Recording(signal, labels, RATE_HZ, exp.user, f"{exp.acc} + {exp.gyro.name}")
 
     def segment_labels(self, n: int, segments: list[Segment], exp: Experiment) -> np.ndarray:

@@ -1,0 +1,370 @@
+"""Bad inputs and faults (issue 13): each ends with exit status 2 and ONE line naming the
+option or file, no traceback, and nothing lost or silently wrong; damaged caches are named
+and rebuilt. The slow scenarios (Ctrl-C / SIGTERM on each engine, concurrent preparation and
+pretraining) are in results/faults/probe.py, with its committed output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from safetensors.torch import save_file
+
+from fedhar.cli import main
+from fedhar.data import loading
+from fedhar.data.synthetic import SyntheticConfig
+from fedhar.errors import FedharError
+from fedhar.model.checkpoint import CheckpointError, load_mae, save_mae
+from fedhar.model.mae import MAEConfig, MaskedAutoencoder
+from simulations.config import FLConfig
+from simulations.out_dir import claim
+from simulations.rounds import CHECKPOINT, save_checkpoint
+from tests.fixtures.hapt import write_hapt
+from tests.fixtures.uci_har import write_uci_har
+
+SMALL = ["--synthetic-domains", "2", "--synthetic-subjects", "2", "--engine", "inline"]
+
+
+def refused(capsys, argv, *names: str) -> str:
+    """Run ``fedhar argv``: exit 2, one error line naming ``names``, no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("fedhar: error:")]
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert len(errors) == 1 and len(err.strip().splitlines()[-1]) and errors[0] == err.strip().splitlines()[-1], err
+    for name in names:
+        assert name in errors[0], errors[0]
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--partition", "dirichlet", "--num-clients", "0"], "--num-clients"),
+    (["--partition", "dirichlet", "--dirichlet-alpha", "0"], "--dirichlet-alpha"),
+    (["--strategy", "hetlora", "--client-ranks", "4,x"], "--client-ranks"),
+    (["--strategy", "hetlora", "--client-ranks", "0,-4"], "--client-ranks"),
+    (["--strategy", "fedavg", "--client-ranks", "4,8"], "--client-ranks"),
+    (["--rank", "100000"], "--rank"),
+    (["--seed", "-1"], "--seed"),
+    (["--lr", "nan"], "--lr"),
+    (["--lora-alpha", "nan"], "--lora-alpha"),
+    (["--round-timeout", "inf"], "--round-timeout"),
+    (["--inject-failure", "0:x"], "--inject-failure"),
+    (["--inject-failure", "0:1:crash"], "--inject-failure"),
+    (["--inject-failure", "0:9"], "--inject-failure"),
+    (["--data", "nosuchdata"], "--data"),
+    (["--data", "hapt", "--pretrain-data", "hapt"], "--pretrain-data"),
+    (["--data", "uci-har", "--pretrain-data", "hapt"], "same people"),
+    (["--resume", "--overwrite", "--out-dir", "x"], "--resume"),
+])
+def test_a_bad_option_is_refused_before_any_work(capsys, tmp_path, argv, named):
+    out = tmp_path / "run"
+    refused(capsys, ["fl", *argv, *(["--out-dir", out] if "--out-dir" not in argv else [])], named)
+    assert not out.exists()  # nothing started
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--partition", "dirichlet", "--num-clients", "100000"], "--num-clients"),
+    (["--strategy", "hetlora", "--client-ranks", "4,8,16"], "--client-ranks"),  # 2 clients
+    (["--inject-failure", "5:1"], "--inject-failure"),
+])
+def test_an_option_that_does_not_fit_the_data_is_refused_before_training(capsys, tmp_path, argv, named):
+    refused(capsys, ["fl", *argv, *SMALL, "--out-dir", tmp_path / "run"], named)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+# --------------------------------------------------------------------------- out-dir
+
+
+def test_an_earlier_run_is_never_overwritten_without_overwrite(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rounds.csv").write_text("round\n1\n")
+    refused(capsys, ["fl", *SMALL, "--out-dir", out], "--out-dir", "--overwrite")
+    assert (out / "rounds.csv").read_text() == "round\n1\n"
+    claim(out, resume=False, overwrite=True)  # what --overwrite does before the run
+    assert not (out / "rounds.csv").exists()
+
+
+def test_resume_without_a_checkpoint_keeps_the_earlier_tables(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "clients.csv").write_text("x\n")
+    refused(capsys, ["fl", *SMALL, "--resume", "--out-dir", out], "--resume", str(out / CHECKPOINT))
+    assert (out / "clients.csv").read_text() == "x\n"
+
+
+def _checkpoint(out: Path) -> Path:
+    save_checkpoint(out, 1, ArrayRecord({"w": torch.ones(64)}), SimpleNamespace(), SimpleNamespace(rows=[]),
+                    FLConfig())
+    return out / CHECKPOINT
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flip", "empty"])
+def test_a_damaged_round_checkpoint_is_named_on_resume(capsys, tmp_path, damage):
+    out = tmp_path / "run"
+    out.mkdir()
+    path = _checkpoint(out)
+    data = bytearray(path.read_bytes())
+    data = {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"",
+            "bit flip": data[:-40] + bytes([data[-40] ^ 1]) + data[-39:]}[damage]
+    path.write_bytes(bytes(data))
+    refused(capsys, ["fl", *SMALL, "--resume", "--out-dir", out], str(path), "damaged")
+
+
+def test_an_out_dir_that_is_a_file_or_not_writable_is_refused(capsys, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    refused(capsys, ["fl", *SMALL, "--out-dir", tmp_path / "file"], "--out-dir", "is a file")
+
+    def denied(*args, **kwargs):  # (tests run as root, for whom chmod does not deny)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("simulations.out_dir.tempfile.TemporaryFile", denied)
+    refused(capsys, ["fl", *SMALL, "--out-dir", tmp_path / "ro"], "--out-dir", "Permission denied")
+
+
+# --------------------------------------------------------------------------- data files
+
+
+@pytest.fixture
+def hapt(tmp_path) -> Path:
+    write_hapt(tmp_path / "data" / "hapt")
+    return tmp_path / "data"
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def _info(capsys, data_dir: Path, *names: str, dataset: str = "hapt") -> str:
+    return refused(capsys, ["data", "info", dataset, "--data-dir", data_dir], *names)
+
+
+def test_an_extra_column_on_every_line_is_an_error_not_shifted_channels(capsys, hapt):
+    acc = hapt / "hapt" / "RawData" / "acc_exp01_user01.txt"
+    acc.write_text("".join(f"{i} {line}" for i, line in enumerate(_lines(acc))))
+    _info(capsys, hapt, "acc_exp01_user01.txt:1:", "expected 3 columns, found 4")
+
+
+def test_a_six_column_labels_file_says_so(capsys, hapt):
+    labels = hapt / "hapt" / "RawData" / "labels.txt"
+    labels.write_text("".join(f"9 {line}" for line in _lines(labels)))
+    _info(capsys, hapt, "labels.txt:1:", "expected 5 columns, found 6")
+
+
+def test_two_files_for_one_experiment_are_ambiguous(capsys, hapt):
+    raw = hapt / "hapt" / "RawData"
+    (raw / "acc_exp1_user01.txt").write_text((raw / "acc_exp01_user01.txt").read_text())
+    _info(capsys, hapt, "acc_exp", "ambiguous")
+
+
+def test_an_overflowing_value_names_file_and_line(capsys, hapt):
+    acc = hapt / "hapt" / "RawData" / "acc_exp01_user01.txt"
+    lines = _lines(acc)
+    lines[4] = "1e308 0 0\n"
+    acc.write_text("".join(lines))
+    _info(capsys, hapt, "acc_exp01_user01.txt:5:", "out of range")
+
+
+def test_a_utf16_file_is_called_an_encoding_problem(capsys, hapt):
+    labels = hapt / "hapt" / "RawData" / "labels.txt"
+    labels.write_bytes(labels.read_text().encode("utf-16"))
+    _info(capsys, hapt, "labels.txt", "UTF-16")
+
+
+def test_a_missing_labels_file_is_named(capsys, hapt):
+    (hapt / "hapt" / "RawData" / "labels.txt").unlink()
+    _info(capsys, hapt, "labels.txt", "missing")
+
+
+def test_raw_data_that_is_a_file_is_named(capsys, tmp_path):
+    (tmp_path / "hapt").mkdir()
+    (tmp_path / "hapt" / "RawData").write_text("")
+    _info(capsys, tmp_path, "RawData", "is a file")
+
+
+def test_an_unreadable_file_is_named(capsys, hapt, monkeypatch):
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("fedhar.data.readers.hapt.pd.read_csv", denied)
+    _info(capsys, hapt, "labels.txt", "Permission denied")
+
+
+def test_published_uci_har_without_its_subject_file(capsys, tmp_path):
+    root = write_uci_har(tmp_path / "uci-har")
+    (root / "train" / "subject_train.txt").unlink()
+    _info(capsys, tmp_path, "subject_train.txt", "missing", dataset="uci-har")
+
+
+def test_a_utf16_subject_file_is_called_an_encoding_problem(capsys, tmp_path):
+    root = write_uci_har(tmp_path / "uci-har")
+    subject = root / "train" / "subject_train.txt"
+    subject.write_bytes(subject.read_text().encode("utf-16"))
+    _info(capsys, tmp_path, "subject_train.txt", "UTF-16", dataset="uci-har")
+
+
+def test_an_explicit_data_dir_is_the_only_place_searched(capsys, hapt, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDHAR_DATA_DIR", str(hapt))  # a good copy elsewhere is not used
+    (tmp_path / "mistyped").mkdir()
+    _info(capsys, tmp_path / "mistyped", "not found", str(tmp_path / "mistyped"))
+    assert "FEDHAR_DATA_DIR" not in capsys.readouterr().err
+
+
+def test_config_json_records_where_the_data_was_read(hapt):
+    from simulations.task import data_sources
+
+    cfg = FLConfig(data="hapt", data_dir=str(hapt), heldout_data="synthetic")
+    assert data_sources(cfg) == {"hapt": str((hapt / "hapt").resolve()), "synthetic": "generated"}
+
+
+# --------------------------------------------------------------------------- caches
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+TINY = SyntheticConfig(n_domains=1, subjects_per_domain=2, seconds_per_activity=6.0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bit flip", "json missing", "json garbage"])
+def test_a_damaged_window_cache_is_named_and_rebuilt(cache, capsys, damage):
+    first = loading.load("synthetic", synthetic=TINY)
+    npz, meta = first.cache_file, first.cache_file.with_suffix(".json")
+    data = npz.read_bytes()
+    if damage == "json missing":
+        meta.unlink()
+    elif damage == "json garbage":
+        meta.write_text("{")
+    else:
+        npz.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"",
+                         "bit flip": data[:200] + bytes([data[200] ^ 1]) + data[201:]}[damage])
+    again = loading.load("synthetic", synthetic=TINY)
+    assert not again.from_cache
+    assert "damaged window cache" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.windows.x, first.windows.x)
+    assert loading.load("synthetic", synthetic=TINY).from_cache  # and the rebuilt entry is good
+
+
+def test_a_full_disk_leaves_no_temporary_file(cache, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, fd, mode):
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fedhar.data.loading.os.fdopen", Full)
+    with pytest.raises(FedharError, match="cannot write the window cache.*No space left"):
+        loading.load("synthetic", synthetic=TINY)
+    assert [p.name for p in (cache / "windows").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_cache_dir_that_is_a_file_is_named(capsys, tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    refused(capsys, ["data", "info", "synthetic"], "FEDHAR_CACHE_DIR", "is a file")
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def _backbone(path: Path) -> Path:
+    torch.manual_seed(0)
+    save_mae(MaskedAutoencoder(MAEConfig(depth=1, decoder_depth=1)), path)
+    return path
+
+
+def test_a_backbone_with_bytes_overwritten_is_named(capsys, tmp_path):
+    path = _backbone(tmp_path / "mae.safetensors")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 256] = os.urandom(256)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_mae(path)
+    refused(capsys, ["fl", *SMALL, "--backbone", path, "--out-dir", tmp_path / "run"], str(path), "damaged")
+
+
+def test_a_backbone_with_nan_weights_is_named(tmp_path):
+    path = _backbone(tmp_path / "mae.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}  # as if written by an older fedhar
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    next(v for v in tensors.values() if v.is_floating_point())[0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match=f"{path}.*non-finite"):
+        load_mae(path)
+
+
+def test_a_truncated_partial_pretraining_is_named_and_started_again(tmp_path, capsys):
+    from fedhar.pretrain import _read_partial
+
+    partial = tmp_path / "mae-x.partial.pt"
+    torch.save({"model": {"w": torch.ones(1000)}, "epoch": 1}, partial)
+    partial.write_bytes(partial.read_bytes()[:300])
+    assert _read_partial(partial) is None
+    assert str(partial) in capsys.readouterr().err and not partial.exists()
+
+
+# --------------------------------------------------------------------------- runs that fail
+
+
+def test_a_round_in_which_no_client_trained_fails_the_run(capsys, tmp_path):
+    out = tmp_path / "run"
+    line = refused(capsys, ["fl", *SMALL, "--rounds", "2", "--pretrain-epochs", "1", "--batch-size", "32",
+                            "--inject-failure", "0:2,1:2", "--out-dir", out], "round 2: no client trained",
+                   "inject-failure")
+    assert "ClientAppException" in line
+    # the checkpoint holds round 1 only: --resume continues from there, not from a poisoned round 2
+    from simulations.rounds import read_checkpoint
+
+    assert read_checkpoint(out / CHECKPOINT)["round"] == 1
+    assert not (out / "rounds.csv").exists()
+    assert json.loads((out / "config.json").read_text())["data_read"] == {"synthetic": "generated"}
+
+
+def test_the_summary_of_a_run_where_no_client_ever_replied(tmp_path):
+    from simulations.server_app import summarise
+
+    (tmp_path / "clients.csv").write_text("round,phase,node_id,status,error\n1,train,5,failed,boom\n")
+    table = summarise(tmp_path / "clients.csv")
+    assert table.loc[0, "clients_trained"] == 0 and table.loc[0, "failed"] == 1
+
+
+def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
+    from fedhar.plots import NothingToPlot, accuracy_vs_bytes
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tables" / "run", run)
+    rounds = run / "rounds.csv"
+    rounds.write_text(rounds.read_text().splitlines()[0] + "\n")  # the header only
+    with pytest.raises(NothingToPlot, match=f"no finished rounds in {rounds}"):
+        accuracy_vs_bytes([run], tmp_path / "out")
+
+
+def test_resume_where_nothing_ran_yet_starts_at_round_one(tmp_path):
+    claim(tmp_path / "new", resume=True, overwrite=False)  # (scripts pass --resume on every run)
+    assert (tmp_path / "new").is_dir()
