@@ -28,5 +28,11 @@ for held in uci-har usc-had; do
   $fedhar lodo $common --heldout-data $held --backbones synthetic,other+synthetic --modes probe --seeds 0,1,2,3,4 --out-dir results/lodo/$held
   $fedhar lodo $common --heldout-data $held --backbones synthetic,other+synthetic --modes lora --seeds 0,1,2 --out-dir results/lodo/$held
 done
+for held in uci-har usc-had; do
+  # 1c. few labels: the probe with 10-15% and 30% of the subjects labelled
+  fractions=$([[ $held == uci-har ]] && echo 0.1,0.3 || echo 0.15,0.3)
+  $fedhar lodo $common --heldout-data $held --backbones none,synthetic,other --modes probe --train-fractions $fractions \
+    --seeds 0,1,2,3,4 --out-dir results/lodo/$held
+done
 # the tables: pretraining vs control, main table beside the paper, paired differences
 ${PYTHON:-python} -m fedhar.lodo_report results/lodo
