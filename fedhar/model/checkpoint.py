@@ -44,7 +44,7 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(state):
         h.update(key.encode())
-        h.update(state[key].detach().contiguous().view(torch.uint8).numpy().tobytes()
+        h.update(state[key].detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                  if state[key].numel() else b"")
     return h.hexdigest()
 
