@@ -71,6 +71,13 @@ def register(commands) -> None:
                    help="subject split: seeded random, or the dataset's published one")
     add_synthetic_options(p, domains=4, subjects=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default) or cuda[:N]")
+    p.add_argument("--backbone-file", action="append", default=[], metavar="HELD_OUT=PATH",
+                   help="use this finished checkpoint (with its .json) as HELD_OUT's 'other' backbone instead of "
+                   "pretraining (e.g. where the pretraining data is absent); refused if it saw HELD_OUT's people")
+    p.add_argument("--windows-file", action="append", default=[], metavar="NAME=PATH.npz",
+                   help="read NAME's windows from this prepared cache file (with its .json; checksum checked) "
+                   "instead of the raw recordings")
     p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
     p.add_argument("--out-dir", type=Path, required=True, help="folder for runs.csv, table.md, plan.json")
     p.set_defaults(run=cmd_lodo)
@@ -140,8 +147,21 @@ def cmd_lodo(args) -> int:
         train_fractions=args.train_fractions, seeds=args.seeds, epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs, split=args.split, data_dir=str(args.data_dir or ""),
         synthetic_domains=args.synthetic_domains, synthetic_subjects=args.synthetic_subjects,
-        synthetic_seed=args.synthetic_seed, threads=args.threads,
+        synthetic_seed=args.synthetic_seed, threads=args.threads, device=args.device,
+        backbone_files=tuple(args.backbone_file), windows_files=tuple(args.windows_file),
     )
+    bad = [b for b in args.backbone_file if "=" not in b or b.split("=", 1)[0] not in (args.heldout_data or args.data)]
+    bad_windows = [w for w in args.windows_file if "=" not in w or w.split("=", 1)[0] not in args.data]
+    if bad_windows:
+        raise FedharError(f"--windows-file {bad_windows[0]}: expected NAME=PATH.npz with NAME among --data")
+    if bad:
+        raise FedharError(f"--backbone-file {bad[0]}: expected HELD_OUT=PATH with HELD_OUT among the held-out datasets")
+    if args.device != "cpu":
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            raise FedharError(f"--device {args.device}: only cpu or cuda[:N] on a machine with a CUDA GPU "
+                              f"(this one has {'one' if torch.cuda.is_available() else 'none'})")
     try:
         run_lodo(plan, args.out_dir, command="fedhar " + shlex.join(sys.argv[1:]))
     except ValueError as e:

@@ -52,6 +52,7 @@ class FinetuneConfig:
     nf4_blocksize: int = 64
     double_quant: bool = True
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    device: str = "cpu"  # "cuda" trains on the GPU (QLoRA then uses bitsandbytes' CUDA kernels)
 
     @property
     def effective_lr(self) -> float:
@@ -88,18 +89,22 @@ class FinetuneResult:
 def build_classifier(mae: MaskedAutoencoder, n_classes: int, cfg: FinetuneConfig) -> Classifier:
     torch.manual_seed(cfg.seed)
     model = Classifier.from_mae(mae, n_classes)
-    return prepare_for_finetune(model, cfg.mode, rank=cfg.rank, alpha=cfg.effective_alpha,
-                                dropout=cfg.dropout, targets=cfg.targets,
-                                nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
+    model = prepare_for_finetune(model, cfg.mode, rank=cfg.rank, alpha=cfg.effective_alpha,
+                                 dropout=cfg.dropout, targets=cfg.targets,
+                                 nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
+    # built (and NF4-quantised) on the CPU, then moved whole: Params4bit carries its codes
+    # and quantisation state to the GPU, where bitsandbytes' CUDA kernels take over
+    return model if cfg.device == "cpu" else model.to(cfg.device)
 
 
 def frozen_features(encoder, x, batch_size: int = 512) -> torch.Tensor:
     """Mean-pooled encoder tokens of windows ``x`` (what the head sees), in eval mode, no gradients."""
     encoder.eval()
+    device = next(encoder.parameters()).device
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     with torch.no_grad():
-        parts = [encoder(x[i:i + batch_size]).mean(dim=1) for i in range(0, len(x), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, encoder.config.dim)
+        parts = [encoder(x[i:i + batch_size].to(device)).mean(dim=1) for i in range(0, len(x), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, encoder.config.dim, device=device)
 
 
 def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes: int,
@@ -115,7 +120,7 @@ def finetune(mae: MaskedAutoencoder, train_x, train_y, test_x, test_y, n_classes
     save = (save_to, backbone_path, label_space)
     if cfg.mode == "probe":
         torch.manual_seed(cfg.seed)
-        model = Classifier.from_mae(mae, n_classes)
+        model = Classifier.from_mae(mae, n_classes).to(cfg.device)
         for p in model.encoder.parameters():
             p.requires_grad = False
         model.finetune_mode = "probe"
@@ -133,7 +138,7 @@ def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: Fin
     losses, seconds = [], []
     # peak memory covers the model's own copy of the backbone (fp32 or NF4), adapters, head,
     # gradients, optimiser state and activations; run in a fresh process for clean numbers
-    with PeakMemory() as memory:
+    with PeakMemory(cfg.device) as memory:
         if model is None:
             model = trained = build_classifier(mae, n_classes, cfg)
         params = [p for p in trained.parameters() if p.requires_grad]

@@ -68,6 +68,14 @@ class LodoPlan:
     synthetic_seed: int = 0
     fresh_process: bool = True  # each run in a new process: clean peak-memory numbers
     threads: int = 0  # torch threads (0 = torch's default); 1 keeps runs steady on a shared machine
+    device: str = "cpu"  # "cuda": fine-tune on the GPU (rows say which device; compare within one)
+    #: "HELD_OUT=PATH": the ``other`` backbone of that held-out dataset is this finished checkpoint
+    #: (its sidecar names what it was pretrained on; checked like a fresh one), so a study can run
+    #: where the pretraining data is not, e.g. on a GPU machine
+    backbone_files: tuple[str, ...] = ()
+    #: "NAME=PATH.npz": read that dataset's windows from a prepared cache file (``load`` wrote it,
+    #: checksum checked) instead of preparing them from the raw recordings
+    windows_files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,10 +88,15 @@ def synthetic_config(plan: LodoPlan, pretraining: bool = False) -> SyntheticConf
 
 def load_study(plan: LodoPlan) -> dict[str, WindowSet]:
     """Windows of every dataset of the study, by name (synthetic expanded to its domains)."""
-    out = {}
+    from fedhar.data.loading import load_prepared
+
+    out, prepared = {}, dict(entry.split("=", 1) for entry in plan.windows_files)
     for name in plan.datasets:
         synth = synthetic_config(plan) if name == SYNTHETIC else None
-        ws = load(name, plan.data_dir or None, synthetic=synth).windows
+        if name in prepared:
+            ws = load_prepared(prepared[name], name)
+        else:
+            ws = load(name, plan.data_dir or None, synthetic=synth).windows
         for part in ws.datasets():
             out[part] = ws.subset(ws.dataset == part)
     return out
@@ -105,6 +118,9 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         raise ValueError(f"unknown backbone {kind!r}; choose from {', '.join(BACKBONES)}")
     if kind == "none":
         return random_init_backbone(cfg), "none (random init, seed 0)"
+    given = dict(entry.split("=", 1) for entry in plan.backbone_files)
+    if kind == "other" and held_out in given:
+        return given_backbone(held_out, Path(given[held_out]).expanduser(), log)
     parts, described = [], []
     if kind.startswith("other"):
         pool = list(study) + [d for d in plan.pretrain_pool if d not in study]
@@ -120,6 +136,28 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         described.append(f"synthetic population (seed {plan.synthetic_seed + 1000})")
     log(f"[{held_out}] backbone: {' + '.join(described)}")
     return pretrain(WindowSet.concat(parts), cfg), " + ".join(described)
+
+
+def given_backbone(held_out: str, path: Path, log) -> tuple[Path, str]:
+    """A finished ``other`` checkpoint named by the user, refused if it saw the held-out people."""
+    info_path = path.with_suffix(".json")
+    if not path.exists() or not info_path.exists():
+        raise ValueError(f"--backbone-file {held_out}={path}: needs the checkpoint and its .json sidecar "
+                         "(both written by fedhar pretrain)")
+    sources = list(json.loads(info_path.read_text()).get("datasets", []))
+    allowed = pretrain_sources(held_out, sources)
+    if not sources or sorted(allowed) != sorted(sources):
+        raise ValueError(f"--backbone-file {held_out}={path}: pretrained on {sources or 'unknown data'}, which "
+                         f"includes {held_out} or its people; the 'other' backbone must not have seen them")
+    log(f"[{held_out}] backbone: {'+'.join(sources)} (given: {path})")
+    return path, "+".join(sources)
+
+
+def device_name(device: str) -> str:
+    """What a row records as its device: "cpu", or the GPU's own name (timings differ by card)."""
+    if device.startswith("cuda"):
+        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def runs_of(plan: LodoPlan, held_out: str) -> list[dict]:
@@ -146,10 +184,21 @@ def done_keys(csv_path: Path) -> set[tuple]:
 
 
 def append_row(csv_path: Path, row: dict) -> None:
-    new = not csv_path.exists()
+    """Append one row; a column the file does not have yet (rows of older code) widens the file."""
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if set(row) - set(header):
+            table = pd.concat([pd.read_csv(csv_path), pd.DataFrame([row])], ignore_index=True)
+            tmp = csv_path.with_suffix(".tmp")
+            table.to_csv(tmp, index=False)
+            tmp.replace(csv_path)
+            return
+    else:
+        header = list(row)
     with open(csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(f, fieldnames=header, restval="")
+        if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
 
@@ -194,14 +243,15 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
         train, test, _ = split_for(study[name], name, run, plan)
         labels = LabelSpace.from_ids(study[name].y)
         cfg = FinetuneConfig(mode=run["mode"], rank=max(run["rank"], 1), epochs=plan.epochs,
-                             batch_size=plan.batch_size, seed=run["seed"])
+                             batch_size=plan.batch_size, seed=run["seed"], device=plan.device)
         log(f"[{name}] {kind} backbone, {run['mode']} rank {run['rank']} train {run['train_fraction']:.0%} seed {run['seed']}: "
             f"{len(train)} train / {len(test)} test windows, {labels.size} classes")
         run_one = finetune_in_fresh_process if plan.fresh_process else finetune_checkpoint
         result = run_one(str(path), train.x, labels.encode(train.y), test.x, labels.encode(test.y),
                          labels.size, cfg=cfg, threads=plan.threads, label_space=labels.names,
                          save_to=str(out_dir / "models" / model_name(run)))
-        row = {**run, "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
+        row = {**run, "device": device_name(plan.device),
+               "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] in ("lora", "qlora") else 0, **result.row(),
                "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         append_row(csv_path, row)

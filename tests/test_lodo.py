@@ -110,3 +110,53 @@ def test_probe_trains_only_the_head_on_frozen_features():
     assert probe.trainable_params == head
     assert probe.accuracy > 1.5 / labels.size  # the head learns from the frozen features
     assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())  # backbone untouched
+
+
+def test_a_given_backbone_is_used_only_if_it_never_saw_the_held_out_people(tmp_path):
+    from fedhar.lodo import backbone_for
+
+    plan = LodoPlan(datasets=("synthetic",), synthetic_domains=2, synthetic_subjects=3, pretrain_epochs=1)
+    ws = load("synthetic", synthetic=SyntheticConfig(n_domains=2, subjects_per_domain=3)).windows
+    study = {d: ws.subset(ws.dataset == d) for d in ws.datasets()}
+    pretrained, _ = backbone_for("synthetic-d0", "other", study, plan, log=lambda m: None)  # saw synthetic-d1
+    given = LodoPlan(**{**plan.to_dict(), "backbone_files": (f"synthetic-d0={pretrained}",)})
+    # no pretraining data needed: the checkpoint's sidecar says what it saw
+    path, described = backbone_for("synthetic-d0", "other", {}, given, log=lambda m: None)
+    assert path == pretrained and described == "synthetic-d1"
+    leaking = LodoPlan(**{**plan.to_dict(), "backbone_files": (f"synthetic-d1={pretrained}",)})
+    with pytest.raises(ValueError, match="must not have seen"):
+        backbone_for("synthetic-d1", "other", {}, leaking, log=lambda m: None)
+    with pytest.raises(ValueError, match="sidecar"):
+        backbone_for("synthetic-d0", "other", {}, LodoPlan(**{**plan.to_dict(), "backbone_files": (
+            f"synthetic-d0={tmp_path / 'missing.safetensors'}",)}), log=lambda m: None)
+
+
+def test_a_new_column_widens_an_older_runs_file(tmp_path):
+    import pandas as pd
+
+    from fedhar.lodo import append_row
+
+    path = tmp_path / "runs.csv"
+    append_row(path, {"seed": 0, "accuracy": 0.9})
+    append_row(path, {"seed": 1, "device": "cpu", "accuracy": 0.8})  # written by newer code
+    append_row(path, {"seed": 2, "device": "cpu", "accuracy": 0.7})
+    rows = pd.read_csv(path)
+    assert list(rows["seed"]) == [0, 1, 2] and list(rows["accuracy"]) == [0.9, 0.8, 0.7]
+    assert rows["device"].isna().tolist() == [True, False, False]
+
+
+def test_prepared_windows_are_read_without_the_raw_recordings(tmp_path):
+    from fedhar.data.loading import load_prepared
+    from fedhar.errors import FedharError
+
+    cfg = SyntheticConfig(n_domains=1, subjects_per_domain=3)
+    prepared = load("synthetic", synthetic=cfg)
+    ws = load_prepared(prepared.cache_file, "synthetic")
+    assert np.array_equal(ws.x, prepared.windows.x) and np.array_equal(ws.subject, prepared.windows.subject)
+    with pytest.raises(FedharError, match="not 'uci-har'"):
+        load_prepared(prepared.cache_file, "uci-har")
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(prepared.cache_file.read_bytes()[:-10])
+    damaged.with_suffix(".json").write_text(prepared.cache_file.with_suffix(".json").read_text())
+    with pytest.raises(FedharError, match="checksum"):
+        load_prepared(damaged, "synthetic")

@@ -123,6 +123,21 @@ def _load(path: Path) -> tuple[WindowSet, PrepareReport]:
     return ws, PrepareReport.from_dict(meta["report"])
 
 
+def load_prepared(path: str | Path, name: str) -> WindowSet:
+    """The windows of dataset ``name`` from a prepared cache file (an .npz with its .json, as
+    ``load`` writes them), checked against its checksum: a study can run where the raw
+    recordings are not (a GPU machine, say), on exactly the windows prepared elsewhere."""
+    path = Path(path).expanduser()
+    try:
+        ws, _ = _load(path)
+    except DamagedCache as e:
+        raise FedharError(f"prepared windows {e}") from None
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("key", {}).get("dataset") != name:
+        raise FedharError(f"{path}: holds {meta.get('key', {}).get('dataset')!r} windows, not {name!r}")
+    return ws
+
+
 def _cached(cache_file: Path) -> tuple[WindowSet, PrepareReport] | None:
     """The cache entry, or None when there is none; a damaged one is named and removed."""
     if not cache_file.exists() and not cache_file.with_suffix(".json").exists():
