@@ -283,7 +283,10 @@ def code_version() -> str:
                                cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copy of the code without its .git (e.g. shipped to a GPU machine) may say where it came from
+        import os
+
+        return os.environ.get("FEDHAR_CODE_VERSION", "unknown")
 
 
 def _write_plan(out_dir: Path, plan: LodoPlan, command: str) -> None:

@@ -10,7 +10,7 @@
 set -u
 held=$1 windows=$2 backbone=$3 out=$4 budget=${5:-600}
 seeds=(0 1 2 3 4)
-threads=$(( $(nproc) / ${#seeds[@]} )); [ "$threads" -ge 1 ] || threads=1
+threads=${THREADS:-$(( $(nproc) / ${#seeds[@]} ))}; [ "$threads" -ge 1 ] || threads=1  # CPU threads per seed
 for s in "${seeds[@]}"; do
   timeout "$budget" python3 "$(dirname "$0")/lodo_gpu.py" "$held" "$windows" "$backbone" "$out/seed$s" "$s" "$threads" &
 done
