@@ -19,11 +19,19 @@ def rows():
 
 def test_comparison_puts_paper_numbers_beside_ours():
     text = comparison(rows())
-    assert "| uci-har | synthetic | full | 0.960 ± 0.014 (n=2) |" in text
-    assert "| uci-har | -1.0 pts [-1.0, -1.0] (n=2) (lower)" in text  # LoRA - full, paired by seed
+    assert "| uci-har | synthetic | cpu | full | 0.960 ± 0.014 (n=2) |" in text  # rows without a device: CPU
+    assert "| uci-har | cpu | -1.0 pts [-1.0, -1.0] (n=2) (lower)" in text  # LoRA - full, paired by seed
     assert "| 0.968 | 0.969 |" in text  # paper Table II, UCI-HAR full fine-tuning
     assert "| 8 | 0.900 (n=1) |" in text and "0.9352" in text  # rank ablation beside Table VI
     assert "| 30% / 70% | 0.910 (n=1) |" in text and "0.938" in text  # Table VII
+
+
+def test_rows_of_different_devices_are_never_averaged_or_paired():
+    gpu = rows().assign(device="cuda (H200)", accuracy=lambda r: r["accuracy"] - 0.05)
+    text = comparison(pd.concat([rows(), gpu], ignore_index=True))
+    assert "| uci-har | synthetic | cpu | full | 0.960 ± 0.014 (n=2) |" in text
+    assert "| uci-har | synthetic | cuda (H200) | full | 0.910 ± 0.014 (n=2) |" in text
+    assert "| uci-har | cuda (H200) | -1.0 pts [-1.0, -1.0] (n=2) (lower)" in text
 
 
 def test_pretraining_section_pairs_each_backbone_with_the_random_init_control():
