@@ -14,7 +14,7 @@
 #   local:       each client alone for the same 20 passes, never aggregated
 set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
-runs=results/fl/like_for_like/runs
+runs=${RUNS:-results/fl/like_for_like/runs}
 mkdir -p "$runs"
 backbone=$($fedhar pretrain --data usc-had --epochs 30 | tail -n 1)
 common="--data uci-har --partition subject --server-test-fraction 0.3 --normalise dataset --backbone $backbone
