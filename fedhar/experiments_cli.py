@@ -116,7 +116,7 @@ def cmd_pretrain(args) -> int:
     from fedhar.model.mae import MAEConfig
     from fedhar.pretrain import PretrainConfig, pretrain
 
-    check_options(args, at_least_one=("epochs", "batch_size"), non_negative=("pretrain_seed",), positive=("lr",))
+    check_options(args, at_least_one=("epochs", "batch_size"), non_negative=("seed",), positive=("lr",))
     parts = []
     for name in args.data:
         synth = synthetic_config(args) if name == SYNTHETIC else None
@@ -138,9 +138,10 @@ def cmd_lodo(args) -> int:
 
     check_options(args, at_least_one=("epochs", "pretrain_epochs", "synthetic_domains", "synthetic_subjects"),
                   non_negative=("seeds", "threads"), fractions=("train_fractions",), ranks=("ranks",))
-    unknown = sorted(set(args.held_out) - set(args.datasets))
+    known = set(args.data) | ({f"synthetic-d{i}" for i in range(args.synthetic_domains)} if SYNTHETIC in args.data else set())
+    unknown = sorted(set(args.heldout_data) - known)
     if unknown:
-        raise FedharError(f"--held-out {','.join(unknown)}: not among --datasets {','.join(args.datasets)}")
+        raise FedharError(f"--heldout-data {','.join(unknown)}: not among --data {','.join(args.data)}")
     plan = LodoPlan(
         datasets=args.data, held_out=args.heldout_data, backbones=args.backbones,
         pretrain_pool=args.pretrain_pool, modes=args.modes, ranks=args.ranks,

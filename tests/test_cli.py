@@ -150,3 +150,18 @@ def test_strategy_names_match_the_strategies():
     from strategies.names import STRATEGY_NAMES
 
     assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+def test_pretrain_and_lodo_commands_run_end_to_end(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = ["--synthetic-domains", "2", "--synthetic-subjects", "3"]
+    code, out, err = run(capsys, "pretrain", "--data", "synthetic", "--epochs", "1", *tiny, "--out-dir", str(tmp_path / "bb"))
+    assert code == 0, err
+    assert out.strip().endswith(".safetensors") and (tmp_path / "bb").exists()
+    code, out, err = run(capsys, "lodo", "--data", "synthetic", "--heldout-data", "synthetic-d0", "--backbones", "none",
+                         "--modes", "probe", "--epochs", "1", *tiny, "--out-dir", str(tmp_path / "lodo"))
+    assert code == 0, err
+    assert "synthetic-d0" in out and (tmp_path / "lodo" / "runs.csv").exists()
+    code, out, err = run(capsys, "lodo", "--data", "synthetic", "--heldout-data", "uci-har", *tiny,
+                         "--out-dir", str(tmp_path / "x"))
+    assert code == 2 and "--heldout-data uci-har: not among --data synthetic" in err
