@@ -1,0 +1,39 @@
+"""The two-dataset report: per-dataset server accuracy and drift grouped by the clients' dataset."""
+
+import json
+
+import pandas as pd
+
+from fedhar.two_datasets_report import client_drift, report, run_summary
+
+
+def fake_run(folder, partition, clients, seed=0, accuracy=(0.9, 0.7)):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": {"partition": partition, "strategy": "fedavg", "seed": seed}}))
+    pd.DataFrame({"round": [1, 2], "server_accuracy": [0.5, 0.8], "server_macro_f1": [0.4, 0.75],
+                  "accuracy": [0.6, 0.85]}).to_csv(folder / "rounds.csv", index=False)
+    pd.DataFrame({"client": ["server:uci-har", "server:usc-had", "server:uci-har", "server:usc-had"],
+                  "round": [1, 1, 2, 2], "accuracy": [0.1, 0.1, *accuracy]}).to_csv(folder / "clients.csv", index=False)
+    rows = [{"round": r, "client": c, "layer": f"l{layer}", "part": part, "rel_drift": 0.5 if c.startswith("uci") else 1.5,
+             "cosine": 0.8} for r in (1, 2) for c in clients for layer in (0, 1) for part in ("BA", "A")]
+    pd.DataFrame(rows).assign(rel_drift=lambda d: d["rel_drift"].where(d["part"] == "BA", 99.0)).to_csv(
+        folder / "drift.csv", index=False)
+    (folder / "done").touch()
+    return folder
+
+
+def test_scores_per_dataset_come_from_the_last_round(tmp_path):
+    run = fake_run(tmp_path / "a", "dataset", ["uci-har/all", "usc-had/all"])
+    row = run_summary(run)
+    assert row["server_accuracy"] == 0.8 and row["accuracy uci-har"] == 0.9 and row["accuracy usc-had"] == 0.7
+
+
+def test_drift_is_grouped_by_the_clients_dataset_and_reads_only_ba(tmp_path):
+    run = fake_run(tmp_path / "b", "subject", ["uci-har/1", "uci-har/2", "usc-had/1"])
+    d = client_drift(run)
+    assert set(d["dataset"]) == {"uci-har", "usc-had"} and d["rel_drift"].max() == 1.5  # part A (99) left out
+    text = report(tmp_path)
+    assert "| one per subject | uci-har | 2 | 0.50 | 0.80 |" in text
+    assert "| one per subject | usc-had | 1 | 1.50 | 0.80 |" in text
+    (tmp_path / "unfinished").mkdir()  # no done marker: not read
+    assert report(tmp_path) == text
