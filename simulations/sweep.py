@@ -423,8 +423,10 @@ def load_sweep(path: str | Path) -> Sweep:
     per_strategy = {}
     strategies = grid.get("strategy") or [base.get("strategy", FLConfig.strategy)]
     for name, table in ((k, v) for k, v in raw.items() if k in STRATEGY_NAMES):
-        where = _where(path, text, f"search.{name}", next(iter(table), "")) if isinstance(table, dict) else r.where(
-            "search", name)
+        where = _where(path, text, "", f"search.{name}")  # the table's header line
+        if not isinstance(table, dict):
+            raise FedharError(f"{r.where('search', name)}: [search] {name} names a strategy: write its own "
+                              f"hyperparameters as a table [search.{name}]")
         if name not in strategies:
             raise FedharError(f"{where}: [search.{name}]: {name} is not a strategy of the sweep "
                               f"({', '.join(strategies)}); list it in [grid] strategy")
