@@ -5,8 +5,9 @@
 # On a real cluster: `ray start --head --port 6379` on the head machine, `ray start --address
 # HEAD_IP:6379` on each worker machine, then `fedhar sweep FILE --address HEAD_IP:6379` from
 # any of them; the data and $FEDHAR_CACHE_DIR must be readable on every node (or each node
-# prepares its own copy), and the trial directories land on the node that ran the trial
-# (results.csv is still complete: each trial's rounds.csv travels back to the driver).
+# prepares its own copy). The sweep runs on Ray Tune: Tune's files (OUT/tiny/tune/...) are
+# written by the driver, each federation's run/ folder on the node that ran it; results.csv
+# is still complete (every round travels to the driver as a Tune report).
 set -euo pipefail
 out=${1:-results/ray_cluster}
 bin=$(dirname "$(command -v fedhar || echo .venv/bin/fedhar)")

@@ -101,6 +101,20 @@ def _reported(trial_dir: Path) -> list[dict]:
     return [rows[r] for r in sorted(rows)]
 
 
+def _with_run_rows(trial_dir: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` completed from the run's own rounds.csv: a driver killed before Tune synced a
+    trial's result.json loses its last reports, never the rounds its run wrote (same node)."""
+    try:
+        table = pd.read_csv(trial_dir / "run" / "rounds.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return rows
+    have = {int(r["round"]) for r in rows}
+    place = {k: rows[-1].get(k) for k in ("node", "hostname", "node_ip", "clients", "resumed")} if rows else {}
+    extra = [{**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}, **place}
+             for r in table.to_dict("records") if int(r["round"]) not in have]
+    return sorted(rows + extra, key=lambda r: int(r["round"]))
+
+
 def _params(trial_dir: Path) -> dict:
     try:
         config = json.loads((trial_dir / "params.json").read_text())
@@ -112,7 +126,7 @@ def _params(trial_dir: Path) -> dict:
 def trial_rows(experiment: str, trial_dir: Path, status: str | None, columns: list[str]) -> list[dict]:
     """One row per reported round of one trial; ``status``: Tune's (None: inferred from files)."""
     config = _params(trial_dir)
-    rounds = _reported(trial_dir)
+    rounds = _with_run_rows(trial_dir, _reported(trial_dir))
     try:
         wanted = FLConfig(**config).rounds
     except Exception:  # noqa: BLE001 (a config FLConfig refuses: the trial failed)
@@ -279,6 +293,10 @@ def tune_config(sweep: Sweep, exp: Experiment, scheduler: str, num_samples: int,
 
     s = sweep.settings
     if s.algorithm == "optuna" and exp.search:
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise FedharError("[sweep] algorithm = 'optuna' needs Optuna: pip install 'fedhar[optuna]'") from None
         from ray.tune.search.optuna import OptunaSearch
 
         search = OptunaSearch(seed=s.seed)

@@ -224,7 +224,15 @@ def test_results_table_has_a_row_per_trial_and_round_and_one_per_failed_trial(tm
     fake_trial(exp, "t_00000", {**cfg, "strategy": "fedavg"}, [dict(r1, accuracy=0.1), r1, r2], extra='{"round": 3, "acc')
     fake_trial(exp, "t_00001", {**cfg, "strategy": "ffa"}, [r1])  # stopped after round 1 (by ASHA)
     fake_trial(exp, "t_00002", {**cfg, "strategy": "ffa", "lr": 1.0}, [], error="ValueError: boom")
+    # killed before Tune synced its last report: the run's own rounds.csv fills the gap
+    lost = fake_trial(exp, "t_00003", {**cfg, "strategy": "fedsa"}, [r1])
+    (lost / "run").mkdir()
+    pd.DataFrame([r1, r2]).to_csv(lost / "run" / "rounds.csv", index=False)
     table = results_table(sweep, tmp_path)
+    assert table[table["trial_id"] == "t_00003"]["round"].tolist() == [1, 2]
+    assert (table[table["trial_id"] == "t_00003"]["status"] == "ok").all()
+    assert table[table["trial_id"] == "t_00003"]["node"].tolist() == ["n1", "n1"]
+    table = table[table["trial_id"] != "t_00003"]
     assert list(table.columns[:4]) == ["experiment", "trial_id", "status", "data"]
     assert list(table.columns[-len(TRIAL_COLUMNS):]) == list(TRIAL_COLUMNS)
     assert list(table["status"]) == ["ok", "ok", "stopped", "failed"]
