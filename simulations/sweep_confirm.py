@@ -39,7 +39,7 @@ def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ok.loc[ok.groupby(["experiment", "trial_id"])["round"].idxmax()]
 
 
-def select_best(sweep: Sweep, results: pd.DataFrame) -> dict:
+def select_best(sweep: Sweep, results: pd.DataFrame, sweep_dir: Path) -> dict:
     """Experiment -> {trial_id, score, values (tuned), config (FLConfig fields)}."""
     from simulations.sweep_run import TUNE_DIR, _params
 
@@ -51,7 +51,7 @@ def select_best(sweep: Sweep, results: pd.DataFrame) -> dict:
         if not len(mine):
             continue
         best = mine.loc[mine[s.metric].idxmax() if s.mode == "max" else mine[s.metric].idxmin()]
-        config = _params(Path(results.attrs.get("sweep_dir", "")) / TUNE_DIR / exp.name / best["trial_id"])
+        config = _params(Path(sweep_dir) / TUNE_DIR / exp.name / best["trial_id"])
         config = {k: v for k, v in config.items() if k not in MANAGED}
         tuned = [*exp.grid, *exp.search]
         out[exp.name] = {"trial_id": best["trial_id"], "score": float(best[s.metric]), "metric": s.metric,
@@ -110,9 +110,7 @@ def confirm_stage(sweep: Sweep, sweep_dir: Path, max_concurrent: int, log) -> pd
     from simulations.sweep_run import run_experiment, write_results
 
     sweep_dir = Path(sweep_dir)
-    results = write_results(sweep, sweep_dir)
-    results.attrs["sweep_dir"] = str(sweep_dir)
-    best = select_best(sweep, results)
+    best = select_best(sweep, write_results(sweep, sweep_dir), sweep_dir)
     missing = [e.name for e in sweep.experiments() if e.name not in best]
     if missing:
         log(f"sweep {sweep.settings.name}: no finished trial to confirm for {', '.join(missing)}")

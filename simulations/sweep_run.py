@@ -304,7 +304,7 @@ def tune_config(sweep: Sweep, exp: Experiment, scheduler: str, num_samples: int,
         search = BasicVariantGenerator(random_state=s.seed)
     sched = None
     if scheduler == "asha":
-        rounds = FLConfig(**{k: v for k, v in exp.base.items()}).rounds
+        rounds = max(exp.grid.get("rounds") or [FLConfig(**exp.base).rounds])
         sched = ASHAScheduler(time_attr="round", max_t=rounds, grace_period=min(s.grace_rounds, rounds),
                               reduction_factor=2)
     return tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=search, scheduler=sched,

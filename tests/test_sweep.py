@@ -260,8 +260,7 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
                        {"fl": {**base, "strategy": rule, "seed": seed, "server_val_fraction": 0.0}},
                        [{"round": 1, "server_accuracy": 0.1}, {"round": 2, "server_accuracy": score}])
     results = results_table(sweep, tmp_path)
-    results.attrs["sweep_dir"] = str(tmp_path)
-    best = select_best(sweep, results)
+    best = select_best(sweep, results, tmp_path)
     assert set(best) == {"fedavg", "fedprox"}  # only rules with finished trials
     assert best["fedavg"]["trial_id"] == "fedavg_1" and best["fedavg"]["values"] == {"lr": 0.001}
     assert best["fedprox"]["trial_id"] == "fedprox_0" and best["fedprox"]["score"] == 0.8
@@ -330,3 +329,20 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tmp_p
     assert len(json.loads((out / "sweep.json").read_text())["history"]) == 2
     tb = list((out / "tune" / "all").glob("*/events.out.tfevents.*"))
     assert len(tb) >= 2  # Tune's TensorBoard output, per trial
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_that_is_worse_after_its_first_round(tmp_path):
+    """A real ASHA run: two trials one after the other, the second with a learning rate that
+    cannot learn; at the first rung it is below the first trial and is stopped there."""
+    from simulations.sweep_run import run_sweep
+
+    path = write(tmp_path, '[sweep]\nname = "asha"\nmax_concurrent = 1\nscheduler = "asha"\ngrace_rounds = 1\n'
+                           '[base]\nsynthetic_domains = 2\nsynthetic_subjects = 3\npretrain_epochs = 1\nrounds = 3\n'
+                           '[grid]\nlr = [0.003, 1e-9]\n', "asha.toml")
+    lines = []
+    outcome = run_sweep(load_sweep(path), tmp_path / "out", log=lines.append)
+    last = outcome.results.groupby("lr").tail(1).set_index("lr")
+    assert last.loc[0.003, "status"] == "ok" and last.loc[0.003, "round"] == 3, lines
+    assert last.loc[1e-9, "status"] == "stopped" and last.loc[1e-9, "round"] == 1, lines
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["scheduler"] == "asha"
