@@ -100,8 +100,9 @@ def _markdown(df: pd.DataFrame, sweep: Sweep) -> str:
             f"diff_vs_{c.baseline}", "verdict"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in df.to_dict("records"):
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in cols]
-        lines.append("| " + " | ".join(cells).replace("{", "").replace("}", "").replace('"', "") + " |")
+        tuned = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in json.loads(r["tuned"]).items())
+        cells = [tuned if k == "tuned" else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in cols]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
