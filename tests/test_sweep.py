@@ -325,7 +325,10 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tmp_p
                    "synthetic_domains", "round", "accuracy", "macro_f1", "train_loss", "bytes_up", *TRIAL_COLUMNS):
         assert column in results, column
     assert (results["node"].str.len() > 0).all() and (results["clients"] == 2).all()
-    assert (results["peak_rss_mb"] > 50).all() and results["hostname"].notna().all()
+    # (a round whose report Tune had not synced when the driver was killed comes from the run's
+    # rounds.csv: it has no process figures; the last round of every trial was reported)
+    last = results.groupby("trial_id").tail(1)
+    assert (last["peak_rss_mb"] > 50).all() and results["hostname"].notna().all()
     assert len(json.loads((out / "sweep.json").read_text())["history"]) == 2
     tb = list((out / "tune" / "all").glob("*/events.out.tfevents.*"))
     assert len(tb) >= 2  # Tune's TensorBoard output, per trial
