@@ -106,6 +106,24 @@ def test_per_strategy_search_tables_make_one_experiment_per_strategy(tmp_path):
     assert fedavg.size(5) == fedprox.size(5) == 10
 
 
+def test_optuna_draws_are_seeded_by_the_sweep_file(tmp_path):
+    from simulations.sweep_run import tune_config
+
+    def draws(seed: int) -> list[float]:
+        path = write(tmp_path, f'[sweep]\nalgorithm = "optuna"\nseed = {seed}\n[base]\nrounds = 1\n'
+                               '[search]\nlr = { loguniform = [1e-4, 1e-2] }\n', f"optuna{seed}.toml")
+        sweep = load_sweep(path)
+        (exp,) = sweep.experiments()
+        search = tune_config(sweep, exp, "fifo", 3, 0).search_alg
+        assert type(search).__name__ == "OptunaSearch"
+        search.set_search_properties(sweep.settings.metric, sweep.settings.mode, exp.param_space())
+        return [search.suggest(f"t{i}")["lr"] for i in range(3)]
+
+    first = draws(3)
+    assert first == draws(3) and first != draws(4)  # the same file draws the same trials
+    assert all(1e-4 <= lr <= 1e-2 for lr in first) and len(set(first)) == 3
+
+
 @pytest.mark.parametrize("text, key, line, says", [
     ('[base]\nrounds = 2\n\n[grid]\nstrategy = ["fedavg"]\nrnak = [4, 8]\n', "rnak", 6, "did you mean 'rank'"),
     ('[base]\nrounds = 2\nbogus-knob = 1\n', "bogus-knob", 3, "unknown key"),
