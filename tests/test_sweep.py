@@ -350,6 +350,8 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tmp_p
     assert len(json.loads((out / "sweep.json").read_text())["history"]) == 2
     tb = list((out / "tune" / "all").glob("*/events.out.tfevents.*"))
     assert len(tb) >= 2  # Tune's TensorBoard output, per trial
+    resumed = [t for t in trials if (out / "tune" / "all" / t / "run") != finished][0]
+    assert "fedhar fl: finished" in (out / "tune" / "all" / resumed / "stdout").read_text()  # the trial's own output
 
 
 @pytest.mark.slow
