@@ -374,6 +374,9 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None =
     scheduler = scheduler or s.scheduler
     num_samples = num_samples or s.num_samples
     sweep_dir = Path(sweep_dir or sweep.default_dir()).resolve()
+    if (sweep_dir / "trials").is_dir() and not (sweep_dir / TUNE_DIR).exists():
+        raise FedharError(f"{sweep_dir} holds a sweep of the runner before Ray Tune (trials/<id>/): it cannot be "
+                          "resumed on Ray Tune, and its results.csv would be replaced; give another --out-dir")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_sweep_json(sweep, sweep_dir, command, {"scheduler": scheduler, "num_samples": num_samples})
     experiments = sweep.experiments()

@@ -172,6 +172,17 @@ def test_dry_run_lists_the_experiments_and_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_folder_of_the_sweep_runner_before_ray_tune_is_left_alone(tmp_path):
+    from simulations.sweep_run import run_sweep
+
+    old = tmp_path / "headline"
+    (old / "trials" / "0c85c62de3").mkdir(parents=True)
+    (old / "results.csv").write_text("trial_id,status\n0c85c62de3,ok\n")
+    with pytest.raises(FedharError, match="runner before Ray Tune"):
+        run_sweep(load_sweep(TINY), old)
+    assert (old / "results.csv").read_text() == "trial_id,status\n0c85c62de3,ok\n" and not (old / "sweep.json").exists()
+
+
 def test_server_val_fraction_swaps_the_test_subjects_for_validation_subjects():
     from simulations.task import federation
 
