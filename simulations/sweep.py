@@ -511,22 +511,46 @@ def trial(config: dict, *, out_root: str, cwd: str = "", threads: int = 1, repor
     with the inline engine, each round's rounds.csv row reported to Tune with the trial's
     costs and place. The run lives in ``<out_root>/<trial id>/run``: a resumed trial
     continues from its checkpoint; a trial whose run finished re-reports its rows only."""
-    import torch
-
+    logs = None
     if report is None:
         from ray import tune
 
         report = tune.report
         trial_id = tune.get_context().get_trial_id()
+        logs = Path.cwd()  # Tune's working dir of the trial, where log_to_file writes stdout / stderr
     else:  # a direct call (tests)
         trial_id = "direct"
+    try:
+        _trial(config, Path(out_root) / trial_id, cwd, threads, report)
+    finally:
+        if logs is not None:
+            _keep_logs(logs, Path(out_root) / trial_id)
+
+
+def _keep_logs(workdir: Path, trial_dir: Path) -> None:
+    """Copy the trial's stdout / stderr (Tune's log_to_file) beside its results: Tune syncs a
+    trial's working dir to storage only now and then, never at its end."""
+    import shutil
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in ("stdout", "stderr"):
+        src = workdir / name
+        if src.is_file() and src.resolve() != (trial_dir / name).resolve():
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, trial_dir / name)
+
+
+def _trial(config: dict, trial_dir: Path, cwd: str, threads: int, report) -> None:
+    import torch
+
     t0 = time.perf_counter()
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative data / backbone paths are the driver's
     torch.set_num_threads(max(1, threads))
     values = config.get("fl", config)  # confirmation trials carry their configuration as one value
     cfg = FLConfig(**values)
-    out = Path(out_root) / trial_id / "run"
+    out = trial_dir / "run"
     out.mkdir(parents=True, exist_ok=True)
     done = _completed_rounds(out, cfg.rounds)
     resumed = done is None and (out / CHECKPOINT).exists()

@@ -325,9 +325,8 @@ def run_experiment(sweep: Sweep, sweep_dir: Path, exp: Experiment, param_space: 
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_errored=True)
     else:
         total = exp.size(num_samples) if "fl" not in param_space else len(param_space["fl"]["grid_search"])
-        # log_to_file: each trial's stdout/stderr in its working dir; sync_artifacts copies them beside its results
+        # log_to_file: each trial's stdout/stderr in its working dir (sweep.trial keeps them beside its results)
         run = tune.RunConfig(name=exp.name, storage_path=str(root), log_to_file=True, verbose=1,
-                             sync_config=tune.SyncConfig(sync_artifacts=True),
                              callbacks=[_tune_callback(sweep, sweep_dir, exp.name, total, log)])
         tuner = tune.Tuner(fn, param_space=param_space, run_config=run,
                            tune_config=tune_config(sweep, exp, scheduler, num_samples, max_concurrent))
