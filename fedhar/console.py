@@ -29,6 +29,11 @@ def set_verbose(on: bool) -> None:
     quiet_libraries()
 
 
+def stderr_is_tty() -> bool:
+    """sys.stderr.isatty(), False for streams without it (Ray Tune's log_to_file wraps them in a Tee)."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def quiet_libraries() -> None:
     """Silence third-party noise in this process, unless verbose. Cheap: imports nothing."""
     if verbose():
@@ -36,7 +41,7 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
-    if not sys.stderr.isatty():
+    if not stderr_is_tty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's coloured "(pid=...)" prefixes
 
 
@@ -51,7 +56,7 @@ def quiet_flower() -> None:
     from flwr.supercore.logger import FLOWER_LOGGER, update_console_handler
 
     quiet_libraries()
-    update_console_handler(level=logging.INFO if verbose() else logging.WARNING, colored=sys.stderr.isatty())
+    update_console_handler(level=logging.INFO if verbose() else logging.WARNING, colored=stderr_is_tty())
     for f in [f for f in FLOWER_LOGGER.filters if isinstance(f, _DropBanners)]:
         FLOWER_LOGGER.removeFilter(f)
     if not verbose():

@@ -23,6 +23,8 @@ HELP = {
     "server_test_fraction": "> 0: per dataset, the server holds out the test subjects of the centralised "
     "LODO baseline (same seed, train fraction 1 - this) and evaluates the global model on them; "
     "clients get the remaining subjects only (0 = off)",
+    "server_val_fraction": "> 0 (with --server-test-fraction): a tuning run: the test subjects leave the run and "
+    "the server evaluates on this share of the remaining subjects (validation subjects no client holds)",
     "normalise": "z-normalisation statistics: each dataset's training windows over all clients, or each "
     "client's own",
     "synthetic_domains": "synthetic data: domains (each like a dataset, its own sampling rate)",

@@ -11,6 +11,12 @@ Evaluation knobs (server side: simulations/server_eval.py):
                         train fraction 1 - server_test_fraction, same seed); the clients
                         are formed from the remaining (training) subjects only, and the
                         server evaluates the global model on the held-out subjects.
+  server_val_fraction   > 0 (with server_test_fraction > 0): a tuning run. The test subjects
+                        above leave the run entirely; per dataset, this share of the
+                        remaining (training) subjects (``server_test_mask`` again, same
+                        seed) becomes the server's validation subjects, held by no client;
+                        the server_* columns are then validation scores. ``fedhar sweep``
+                        selects hyperparameters on them, then re-runs with 0 (test subjects).
   normalise             "dataset": z-normalise with the statistics of each dataset's
                         training windows (all clients' training splits of that dataset);
                         "client": each client with its own training statistics.
@@ -63,6 +69,7 @@ class FLConfig:
     dirichlet_alpha: float = 0.5
     test_fraction: float = 0.3  # each client's own test split (subject-disjoint, or time order per subject)
     server_test_fraction: float = 0.0  # > 0: the server holds these test subjects per dataset (LODO's split)
+    server_val_fraction: float = 0.0  # > 0: tuning: the test subjects leave; the server evaluates on validation subjects
     normalise: str = "dataset"  # z-statistics per dataset (clients' training windows) | per client
     synthetic_domains: int = 3
     synthetic_subjects: int = 6
@@ -151,6 +158,12 @@ class FLConfig:
         if not 0 <= self.server_test_fraction < 1:
             raise FedharError(f"--server-test-fraction must be in [0, 1) (0 = no server test split), "
                               f"got {self.server_test_fraction}")
+        if not 0 <= self.server_val_fraction < 1:
+            raise FedharError(f"--server-val-fraction must be in [0, 1) (0 = evaluate on the test subjects), "
+                              f"got {self.server_val_fraction}")
+        if self.server_val_fraction and not self.server_test_fraction:
+            raise FedharError("--server-val-fraction needs --server-test-fraction > 0: validation subjects are "
+                              "drawn from the subjects left once the test subjects are out")
         if self.resume and self.overwrite:
             raise FedharError("--resume continues the run in --out-dir, --overwrite replaces it: not both")
         _ = self.faults  # parses --inject-failure

@@ -5,18 +5,22 @@
 # On a real cluster: `ray start --head --port 6379` on the head machine, `ray start --address
 # HEAD_IP:6379` on each worker machine, then `fedhar sweep FILE --address HEAD_IP:6379` from
 # any of them; the data and $FEDHAR_CACHE_DIR must be readable on every node (or each node
-# prepares its own copy), and the trial directories land on the node that ran the trial
-# (results.csv is still complete: each trial's rounds.csv travels back to the driver).
+# prepares its own copy). The sweep runs on Ray Tune: Tune's files (OUT/tiny/tune/...) are
+# written by the driver, each federation's run/ folder on the node that ran it; results.csv
+# is still complete (every round travels to the driver as a Tune report).
 set -euo pipefail
 out=${1:-results/ray_cluster}
 bin=$(dirname "$(command -v fedhar || echo .venv/bin/fedhar)")
 ray=$bin/ray
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 tmp=$(mktemp -d /tmp/fedhar-ray-XXXXXX)   # both nodes' sessions live here: we stop exactly these
+ours() {  # this cluster's processes: those naming its temp dir, and its Ray client server (names the head's port)
+  { pgrep -f "$tmp" || true; pgrep -f "ray.util.client.server --address=[^ ]*:$port " || true; } | sort -u
+}
 cleanup() {  # every process of this cluster, by id (never `ray stop`: it stops every Ray on the machine)
-  for pid in $(pgrep -f "$tmp" || true); do kill "$pid" 2>/dev/null || true; done
+  for pid in $(ours); do kill "$pid" 2>/dev/null || true; done
   sleep 3
-  for pid in $(pgrep -f "$tmp" || true); do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in $(ours); do kill -9 "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
 export RAY_USAGE_STATS_ENABLED=0

@@ -1,6 +1,6 @@
-"""``fedhar sweep``: a grid of federated runs as Ray tasks, resumable, into one tidy table.
+"""``fedhar sweep``: the sweep file (TOML) and the trial function Ray Tune runs.
 
-A sweep file (TOML) names the runs::
+A sweep file names the runs::
 
     [sweep]                     # optional
     name = "tiny"               # default: the file's stem; default output runs/sweeps/<name>
@@ -8,68 +8,56 @@ A sweep file (TOML) names the runs::
     gpus_per_trial = 0
     max_concurrent = 0          # 0: as many trials at once as the Ray resources hold
     ray_address = ""            # "": a local Ray instance; else a cluster ("auto", "host:6379")
+    num_samples = 1             # draws of [search] (each crossed with the whole [grid])
+    algorithm = "random"        # how [search] is drawn: random | optuna (TPE)
+    metric = "accuracy"         # a rounds.csv column, reported every round; what the search
+    mode = "max"                #   algorithm and ASHA optimise, and what picks the best trial
+    scheduler = "fifo"          # fifo (every trial runs all rounds) | asha (stops bad trials early)
+    grace_rounds = 1            # asha: rounds every trial runs before it may be stopped
+    seed = 0                    # seed of the search algorithm (the runs' seeds are FLConfig's seed)
 
     [base]                      # FLConfig values every trial shares (`fedhar fl --help`)
     rounds = 2
     synthetic-domains = 2       # hyphens or underscores, as you like
 
-    [grid]                      # lists: one trial per combination (cartesian product)
+    [grid]                      # lists: every combination is run (tune.grid_search)
     strategy = ["fedavg", "ffa"]
-    rank = [4, 16]
 
-Every key is checked against FLConfig (an unknown key, a value of the wrong type, a key
-in both [base] and [grid] are errors naming the file, the key and its line). ``out_dir``
-and ``resume`` belong to the sweep: each trial runs in ``<sweep dir>/trials/<trial id>``,
-where the trial id is a short hash of the trial's resolved configuration (the fields that
-differ from FLConfig's defaults), so the same run is recognised however it was written
-and whichever sweep file asked for it.
+    [search]                    # distributions, drawn num_samples times
+    lr = { loguniform = [1e-4, 1e-2] }
+    local_epochs = { choice = [1, 2] }
 
-Each trial is one Ray task (``num_cpus=cpus_per_trial``, a fresh worker process per trial
-so that its peak RSS is its own) that runs the federation with the in-process sequential
-engine (``run_inprocess(cfg, engine="inline")``: Flower's Ray engine cannot run inside a
-Ray task). Concurrency is what the Ray resources allow, so nothing is oversubscribed.
+    [search.fedprox]            # a strategy's own hyperparameters: one Tune experiment per
+    proximal_mu = { loguniform = [1e-3, 1.0] }   # strategy of the grid, each with the same budget
 
-Resuming: a trial with a ``trial.json`` marker of status ok and a rounds.csv of all its
-rounds is skipped; a trial killed half-way continues from its ``checkpoint.pkl``; a failed
-trial runs again. A trial's own output (the federation's log, a failure's traceback) is in
-``trials/<id>/trial.log``.
+    [confirm]                   # optional: then re-run each experiment's best trial on these seeds
+    seeds = [0, 1, 2]           #   with `set` applied (e.g. server_val_fraction = 0: the test
+    set = { server_val_fraction = 0.0 }   # subjects), and compare every strategy with `baseline`
+    baseline = "fedavg"         #   (paired t intervals over the seeds: simulations/sweep_confirm.py)
+    metric = "server_accuracy"
 
-``<sweep dir>/results.csv``, rewritten after every trial, one row per (trial, round):
-  trial_id, status            ok | failed
-  config columns              KEY_COLUMNS, and every field the file's [base] or [grid] sets
-  round and the round metrics whatever the trial's rounds.csv has (train_loss, accuracy,
-                              macro_f1, bytes_up, ...); a failed trial is one row, round empty
-  seconds, cpu_seconds        the trial's wall time (of its last run, when resumed) and its
-                              worker process's CPU time; peak_rss_mb: that process's peak RSS
-  node, hostname, node_ip     where it ran (node: the Ray node id)
-  clients, resumed, error     how many clients the federation had; whether it continued
-                              from a checkpoint; the failure, "Type: message"
-``<sweep dir>/sweep.json`` keeps the sweep file's text, the command and earlier commands.
+Every key is checked against FLConfig (an unknown key, a value of the wrong type, a key in
+two tables, a bound FLConfig refuses are errors naming the file, the key and its line).
+``out_dir``, ``resume`` and ``overwrite`` belong to the sweep: each trial runs in
+``<trial dir>/run`` and resumes from its own checkpoint when its trial is resumed.
+Running, resuming and the results table: simulations/sweep_run.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
-import itertools
-import json
 import os
 import re
 import socket
 import sys
 import time
 import tomllib
-import traceback
-import warnings
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
-import pandas as pd
-
-from fedhar.console import progress, say
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from strategies.names import STRATEGY_NAMES
 
 #: what the sweep sets for each trial itself
 MANAGED = ("out_dir", "resume", "overwrite")
@@ -77,10 +65,12 @@ MANAGED = ("out_dir", "resume", "overwrite")
 KEY_COLUMNS = ("data", "partition", "num_clients", "strategy", "mode", "rank", "local_epochs",
                "fraction_train", "seed", "rounds")
 TRIAL_COLUMNS = ("seconds", "cpu_seconds", "node", "hostname", "node_ip", "peak_rss_mb", "clients", "resumed", "error")
-MARKER = "trial.json"
 CHECKPOINT = "checkpoint.pkl"  # simulations.rounds.CHECKPOINT (not imported: it pulls in Flower)
 DEFAULT_ROOT = Path("runs") / "sweeps"
-TABLES = ("sweep", "base", "grid")
+TABLES = ("sweep", "base", "grid", "search", "confirm")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+ALGORITHMS = ("random", "optuna")
+SCHEDULERS = ("fifo", "asha")
 
 
 @dataclass(frozen=True)
@@ -90,20 +80,61 @@ class SweepSettings:
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the Ray resources allow
     ray_address: str = ""  # "": a local Ray instance
+    num_samples: int = 1
+    algorithm: str = "random"
+    metric: str = "accuracy"
+    mode: str = "max"
+    scheduler: str = "fifo"
+    grace_rounds: int = 1
+    seed: int = 0
 
 
 @dataclass(frozen=True)
-class Trial:
-    trial_id: str
-    cfg: FLConfig  # out_dir = <sweep dir>/trials/<trial_id>
-    values: dict  # this trial's grid values
+class Distribution:
+    """One [search] entry: ``kind`` (loguniform | uniform | choice) over ``values``."""
 
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.cfg.out_dir)
+    kind: str
+    values: tuple
 
-    def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values.items()) or "(base)"
+    def tune(self):
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        return getattr(tune, self.kind)(*self.values)
+
+    def __str__(self) -> str:
+        return f"{self.kind}{list(self.values)}"
+
+
+@dataclass(frozen=True)
+class Confirm:
+    seeds: tuple = (0, 1, 2)
+    set: dict = field(default_factory=dict)  # FLConfig values of the confirmation runs
+    baseline: str = "fedavg"
+    metric: str = "server_accuracy"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One Tune experiment of the sweep: its name, fixed values, grid and search space."""
+
+    name: str  # "all", or the strategy of a per-strategy search
+    base: dict
+    grid: dict
+    search: dict  # field -> Distribution
+
+    def param_space(self) -> dict:
+        from ray import tune
+
+        return {**self.base, **{k: tune.grid_search(v) for k, v in self.grid.items()},
+                **{k: d.tune() for k, d in self.search.items()}}
+
+    def size(self, num_samples: int) -> int:
+        n = 1
+        for values in self.grid.values():
+            n *= len(values)
+        return n * (num_samples if self.search else 1)
 
 
 @dataclass
@@ -113,46 +144,29 @@ class Sweep:
     base: dict
     grid: dict[str, list]
     settings: SweepSettings
+    search: dict = field(default_factory=dict)  # field -> Distribution, every trial
+    per_strategy: dict = field(default_factory=dict)  # strategy -> {field -> Distribution}
+    confirm: Confirm | None = None
 
-    def trials(self, sweep_dir: Path) -> list[Trial]:
-        """The cartesian product of the grid over the base, one trial per distinct config."""
-        sweep_dir = Path(sweep_dir).resolve()
-        names = list(self.grid)
-        out, seen = [], set()
-        for combo in itertools.product(*(self.grid[n] for n in names)):
-            values = dict(zip(names, combo))
-            try:
-                cfg = FLConfig(**self.base, **values)
-            except (FedharError, ValueError, TypeError) as exc:
-                described = ", ".join(f"{_flag(k)}={v!r}" for k, v in values.items())
-                raise FedharError(f"{self.path}: the trial {described or 'of [base]'} is not a valid run: {exc}") from None
-            tid = trial_id(cfg)
-            if tid not in seen:
-                seen.add(tid)
-                out.append(Trial(tid, replace(cfg, out_dir=str(sweep_dir / "trials" / tid)), values))
-        return out
+    def experiments(self) -> list[Experiment]:
+        """One experiment; or, with per-strategy search tables, one per strategy (same budget each)."""
+        if not self.per_strategy:
+            return [Experiment("all", dict(self.base), dict(self.grid), dict(self.search))]
+        strategies = self.grid.get("strategy") or [self.base.get("strategy", FLConfig.strategy)]
+        grid = {k: v for k, v in self.grid.items() if k != "strategy"}
+        return [Experiment(s, {**self.base, "strategy": s}, grid, {**self.search, **self.per_strategy.get(s, {})})
+                for s in strategies]
 
     def config_columns(self) -> list[str]:
-        wanted = set(KEY_COLUMNS) | set(self.base) | set(self.grid)
+        wanted = set(KEY_COLUMNS) | set(self.base) | set(self.grid) | set(self.search)
+        for space in self.per_strategy.values():
+            wanted |= set(space)
+        if self.confirm:
+            wanted |= set(self.confirm.set)
         return [f.name for f in fields(FLConfig) if f.name in wanted and f.name not in MANAGED]
 
     def default_dir(self) -> Path:
         return DEFAULT_ROOT / self.settings.name
-
-
-@dataclass
-class SweepOutcome:
-    sweep_dir: Path
-    trials: int
-    skipped: int  # already done before this invocation
-    ran: int
-    ok: int
-    failed: int
-    results: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
-
-    @property
-    def results_csv(self) -> Path:
-        return self.sweep_dir / "results.csv"
 
 
 # --------------------------------------------------------------------------- the file
@@ -174,6 +188,8 @@ def _line_of(text: str, table: str, key: str) -> int | None:
         elif current is None and table == "" and re.match(rf"\s*{re.escape(key)}\s*=", line):
             return number
         if header and table == "" and current == key:  # the table [key] itself
+            return number
+        if header and table == "" and current.startswith(key + "."):  # a sub-table [key.x]
             return number
     return None
 
@@ -215,6 +231,169 @@ def _unknown(path, text, table, key, known: list[str]) -> FedharError:
     return FedharError(f"{_where(path, text, table, key)}: unknown key {key!r} in [{table}]{hint}; known: {listed}")
 
 
+class _Reader:
+    """Checks a parsed sweep file's tables; every error names the file, key and line."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+        self.known = {f.name: f for f in fields(FLConfig) if f.name not in MANAGED}
+
+    def where(self, table: str, key: str) -> str:
+        return _where(self.path, self.text, table, key)
+
+    def fl_key(self, table: str, key: str) -> str:
+        name = key.replace("-", "_")
+        if name in MANAGED:
+            raise FedharError(f"{self.where(table, key)}: {key!r} in [{table}]: the sweep sets it for each "
+                              f"trial (out-dir = <trial dir>/run; resume when its trial resumes)")
+        if name not in self.known:
+            raise _unknown(self.path, self.text, table, key, sorted(self.known))
+        return name
+
+    def value(self, table: str, key: str, name: str, value):
+        try:
+            return _coerce(value, _field_kind(self.known[name]))
+        except TypeError as exc:
+            raise FedharError(f"{self.where(table, key)}: [{table}] {key} = {value!r}: expected {exc}") from None
+
+    def fl_table(self, table: str, doc: dict) -> dict:
+        out = {}
+        for key, value in doc.items():
+            name = self.fl_key(table, key)
+            if name in out:
+                raise FedharError(f"{self.where(table, key)}: {key!r} is in [{table}] twice")
+            out[name] = self.value(table, key, name, value)
+        return out
+
+    def grid(self, doc: dict, base: dict) -> dict:
+        grid = {}
+        for key, values in doc.items():
+            name = self.fl_key("grid", key)
+            where = self.where("grid", key)
+            if name in base:
+                raise FedharError(f"{where}: {key!r} is in both [base] and [grid]; keep one")
+            if name in grid:
+                raise FedharError(f"{where}: {key!r} is in [grid] twice (as {_flag(name)} and {name})")
+            if not isinstance(values, list) or not values:
+                raise FedharError(f"{where}: [grid] {key} must be a non-empty list, e.g. {key} = [{values!r}]"
+                                  if not isinstance(values, list) else f"{where}: [grid] {key} is an empty list")
+            try:
+                coerced = [_coerce(v, _field_kind(self.known[name])) for v in values]
+            except TypeError as exc:
+                raise FedharError(f"{where}: [grid] {key} = {values!r}: expected a list of {exc}") from None
+            if len(set(map(repr, coerced))) < len(coerced):
+                raise FedharError(f"{where}: [grid] {key} = {values!r} lists a value twice")
+            grid[name] = coerced
+        return grid
+
+    def space(self, table: str, doc: dict, taken: dict) -> dict:
+        """A [search] table: field -> Distribution, each checked against FLConfig at its bounds."""
+        out = {}
+        for key, spec in doc.items():
+            name = self.fl_key(table, key)
+            where = self.where(table, key)
+            if name in taken:
+                raise FedharError(f"{where}: {key!r} is in [{table}] and in [{taken[name]}]; keep one")
+            example = "{ loguniform = [1e-4, 1e-2] }, { uniform = [0.0, 0.9] } or { choice = [1, 2] }"
+            if not isinstance(spec, dict) or len(spec) != 1:
+                raise FedharError(f"{where}: [{table}] {key} must be one distribution, e.g. {key} = {example}")
+            (kind, values), = spec.items()
+            if kind not in DISTRIBUTIONS:
+                close = difflib.get_close_matches(kind, DISTRIBUTIONS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise FedharError(f"{where}: [{table}] {key}: unknown distribution {kind!r}{hint}; "
+                                  f"known: {', '.join(DISTRIBUTIONS)}")
+            if not isinstance(values, list) or not values:
+                raise FedharError(f"{where}: [{table}] {key}: {kind} needs a non-empty list, e.g. {key} = {example}")
+            field_type = _field_kind(self.known[name])
+            if kind == "choice":
+                try:
+                    values = [_coerce(v, field_type) for v in values]
+                except TypeError as exc:
+                    raise FedharError(f"{where}: [{table}] {key} = {spec!r}: expected a list of {exc}") from None
+                if len(set(map(repr, values))) < len(values):
+                    raise FedharError(f"{where}: [{table}] {key}: choice lists a value twice")
+            else:
+                if field_type is not float:
+                    raise FedharError(f"{where}: [{table}] {key} is {field_type.__name__ if field_type else '?'}: "
+                                      f"use {{ choice = [...] }} ({kind} draws real numbers)")
+                if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                    raise FedharError(f"{where}: [{table}] {key}: {kind} needs [low, high], got {values!r}")
+                values = [float(v) for v in values]
+                if not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+                    raise FedharError(f"{where}: [{table}] {key}: {kind} needs low < high"
+                                      + (" and low > 0" if kind == "loguniform" else "") + f", got {values!r}")
+            out[name] = Distribution(kind, tuple(values))
+        return out
+
+    def check_values(self, table: str, base: dict, space: dict) -> None:
+        """Every bound / choice of ``space`` must make a valid FLConfig with ``base``."""
+        for name, dist in space.items():
+            for v in dist.values:
+                try:
+                    FLConfig(**{**base, name: v})
+                except (FedharError, ValueError, TypeError) as exc:
+                    raise FedharError(f"{self.where(table, name)}: [{table}] {name} = {dist}: "
+                                      f"{v!r} is not a valid value: {exc}") from None
+
+    def settings(self, doc: dict) -> SweepSettings:
+        known = {f.name: f for f in fields(SweepSettings)}
+        out = {"name": self.path.stem}
+        for key, value in doc.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise _unknown(self.path, self.text, "sweep", key, sorted(known))
+            try:
+                out[name] = _coerce(value, _field_kind(known[name]))
+            except TypeError as exc:
+                raise FedharError(f"{self.where('sweep', key)}: [sweep] {key} = {value!r}: expected {exc}") from None
+        s = SweepSettings(**out)
+        if not s.name or not re.fullmatch(r"[\w.+-]+", s.name):
+            raise FedharError(f"{self.where('sweep', 'name')}: [sweep] name {s.name!r}: "
+                              "letters, digits, '.', '_', '+', '-' only (it names a folder)")
+        if s.cpus_per_trial <= 0 or s.gpus_per_trial < 0 or s.max_concurrent < 0:
+            raise FedharError(f"{self.path}: [sweep] needs cpus_per_trial > 0, gpus_per_trial >= 0, max_concurrent >= 0")
+        for key, value, allowed in (("algorithm", s.algorithm, ALGORITHMS), ("scheduler", s.scheduler, SCHEDULERS),
+                                    ("mode", s.mode, ("max", "min"))):
+            if value not in allowed:
+                raise FedharError(f"{self.where('sweep', key)}: [sweep] {key} = {value!r}: one of {', '.join(allowed)}")
+        for key in ("num_samples", "grace_rounds"):
+            if getattr(s, key) < 1:
+                raise FedharError(f"{self.where('sweep', key)}: [sweep] {key} must be >= 1, got {getattr(s, key)}")
+        if s.seed < 0:
+            raise FedharError(f"{self.where('sweep', 'seed')}: [sweep] seed must be >= 0, got {s.seed}")
+        return s
+
+    def confirm(self, doc: dict, strategies: list[str]) -> Confirm:
+        known = {f.name for f in fields(Confirm)}
+        values = {}
+        for key, value in doc.items():
+            if key not in known:
+                raise _unknown(self.path, self.text, "confirm", key, sorted(known))
+            values[key] = value
+        seeds = values.get("seeds", list(Confirm.seeds))
+        if (not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) < len(seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise FedharError(f"{self.where('confirm', 'seeds')}: [confirm] seeds must list 2 or more distinct "
+                              f"seeds >= 0 (paired intervals need n >= 2), got {seeds!r}")
+        overrides = values.get("set", {})
+        if not isinstance(overrides, dict):
+            raise FedharError(f"{self.where('confirm', 'set')}: [confirm] set must be a table, e.g. "
+                              "set = { server_val_fraction = 0.0 }")
+        overrides = {self.fl_key("confirm", k): self.value("confirm", k, self.fl_key("confirm", k), v)
+                     for k, v in overrides.items()}
+        if "seed" in overrides:
+            raise FedharError(f"{self.where('confirm', 'set')}: [confirm] set: the seeds are [confirm] seeds")
+        baseline = values.get("baseline", Confirm.baseline)
+        if baseline not in strategies:
+            raise FedharError(f"{self.where('confirm', 'baseline')}: [confirm] baseline {baseline!r} is not a "
+                              f"strategy of the sweep ({', '.join(strategies)})")
+        metric = values.get("metric", Confirm.metric)
+        if not isinstance(metric, str) or not metric:
+            raise FedharError(f"{self.where('confirm', 'metric')}: [confirm] metric must name a rounds.csv column")
+        return Confirm(tuple(seeds), overrides, baseline, metric)
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; every error names the file, the key and its line."""
     path = Path(path)
@@ -226,156 +405,61 @@ def load_sweep(path: str | Path) -> Sweep:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FedharError(f"{path}: not a valid TOML file: {exc}") from None
+    tables = ", ".join(f"[{t}]" for t in TABLES)
     for key, value in doc.items():
         if key not in TABLES:
-            raise FedharError(f"{_where(path, text, '', key)}: "
-                              f"unknown {'table [' + key + ']' if isinstance(value, dict) else 'key ' + repr(key)}; "
-                              f"a sweep file has the tables [sweep], [base] and [grid]")
+            what = f"table [{key}]" if isinstance(value, dict) else f"key {key!r}"
+            close = difflib.get_close_matches(key, TABLES, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise FedharError(f"{_where(path, text, '', key)}: unknown {what}{hint}; a sweep file has the tables {tables}")
         if not isinstance(value, dict):
             raise FedharError(f"{_where(path, text, '', key)}: {key!r} must be a table: write [{key}] on a line of its own")
-
-    known = {f.name: f for f in fields(FLConfig) if f.name not in MANAGED}
-    fl_names = sorted(known)
-
-    def fl_key(table: str, key: str) -> str:
-        name = key.replace("-", "_")
-        if name in MANAGED:
-            raise FedharError(f"{_where(path, text, table, key)}: {key!r} in [{table}]: the sweep sets it for each "
-                              f"trial (out-dir = <sweep dir>/trials/<trial id>; resume when a checkpoint is there)")
-        if name not in known:
-            raise _unknown(path, text, table, key, fl_names)
-        return name
-
-    base = {}
-    for key, value in doc.get("base", {}).items():
-        name = fl_key("base", key)
+    r = _Reader(path, text)
+    base = r.fl_table("base", doc.get("base", {}))
+    grid = r.grid(doc.get("grid", {}), base)
+    taken = {**{k: "base" for k in base}, **{k: "grid" for k in grid}}
+    raw = doc.get("search", {})
+    search = r.space("search", {k: v for k, v in raw.items() if k not in STRATEGY_NAMES}, taken)
+    per_strategy = {}
+    strategies = grid.get("strategy") or [base.get("strategy", FLConfig.strategy)]
+    for name, table in ((k, v) for k, v in raw.items() if k in STRATEGY_NAMES):
+        where = _where(path, text, "", f"search.{name}")  # the table's header line
+        if not isinstance(table, dict):
+            raise FedharError(f"{r.where('search', name)}: [search] {name} names a strategy: write its own "
+                              f"hyperparameters as a table [search.{name}]")
+        if name not in strategies:
+            raise FedharError(f"{where}: [search.{name}]: {name} is not a strategy of the sweep "
+                              f"({', '.join(strategies)}); list it in [grid] strategy")
+        per_strategy[name] = r.space(f"search.{name}", table, {**taken, **{k: "search" for k in search}})
+    settings = r.settings(doc.get("sweep", {}))
+    if settings.algorithm == "optuna" and grid and not (per_strategy and set(grid) == {"strategy"}):
+        raise FedharError(f"{r.where('sweep', 'algorithm')}: algorithm = 'optuna' draws every value itself: "
+                          f"move [grid] {', '.join(k for k in grid if k != 'strategy')} to [base] or to "
+                          "[search] as { choice = [...] }")
+    confirm = r.confirm(doc["confirm"], strategies) if "confirm" in doc else None
+    sweep = Sweep(path, text, base, grid, settings, search, per_strategy, confirm)
+    for exp in sweep.experiments():  # every grid value and every bound makes a valid run
+        for name, values in exp.grid.items():
+            for v in values:
+                try:
+                    FLConfig(**{**exp.base, name: v})
+                except (FedharError, ValueError, TypeError) as exc:
+                    raise FedharError(f"{r.where('grid', name)}: the trial {_flag(name)}={v!r} is not a valid run: "
+                                      f"{exc}") from None
+        r.check_values("search" if not per_strategy else f"search.{exp.name}", exp.base, exp.search)
         try:
-            base[name] = _coerce(value, _field_kind(known[name]))
-        except TypeError as exc:
-            raise FedharError(f"{_where(path, text, 'base', key)}: [base] {key} = {value!r}: expected {exc}") from None
-
-    grid = {}
-    for key, values in doc.get("grid", {}).items():
-        name = fl_key("grid", key)
-        where = _where(path, text, "grid", key)
-        if name in base:
-            raise FedharError(f"{where}: {key!r} is in both [base] and [grid]; keep one")
-        if name in grid:
-            raise FedharError(f"{where}: {key!r} is in [grid] twice (as {_flag(name)} and {name})")
-        if not isinstance(values, list) or not values:
-            raise FedharError(f"{where}: [grid] {key} must be a non-empty list, e.g. {key} = [{values!r}]"
-                              if not isinstance(values, list) else f"{where}: [grid] {key} is an empty list")
+            FLConfig(**exp.base)
+        except (FedharError, ValueError, TypeError) as exc:
+            raise FedharError(f"{path}: [base] is not a valid run: {exc}") from None
+    if confirm:
         try:
-            coerced = [_coerce(v, _field_kind(known[name])) for v in values]
-        except TypeError as exc:
-            raise FedharError(f"{where}: [grid] {key} = {values!r}: expected a list of {exc}") from None
-        if len(set(map(repr, coerced))) < len(coerced):
-            raise FedharError(f"{where}: [grid] {key} = {values!r} lists a value twice")
-        grid[name] = coerced
-
-    settings_known = {f.name: f for f in fields(SweepSettings)}
-    settings = {"name": path.stem}
-    for key, value in doc.get("sweep", {}).items():
-        name = key.replace("-", "_")
-        if name not in settings_known:
-            raise _unknown(path, text, "sweep", key, sorted(settings_known))
-        try:
-            settings[name] = _coerce(value, _field_kind(settings_known[name]))
-        except TypeError as exc:
-            raise FedharError(f"{_where(path, text, 'sweep', key)}: [sweep] {key} = {value!r}: expected {exc}") from None
-    settings = SweepSettings(**settings)
-    if not settings.name or not re.fullmatch(r"[\w.+-]+", settings.name):
-        raise FedharError(f"{_where(path, text, 'sweep', 'name')}: [sweep] name {settings.name!r}: "
-                          "letters, digits, '.', '_', '+', '-' only (it names a folder)")
-    if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0 or settings.max_concurrent < 0:
-        raise FedharError(f"{path}: [sweep] needs cpus_per_trial > 0, gpus_per_trial >= 0, max_concurrent >= 0")
-    return Sweep(path, text, base, grid, settings)
+            FLConfig(**{**base, **confirm.set})
+        except (FedharError, ValueError, TypeError) as exc:
+            raise FedharError(f"{r.where('confirm', 'set')}: [confirm] set does not make a valid run: {exc}") from None
+    return sweep
 
 
-def trial_id(cfg: FLConfig) -> str:
-    """Short stable hash of the resolved config: the fields that differ from their defaults
-    (so a field added to FLConfig later leaves existing ids alone), out_dir/resume aside."""
-    resolved = {}
-    for f in fields(FLConfig):
-        value = getattr(cfg, f.name)
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        if f.name not in MANAGED and value != default:
-            resolved[f.name] = value
-    key = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
-# --------------------------------------------------------------------------- trial state
-
-
-def read_marker(out_dir: Path) -> dict | None:
-    try:
-        return json.loads((out_dir / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def rounds_done(out_dir: Path) -> int:
-    try:
-        return len(pd.read_csv(out_dir / "rounds.csv"))
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return 0
-
-
-def trial_state(trial: Trial) -> str:
-    """done (skipped on re-run) | partial (resumes from its checkpoint) | failed | pending."""
-    marker = read_marker(trial.out_dir)
-    if marker and marker.get("status") == "ok" and rounds_done(trial.out_dir) == trial.cfg.rounds:
-        return "done"
-    if (trial.out_dir / CHECKPOINT).exists():
-        return "partial"
-    if marker and marker.get("status") == "failed":
-        return "failed"
-    return "pending"
-
-
-# --------------------------------------------------------------------------- the Ray task
-
-
-@contextlib.contextmanager
-def _output_to(path: Path):
-    """Send this process's stdout and stderr (file descriptors too) to ``path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved, streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
-    with open(path, "a", buffering=1) as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        sys.stdout = sys.stderr = log
-        try:
-            yield
-        finally:
-            log.flush()
-            sys.stdout, sys.stderr = streams
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-@contextlib.contextmanager
-def _backbone_lock():
-    """One pretraining at a time on this node: trials that share a backbone wait for the
-    first to finish it and then reuse it, instead of writing the same cache files at once."""
-    from fedhar.data.paths import cache_root
-
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / "backbones.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+# --------------------------------------------------------------------------- the trial
 
 
 def _cpu_seconds() -> float:
@@ -392,251 +476,104 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def _where_am_i() -> dict:
-    place = {"hostname": socket.gethostname(), "pid": os.getpid(), "node": "", "node_ip": ""}
+def _node() -> str:
     try:
         import ray
 
-        if ray.is_initialized():
-            place["node"] = ray.get_runtime_context().get_node_id()
-            place["node_ip"] = ray.util.get_node_ip_address()
-    except Exception:  # outside Ray (a direct call): hostname and pid only
-        pass
-    return place
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # outside Ray (a direct call)
+        return ""
 
 
-def run_trial(cfg: FLConfig, threads: int = 1, cwd: str = "") -> dict:
-    """One trial, in this process (the body of the Ray task): the federation, its output in
-    ``out_dir/trial.log``; returns a summary (never raises for a failed run). ``cwd``: the
-    driver's working directory (./data is on the data search path), where this node has it."""
+def _completed_rounds(out: Path, rounds: int) -> list[dict] | None:
+    """The rows of a run in ``out`` that finished all its rounds, else None."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(out / "rounds.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    return table.to_dict("records") if len(table) >= rounds else None
+
+
+def _clean(row: dict) -> dict:
+    """JSON-friendly numbers (NaN stays NaN: Tune writes it as NaN)."""
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def trial(config: dict, *, out_root: str, cwd: str = "", threads: int = 1, report=None) -> None:
+    """One trial, the function Ray Tune runs: the federation of ``config`` (FLConfig fields)
+    with the inline engine, each round's rounds.csv row reported to Tune with the trial's
+    costs and place. The run lives in ``<out_root>/<trial id>/run``: a resumed trial
+    continues from its checkpoint; a trial whose run finished re-reports its rows only."""
+    logs = None
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+        trial_id = tune.get_context().get_trial_id()
+        logs = Path.cwd()  # Tune's working dir of the trial, where log_to_file writes stdout / stderr
+    else:  # a direct call (tests)
+        trial_id = "direct"
+    try:
+        _trial(config, Path(out_root) / trial_id, cwd, threads, report)
+    finally:
+        if logs is not None:
+            _keep_logs(logs, Path(out_root) / trial_id)
+
+
+def _keep_logs(workdir: Path, trial_dir: Path) -> None:
+    """Copy the trial's stdout / stderr (Tune's log_to_file) beside its results: Tune syncs a
+    trial's working dir to storage only now and then, never at its end."""
+    import shutil
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in ("stdout", "stderr"):
+        src = workdir / name
+        if src.is_file() and src.resolve() != (trial_dir / name).resolve():
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, trial_dir / name)
+
+
+def _trial(config: dict, trial_dir: Path, cwd: str, threads: int, report) -> None:
     import torch
 
-    t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+    t0 = time.perf_counter()
     if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
+        os.chdir(cwd)  # relative data / backbone paths are the driver's
     torch.set_num_threads(max(1, threads))
-    out = Path(cfg.out_dir)
+    values = config.get("fl", config)  # confirmation trials carry their configuration as one value
+    cfg = FLConfig(**values)
+    out = trial_dir / "run"
     out.mkdir(parents=True, exist_ok=True)
-    resumed = (out / CHECKPOINT).exists()
-    cfg = replace(cfg, resume=resumed, overwrite=not resumed)  # the sweep owns its trial dirs
-    status, error = "ok", ""
-    with _output_to(out / "trial.log"):
-        print(f"\n=== trial {out.name} started {started} (resume={resumed}) ===", flush=True)
+    done = _completed_rounds(out, cfg.rounds)
+    resumed = done is None and (out / CHECKPOINT).exists()
+    cfg = replace(cfg, out_dir=str(out), resume=resumed, overwrite=not resumed)
+    place = {"node": _node(), "hostname": socket.gethostname(), "resumed": resumed or done is not None}
+
+    def send(row: dict, seconds: float | None = None) -> None:
         try:
-            from simulations.run import run_inprocess
-            from simulations.task import ensure_backbone
+            import json
 
-            if not cfg.backbone:
-                with _backbone_lock():
-                    ensure_backbone(cfg)
-            run_inprocess(cfg, engine="inline")
-        except Exception as exc:  # the trial failed; the sweep goes on
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-    # cpu_seconds and peak_rss_mb are the worker process's (one per trial: Ray's max_calls=1),
-    # start-up and imports included; seconds is the trial's wall time
-    summary = {"status": status, "error": error, "started": started, "seconds": round(time.perf_counter() - t0, 1),
-               "cpu_seconds": round(_cpu_seconds(), 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
-               "resumed": resumed, "threads": torch.get_num_threads(), **_where_am_i()}
-    try:
-        summary["clients"] = len(json.loads((out / "config.json").read_text())["clients"])
-    except (OSError, ValueError, KeyError):
-        summary["clients"] = None
-    try:  # travels back: the driver may not share this node's disk
-        summary["rounds_csv"] = (out / "rounds.csv").read_text() if status == "ok" else ""
-    except OSError:
-        summary["rounds_csv"] = ""
-    return summary
+            clients = len(json.loads((out / "config.json").read_text())["clients"])
+        except (OSError, ValueError, KeyError):
+            clients = None
+        report({**_clean(row), "round_seconds": seconds, "seconds": round(time.perf_counter() - t0, 1),
+                "cpu_seconds": round(_cpu_seconds(), 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "clients": clients, **place})
 
+    if done is not None:  # finished before an interruption Tune did not record: nothing to run
+        for row in done:
+            send(row)
+        return
+    from simulations.run import run_inprocess
+    from simulations.tracking import round_listener
 
-# --------------------------------------------------------------------------- the driver
-
-
-def _ray_env() -> dict:
-    env = {"FLWR_TELEMETRY_ENABLED": "0"}
-    for name in ("FEDHAR_CACHE_DIR", "FEDHAR_DATA_DIR"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
-
-
-@contextlib.contextmanager
-def _ray_session(address: str):
-    import logging
-
-    import ray
-
-    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                   runtime_env={"env_vars": _ray_env()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
-        if address:
-            ray.init(address=address, **options)
-        else:  # "local": never attach to a cluster someone else started on this machine
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=200 * 2**20, **options)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def capacity(resources: dict, settings: SweepSettings) -> int:
-    """How many trials the Ray resources hold at once."""
-    slots = [int(resources.get("CPU", 0) / settings.cpus_per_trial + 1e-9)]
-    if settings.gpus_per_trial > 0:
-        slots.append(int(resources.get("GPU", 0) / settings.gpus_per_trial + 1e-9))
-    return min(slots)
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def _progress(trial: Trial, summary: dict, total: int, done: int, failed: int, running: int, remaining: int,
-              eta: float) -> str:
-    where = summary.get("hostname") or "?"
-    if summary.get("node"):
-        where += f" ({summary.get('node_ip')}, node {summary['node'][:8]})"
-    outcome = "ok    " if summary["status"] == "ok" else "FAILED"
-    return (f"[{done + failed}/{total}] {outcome} {trial.trial_id} {trial.label()}: {summary['seconds']:.0f} s on {where}"
-            + (f" - {summary['error']}" if summary["status"] != "ok" else "")
-            + f" | done {done}, running {running}, failed {failed}, remaining {remaining}"
-            + (f", ETA {_minutes(eta)}" if running + remaining else ""))
-
-
-def write_marker(trial: Trial, summary: dict) -> None:
-    trial.out_dir.mkdir(parents=True, exist_ok=True)
-    if summary.get("rounds_csv") and not (trial.out_dir / "rounds.csv").exists():
-        (trial.out_dir / "rounds.csv").write_text(summary["rounds_csv"])  # ran on a node without this disk
-    marker = {"trial_id": trial.trial_id, "values": trial.values, "config": trial.cfg.to_run_config(),
-              "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-              **{k: v for k, v in summary.items() if k != "rounds_csv"}}
-    tmp = trial.out_dir / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1, default=str))
-    os.replace(tmp, trial.out_dir / MARKER)
-
-
-def results_table(sweep: Sweep, trials: list[Trial]) -> pd.DataFrame:
-    """One row per (trial, round) of every trial with a marker; a failed trial is one row."""
-    config_columns = sweep.config_columns()
-    rows, integers = [], {"clients"}
-    for trial in trials:
-        marker = read_marker(trial.out_dir)
-        if marker is None:
-            continue
-        head = {"trial_id": trial.trial_id, "status": marker.get("status", "")}
-        head.update({c: getattr(trial.cfg, c) for c in config_columns})
-        tail = {c: marker.get(c) for c in TRIAL_COLUMNS}
-        try:
-            table = pd.read_csv(trial.out_dir / "rounds.csv") if head["status"] == "ok" else pd.DataFrame()
-        except (OSError, ValueError, pd.errors.EmptyDataError):
-            table = pd.DataFrame()
-        integers |= {c for c in table.columns if pd.api.types.is_integer_dtype(table[c])}
-        rounds = table.to_dict("records")
-        for r in rounds or [{"round": None}]:
-            rows.append({**head, **r, **tail})
-    df = pd.DataFrame(rows)
-    if len(df):  # trial-level columns last, whatever metrics rounds.csv has
-        df = df[[c for c in df.columns if c not in TRIAL_COLUMNS] + list(TRIAL_COLUMNS)]
-        for column in integers & set(df.columns):  # a failed trial's empty cells keep them integers
-            df[column] = df[column].astype("Int64")
-    return df
-
-
-def write_results(sweep: Sweep, trials: list[Trial], sweep_dir: Path) -> pd.DataFrame:
-    df = results_table(sweep, trials)
-    tmp = sweep_dir / "results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, sweep_dir / "results.csv")
-    return df
-
-
-def _write_sweep_json(sweep: Sweep, sweep_dir: Path, trials: list[Trial], command: str) -> None:
-    from fedhar.lodo import code_version
-
-    path = sweep_dir / "sweep.json"
-    try:
-        history = json.loads(path.read_text()).get("history", [])
-    except (OSError, ValueError, AttributeError):
-        history = []
-    now = {"command": command, "file": str(sweep.path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "code": code_version()}
-    doc = {**now, "content": sweep.text, "settings": vars(sweep.settings), "base": sweep.base, "grid": sweep.grid,
-           "trials": {t.trial_id: t.values for t in trials}, "history": history + [now]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def plan(sweep: Sweep, sweep_dir: Path) -> list[tuple[Trial, str]]:
-    """Every trial with its state (done / partial / failed / pending)."""
-    return [(t, trial_state(t)) for t in sweep.trials(sweep_dir)]
-
-
-def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None = None,
-              max_concurrent: int | None = None, command: str = "", log=None) -> SweepOutcome:
-    """Run (or resume) every trial not done yet, as Ray tasks; returns the counts and table."""
-    log = log or say
-    settings = sweep.settings
-    address = settings.ray_address if address is None else address
-    limit = settings.max_concurrent if max_concurrent is None else max_concurrent
-    sweep_dir = Path(sweep_dir or sweep.default_dir()).resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    states = plan(sweep, sweep_dir)
-    trials = [t for t, _ in states]
-    todo = [t for t, s in states if s != "done"]
-    skipped = len(trials) - len(todo)
-    _write_sweep_json(sweep, sweep_dir, trials, command)
-    resuming = sum(s == "partial" for _, s in states)
-    log(f"sweep {settings.name}: {len(trials)} trials, {skipped} already done, {len(todo)} to run"
-        + (f" ({resuming} resume from a checkpoint)" if resuming else "") + f" -> {sweep_dir}")
-    ok = failed = 0
-    if todo:
-        with _ray_session(address) as ray:
-            resources = ray.cluster_resources()
-            has = f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
-            slots = capacity(resources, settings)
-            if slots < 1:
-                raise FedharError(f"a trial needs {settings.cpus_per_trial:g} CPU and {settings.gpus_per_trial:g} GPU; "
-                                  f"the Ray cluster has {has}")
-            parallel = min(slots, limit) if limit else slots
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            log(f"sweep {settings.name}: {parallel} trials at a time ({settings.cpus_per_trial:g} CPU, "
-                f"{settings.gpus_per_trial:g} GPU each; Ray has {has} on {nodes} node(s))")
-            task = ray.remote(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
-                              max_calls=1, max_retries=0)(run_trial)
-            threads = max(1, int(settings.cpus_per_trial))
-            queue, running, took = list(todo), {}, []
-
-            def fill():
-                while queue and len(running) < parallel:
-                    trial = queue.pop(0)
-                    running[task.remote(trial.cfg, threads, os.getcwd())] = (trial, time.perf_counter())
-
-            bar = progress(total=len(trials), initial=skipped, desc="trials", unit="trial")
-            try:
-                fill()
-                while running:
-                    ready, _ = ray.wait(list(running), num_returns=1)
-                    trial, submitted = running.pop(ready[0])
-                    try:
-                        summary = ray.get(ready[0])
-                    except ray.exceptions.RayError as exc:  # the worker died (killed, out of memory)
-                        text = str(exc).strip().splitlines()
-                        summary = {"status": "failed", "error": f"{type(exc).__name__}: {text[-1] if text else ''}",
-                                   "seconds": round(time.perf_counter() - submitted, 1)}
-                    fill()
-                    write_marker(trial, summary)
-                    write_results(sweep, trials, sweep_dir)
-                    took.append(summary["seconds"])
-                    ok += summary["status"] == "ok"
-                    failed += summary["status"] != "ok"
-                    log(_progress(trial, summary, len(trials), skipped + ok, failed, len(running), len(queue),
-                                  sum(took) / len(took) * (len(queue) + len(running)) / parallel))
-                    bar.update(1)
-            finally:
-                bar.close()
-                for ref in running:  # interrupted: stop what still runs (it resumes next time)
-                    ray.cancel(ref, force=True)
-    results = write_results(sweep, trials, sweep_dir)
-    return SweepOutcome(sweep_dir, len(trials), skipped, ok + failed, ok, failed, results)
+    with round_listener(send):
+        run_inprocess(cfg, engine="inline")

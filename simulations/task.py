@@ -201,6 +201,9 @@ def _federation(cfg_json: str) -> Federation:
     if cfg.server_test_fraction > 0:
         held = server_test_mask(ws, cfg.server_test_fraction, cfg.seed)
         ws, server_test = ws.subset(~held), ws.subset(held)
+        if cfg.server_val_fraction > 0:  # tuning: the test subjects leave; validation subjects take their place
+            val = server_test_mask(ws, cfg.server_val_fraction, cfg.seed)
+            ws, server_test = ws.subset(~val), ws.subset(val)
     if cfg.partition == "dataset":
         parts = by_dataset(ws)
     elif cfg.partition == "subject":

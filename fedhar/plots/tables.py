@@ -1,7 +1,8 @@
 """Reading result tables for figures: checked, traced by sha256, never a traceback.
 
 Three kinds of input, told apart by what a path holds:
-  sweep  a folder with results.csv (one row per trial and round; trials/<trial_id>/ beside it
+  sweep  a folder with results.csv (one row per trial and round; trials/<trial_id>/ or
+         tune/<experiment>/<trial_id>/run/ beside it
          may hold each trial's drift.csv and inexactness.csv), or that results.csv itself;
   run    a folder of one federation (rounds.csv, clients.csv, drift.csv, inexactness.csv,
          config.json), or one of those files; a folder of such folders is several runs;
@@ -284,7 +285,7 @@ def load_trials(inputs: Inputs, trace: Trace, required=(), purpose: str = "") ->
 
     for path in inputs.sweeps:
         df = read_table(path, trace, ("trial_id", "round", *setting_cols, *table_cols), purpose=purpose)
-        add(_drop_failed(df, path, trace), path, lambda tid, base=path.parent: base / "trials" / tid)
+        add(_drop_failed(df, path, trace), path, lambda tid, base=path.parent: _trial_dir(base, tid))
     for run in inputs.runs:
         table = run / "rounds.csv"
         df = read_table(table, trace, ("round", *table_cols), purpose=purpose)
@@ -308,6 +309,13 @@ def load_trials(inputs: Inputs, trace: Trace, required=(), purpose: str = "") ->
     if rounds.empty:
         raise NothingToPlot(f"no finished rounds in {', '.join(map(str, dict.fromkeys(read)))}")
     return Trials(rounds, dirs, tables)
+
+
+def _trial_dir(sweep: Path, tid: str) -> Path:
+    """A sweep trial's run folder: trials/<id> (the runner before Ray Tune) or
+    tune/<experiment>/<id>/run (fedhar sweep on Ray Tune)."""
+    found = sorted(sweep.glob(f"tune/*/{tid}/run"))
+    return found[0] if found else sweep / "trials" / tid
 
 
 def _drop_failed(df: pd.DataFrame, path: Path, trace: Trace) -> pd.DataFrame:
