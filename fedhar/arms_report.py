@@ -80,7 +80,9 @@ def markdown(scores: pd.DataFrame, unfinished: list[str]) -> str:
             out.append(f"| {a} | {len(series[a])} | {mean_std(series[a]['accuracy'])} | {mean_std(series[a]['macro_f1'])} |")
         out += ["", "| comparison | accuracy | macro-F1 |", "|---|---|---|"]
         feds = [a for a in arms if a.startswith("federated")]
-        pairs = [("centralised", f) for f in feds] + [(f, "local") for f in feds]
+        base = "federated (fedavg)"
+        pairs = ([("centralised", f) for f in feds] + [(f, "local") for f in feds]
+                 + [(f, base) for f in feds if f != base and base in series])  # each rule against FedAvg
         for a, b in pairs:
             if a in series and b in series:
                 cells = [paired_difference(series[a][m], series[b][m]) for m in ("accuracy", "macro_f1")]

@@ -42,3 +42,12 @@ def test_arms_are_paired_by_seed_and_local_is_the_mean_of_the_clients(tmp_path):
     assert "| centralised | 3 | 0.950 ± 0.010 (n=3) |" in text
     assert "| centralised - federated (fedavg) | +2.3 pts [" in text and "(higher)" in text
     assert "| federated (fedavg) - local | +14.2 pts [" in text
+
+
+def test_each_rule_is_paired_with_fedavg(tmp_path):
+    for seed, (avg, ffa) in enumerate(((0.93, 0.95), (0.92, 0.95), (0.94, 0.95))):
+        write_run(tmp_path, f"fedavg-{seed}", "federated", seed, avg)
+        write_run(tmp_path, f"ffa-{seed}", "federated", seed, ffa, strategy="ffa")
+    text = markdown(*collect(tmp_path))
+    assert "| federated (ffa) - federated (fedavg) | +2.0 pts [" in text
+    assert "federated (fedavg) - federated (fedavg)" not in text
