@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 
 from fedhar.errors import FedharError
 from fedhar.options import check_name, split_names
-from strategies.names import STRATEGY_NAMES
+from strategies.names import STRATEGY_NAMES  # noqa: F401 (the built-in names, for callers)
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
 MODES = ("full", "lora", "qlora")
@@ -109,8 +109,11 @@ class FLConfig:
         from fedhar.data.registry import dataset_names
 
         for name, known in (("partition", PARTITIONS), ("mode", MODES), ("normalise", NORMALISE),
-                            ("head", HEADS), ("arm", ARMS), ("strategy", STRATEGY_NAMES)):
+                            ("head", HEADS), ("arm", ARMS)):
             check_name(name, getattr(self, name), known)
+        from strategies.registry import get_rule  # imports the rule: a module:Class one must exist
+
+        rule = get_rule(self.strategy)
         for name in (*self.datasets, *self.heldout_datasets, *self.pretrain_datasets):
             check_name("dataset", name, dataset_names())
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
@@ -137,12 +140,11 @@ class FLConfig:
             if not 1 <= rank <= MAX_RANK:
                 raise FedharError(f"--{'client-ranks' if rank != self.rank else 'rank'}: a LoRA rank must be in "
                                   f"1..{MAX_RANK} (the backbone's width), got {rank}")
-        if self.client_ranks:
-            from strategies import HETEROGENEOUS_RANKS
+        if self.client_ranks and not rule.heterogeneous_ranks:
+            from strategies.registry import heterogeneous_rank_names
 
-            if self.strategy not in HETEROGENEOUS_RANKS:
-                raise FedharError(f"--client-ranks needs a strategy that aggregates different ranks: "
-                                  f"{', '.join(HETEROGENEOUS_RANKS)} (got {self.strategy})")
+            raise FedharError(f"--client-ranks needs a strategy that aggregates different ranks: "
+                              f"{', '.join(heterogeneous_rank_names())} (got {self.strategy})")
         for mode in self.mode_list:
             if mode not in ("lora", "qlora"):
                 raise FedharError(f"--client-modes mixes lora and qlora clients, got {mode!r}")

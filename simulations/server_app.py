@@ -33,7 +33,7 @@ from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
 from simulations.tracking import tracker_for
-from strategies import RoundLog, make_strategy, strategy_options
+from strategies import RoundLog, get_rule, make_strategy
 
 REPLY_COLUMNS = ("num_examples", "train_loss", "accuracy", "macro_f1", "bytes_sent", "bytes_received")
 
@@ -155,8 +155,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         n_clients = len(fed.parts)
         n_train = max(1, int(round(cfg.fraction_train * n_clients)))
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
-        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **strategy_options(
-            cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr, cfg.server_momentum))
+        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
         initial = trainable_state_dict(model)
         if fed.head == "local":  # local heads never travel: the global model has none
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}

@@ -40,6 +40,7 @@ from fedhar.model.checkpoint import load_mae
 from fedhar.model.head import ClassificationHead
 from fedhar.pretrain import PretrainConfig, pretrain
 from simulations.config import FLConfig
+from strategies.registry import get_rule
 
 PRETRAIN_SEED_OFFSET = 1000  # the synthetic pretraining population is a different draw
 HELDOUT_SEED_OFFSET = 2000  # and so is the held-out synthetic population (heldout_data = synthetic)
@@ -282,10 +283,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
     if head_classes is not None and head_classes != n_classes:
         torch.manual_seed((cfg.seed if seed is None else seed) + 1)
         model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old
-    if cfg.strategy == "ffa":  # FFA-LoRA: A stays at its shared random init and never travels
-        for name, p in model.named_parameters():
-            if ".lora_A." in name:
-                p.requires_grad = False
+    get_rule(cfg.strategy).prepare_model(model)  # what the rule freezes (FFA-LoRA: A) never travels
     return model
 
 

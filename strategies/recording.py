@@ -28,7 +28,6 @@ from flwr.app import Message
 from flwr.supercore import log as flwr_log
 
 from strategies import lora_math as lm
-from strategies.lora_strategies import FLoRA
 
 DRIFT_CSV = "drift.csv"
 INEXACTNESS_CSV = "inexactness.csv"
@@ -226,7 +225,7 @@ def recording(strategy_cls: type) -> type:
             if not states:
                 return
             drift, inexact = drift_tables(server_round, given, states, weights, partition_ids=pids,
-                                          client_names=names, fresh_adapters=isinstance(self, FLoRA))
+                                          client_names=names, fresh_adapters=getattr(self, "fresh_adapters", False))
             if drift:
                 self.log.append_table(DRIFT_CSV, drift, DRIFT_COLUMNS)
             if inexact:
