@@ -14,6 +14,8 @@ from simulations.config import FLConfig
 
 HELP = {
     "data": "datasets the clients hold, comma-separated",
+    "readers": "datasets from outside fedhar, registered in every process of the run: module:Class (a Reader), "
+    "module:function (registers them) or module, comma-separated (README: Add your own dataset)",
     "data_dir": "folder holding the datasets (default: the search path of `fedhar data list`)",
     "partition": "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)",
     "num_clients": "clients of a Dirichlet partition",
@@ -108,8 +110,8 @@ def add_config_options(parser) -> None:
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=HELP[f.name])
-        elif callable(choices.get(f.name)):  # dataset lists
-            parser.add_argument(flag, type=name_list("dataset", choices[f.name], as_text=True),
+        elif callable(choices.get(f.name)):  # dataset lists: checked by FLConfig, after --readers registered theirs
+            parser.add_argument(flag, type=name_list("dataset", None, as_text=True),
                                 default=f.default, metavar="NAME[,NAME...]", help=HELP[f.name])
         elif f.name in choices:
             parser.add_argument(flag, type=choice(f.name.replace("_", "-"), choices[f.name]),

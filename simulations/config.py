@@ -58,6 +58,7 @@ class FLConfig:
     # data
     data: str = "synthetic"  # a dataset name, or several comma-separated
     data_dir: str = ""  # "" = the usual search path (fedhar data list)
+    readers: str = ""  # datasets from outside fedhar: module:Class | module:function | module, comma-separated
     partition: str = "dataset"  # one client per dataset | per subject | Dirichlet label skew
     num_clients: int = 8  # only for partition = dirichlet
     dirichlet_alpha: float = 0.5
@@ -106,7 +107,9 @@ class FLConfig:
 
     def validate(self) -> None:
         """Every option checked before any work starts; errors name the option (--flag)."""
-        from fedhar.data.registry import dataset_names
+        from fedhar.data.registry import dataset_names, load_readers
+
+        load_readers(self.readers)  # first: they add dataset names (every process that reads this config)
 
         for name, known in (("partition", PARTITIONS), ("mode", MODES), ("normalise", NORMALISE),
                             ("head", HEADS), ("arm", ARMS)):

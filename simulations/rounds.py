@@ -299,13 +299,24 @@ def _check_stop(server_round: int) -> None:
         raise RunStopped(f"stopped in round {server_round}; the checkpoint holds the rounds before it")
 
 
+def client_reason(error: str) -> str:
+    """The client's own words in a failed reply, on one line: Flower wraps a ClientApp's
+    exception as ``<class '...ClientAppException'>:<'... Message: <what it raised>'>`` (on
+    Ray, after a traceback of the actor), which hides the reason behind 200 characters of
+    wrapping."""
+    marker = "Message: "
+    if marker in error:
+        error = error[error.rindex(marker) + len(marker):].removesuffix("'>")
+    return " ".join(error.split())
+
+
 def _check_trained(log, server_round: int) -> None:
     """A round in which no client trained is a run failure, with the clients' own reasons."""
     rows = [r for r in log.rows if r.get("round") == server_round and r.get("phase") in ("train", "aggregate")]
     if any(r.get("phase") == "train" and r.get("status") in ("ok", "not aggregated") for r in rows):
         return
     log.flush()  # clients.csv keeps this round's failure rows for diagnosis
-    reasons = sorted({" ".join(str(r.get("error") or r.get("status")).split())  # one line each
+    reasons = sorted({client_reason(str(r.get("error") or r.get("status")))
                       for r in rows if r.get("phase") == "train"})
     shown = "; ".join(reason[:200] for reason in reasons[:3]) or "no client was sampled or connected"
     raise RunFailed(f"round {server_round}: no client trained ({shown}); the checkpoint holds the rounds "

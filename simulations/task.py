@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from fedhar.data import LabelSpace, WindowSet, load
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
+from fedhar.data.registry import load_readers
 from fedhar.data.splits import Normaliser, split_subjects
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
@@ -53,6 +54,7 @@ def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = F
 
 
 def load_windows(datasets: list[str], cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> WindowSet:
+    load_readers(cfg.readers)  # an unpickled FLConfig (a Ray actor's) was never validated: register them here
     parts = []
     for name in datasets:
         synth = synthetic_config(cfg, pretraining, heldout) if name == "synthetic" else None
