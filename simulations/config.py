@@ -191,7 +191,7 @@ class FLConfig:
         shared = sorted(set(pretrain) & set(self.datasets) - {SYNTHETIC})
         if shared:
             raise FedharError(f"--pretrain-data and --data share {shared}: the backbone would see test data")
-        from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+        from fedhar.data.registry import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
 
         for group in SAME_PEOPLE:
             if group & set(pretrain) and group & set(self.datasets):
@@ -210,7 +210,7 @@ class FLConfig:
             if shared:
                 raise FedharError(f"heldout-data and {what} share {shared}: held-out data must be unseen")
         if held:
-            from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+            from fedhar.data.registry import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
 
             for group in SAME_PEOPLE:
                 if group & set(held) and group & (set(self.datasets) | set(pretrain)):

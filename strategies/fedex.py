@@ -6,7 +6,7 @@ which every client adds to its layers (``strategies.records``).
 
 from __future__ import annotations
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.base import Rule
 from strategies.fedit import FedIT, inexactness_metric
 from strategies.records import BaseDelta, delta_key

@@ -4,7 +4,7 @@
 constructor keywords, plus its own keyword-only ones, so ``strategies.recording(cls)``
 wraps it unchanged. The other LoRA rules subclass it and override its hooks
 (``observe_global``, ``downlink``, ``optional_keys``, ``max_rank``, ``extra_problems``,
-``aggregate_states``). The mathematics lives in ``strategies.lora_math``.
+``aggregate_states``). The mathematics lives in ``fedhar.lora_math``.
 
 Every such strategy checks each training reply before aggregating it and rejects (logs at
 WARNING and never averages in) a reply with: no ArrayRecord, no usable weight (missing,
@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.base import Rule
 from strategies.records import is_delta_key, numpy_to_record, record_to_numpy
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.base import ClientSide, Rule
 from strategies.fedit import FedIT, without_part
 

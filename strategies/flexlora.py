@@ -1,7 +1,7 @@
 """FlexLoRA (Bai et al., NeurIPS 2024): average the full-size products, hand each client its
 rank by truncated SVD. Heterogeneous ranks allowed.
 
-Mathematics (notation of ``strategies.lora_math``: weights p_k, scales s_k = alpha / r_k):
+Mathematics (notation of ``fedhar.lora_math``: weights p_k, scales s_k = alpha / r_k):
 
   aggregate     per layer, dW = sum_k p_k s_k B_k A_k (d_out x d_in, any client ranks):
                 exactly the mean of the clients' effective updates;
@@ -18,7 +18,7 @@ learns from it (at dW = 0 this is LoRA's own start: B = 0).
 The server keeps the global at rank R = ``max_rank`` (the server's model, the largest
 client rank). Because the singular triplets are ordered, a rank-r client's share is the
 first r rows of A and columns of B, B rescaled by s_R / s_r = r / R: exactly HetLoRA's
-rank-scaled truncation (``lora_math.hetlora_truncate``), so the per-node downlink and the
+rank-scaled truncation (``fedhar.lora_math.hetlora_truncate``), so the per-node downlink and the
 client side are HetLoRA's, and a rank-r client receives the rank-r truncated SVD of the
 full dW. The global model the server evaluates and saves is the rank-R truncation.
 
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.hetlora import HetLoRA, HetLoRARule
 
 

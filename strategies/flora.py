@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.base import Rule
 from strategies.fedit import FedIT
 from strategies.records import BaseDelta, delta_key

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 from strategies.base import ClientSide, Rule
 from strategies.fedit import FedIT
 from strategies.records import numpy_to_record, record_to_numpy

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 
 DELTA_SUFFIX = ".base_delta"
 

@@ -114,3 +114,20 @@ class LabelSpace:
     def decode(self, local_ids: np.ndarray) -> np.ndarray:
         table = np.array([ACTIVITY_ID[n] for n in self.names], dtype=np.int64)
         return table[np.asarray(local_ids, dtype=np.int64)]
+
+
+def encode_open(labels: LabelSpace, global_ids, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
+    """Global activity ids -> class indices of a head over ``labels`` with ``n_outputs``
+    outputs, and how many ids the head has no output for.
+
+    An id outside ``labels`` is not dropped: it gets its own index >= n_outputs, so the
+    window always counts as an error and its class enters the macro averages (recall 0).
+    """
+    ids = np.asarray(global_ids, np.int64)
+    n_outputs = labels.size if n_outputs is None else n_outputs
+    known = np.isin(ids, [ACTIVITY_ID[n] for n in labels.names])
+    out = np.empty(len(ids), np.int64)
+    out[known] = labels.encode(ids[known])
+    unknown = np.unique(ids[~known])
+    out[~known] = n_outputs + np.searchsorted(unknown, ids[~known])
+    return out, int((~known).sum())

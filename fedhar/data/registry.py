@@ -46,6 +46,9 @@ _READERS: dict[str, str | type[Reader]] = {
 _BUILTIN = tuple(_READERS)
 _entry_points_loaded = False
 
+#: datasets recorded from the same subjects: never pretrain on one and test on the other
+SAME_PEOPLE = ({"hapt", "uci-har"},)
+
 #: the reference paper's five datasets
 REFERENCE_FIVE = ("hhar", "motionsense", "realworld", "uci-har", "pamap2")
 
