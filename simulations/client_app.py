@@ -35,6 +35,7 @@ from fedhar.model import trainable_state_dict
 from simulations.config import FLConfig
 from simulations.export import save_local_parts
 from simulations.task import (
+    BACKBONE_KEY,
     add_base_deltas,
     build_model,
     client_data,
@@ -92,6 +93,9 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
         pid = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
+        sent_backbone = str(msg.content["config"].get(BACKBONE_KEY, ""))
+        if not cfg.backbone and sent_backbone and Path(sent_backbone).is_file():  # a by-hand `flwr run .`
+            cfg = replace(cfg, backbone=sent_backbone)  # no pretraining windows to load and hash per message
         data = load_client_data(cfg, pid)
         fed = federation(cfg)
         local_head = fed.head == "local"

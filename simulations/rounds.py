@@ -45,6 +45,7 @@ from flwr.supercore import log as flwr_log
 
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.task import BACKBONE_KEY
 
 CHECKPOINT = "checkpoint.pkl"
 CHECKPOINT_MAGIC = b"fedhar-checkpoint-1\n"  # then the SHA-256 of the pickle (32 bytes), then the pickle
@@ -206,7 +207,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         messages = []
         if chosen:
             with showing(strategy, len(chosen)):
-                messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), NodeView(grid, chosen)))
+                messages = list(strategy.configure_train(server_round, arrays, round_config(cfg), NodeView(grid, chosen)))
         # in partition order: aggregation sums in a fixed order, so reruns agree bit for bit
         pid_of = {n: p for p, n in members.node_of.items()}
         replies = sorted(exchange(grid, messages, cfg.round_timeout),
@@ -232,7 +233,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         _offline_rows(log, server_round, "evaluate", offline)
         if connected:
             with showing(strategy, len(connected)):
-                evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
+                evaluate = list(strategy.configure_evaluate(server_round, arrays, round_config(cfg),
                                                             NodeView(grid, connected)))
             replies = exchange(grid, evaluate, cfg.round_timeout)
             _timeout_rows(log, server_round, "evaluate", [m.metadata.dst_node_id for m in evaluate], replies,
@@ -292,6 +293,13 @@ def _send_and_receive(grid, messages: list[Message], timeout: float):
         if waiting:
             time.sleep(POLL_SECONDS)
     return replies
+
+
+def round_config(cfg) -> ConfigRecord:
+    """What every train / evaluate message carries besides the strategy's own keys: the
+    backbone the server uses, so a client whose run config names none (a by-hand
+    ``flwr run .``) loads it instead of looking for its cached pretraining on every message."""
+    return ConfigRecord({BACKBONE_KEY: str(cfg.backbone)})
 
 
 def _check_stop(server_round: int) -> None:

@@ -46,6 +46,7 @@ from strategies.registry import get_rule
 PRETRAIN_SEED_OFFSET = 1000  # the synthetic pretraining population is a different draw
 HELDOUT_SEED_OFFSET = 2000  # and so is the held-out synthetic population (heldout_data = synthetic)
 HEAD_PREFIX = "head."  # the classification head's tensors in trainable_state_dict
+BACKBONE_KEY = "backbone"  # in every train / evaluate message's config: the server's backbone
 
 
 def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> SyntheticConfig:
