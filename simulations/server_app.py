@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log as flwr_log
 
+from fedhar.blas_threads import limited_blas_threads
 from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
@@ -148,7 +149,11 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
                      f"{cfg.pretrain_epochs} epochs (cached for later runs; pass backbone=PATH to skip)")
-        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))
+            with limited_blas_threads(1):  # spinning OpenBLAS threads beside the clients' processes starve them
+                backbone = ensure_backbone(cfg)
+        else:
+            backbone = ensure_backbone(cfg)
+        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(backbone))
         log_info(f"backbone {cfg.backbone}; {len(fed.parts)} clients; strategy {cfg.strategy}")
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
         params = count_parameters(model)
