@@ -75,3 +75,27 @@ def test_a_federation_on_an_out_of_tree_dataset(tmp_path, monkeypatch):
     assert rounds["accuracy"].notna().all()
     config = json.loads((out / "config.json").read_text())
     assert config["label_space"] == ["walking", "juggling"] and config["config"]["readers"] == READER
+
+
+@pytest.mark.slow
+def test_ray_actors_resolve_an_out_of_tree_dataset_and_rule_from_the_run_config(tmp_path, monkeypatch):
+    """Nothing patched in this process reaches Ray's actors: they import the reader and the
+    rule named in the run config (the repository root on PYTHONPATH, as an installed package
+    would be)."""
+    from pathlib import Path
+
+    from simulations.run import run_inprocess
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    write_juggle(tmp_path / "data")
+    cfg = FLConfig(data="juggle", readers=READER, data_dir=str(tmp_path / "data"), partition="subject",
+                   strategy="tests.fixtures.my_rule:FrozenARule", pretrain_epochs=1, synthetic_domains=2,
+                   synthetic_subjects=3, rounds=1, batch_size=16, out_dir=str(tmp_path / "run"))
+    out = run_inprocess(cfg, engine="ray")
+    rounds, clients = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "clients.csv")
+    assert (rounds["clients_trained"] == 4).all() and (rounds["failed"] == 0).all()
+    # a client that had not frozen A would send it, and the server (no A in its arrays) reject it
+    assert (rounds["rejected"] == 0).all()
+    train = clients[clients["phase"] == "train"]
+    assert (train["bytes_sent"] == train["bytes_received"]).all()  # B and the head, both ways
