@@ -117,8 +117,13 @@ class FLConfig:
         from strategies.registry import get_rule  # imports the rule: a module:Class one must exist
 
         rule = get_rule(self.strategy)
-        for name in (*self.datasets, *self.heldout_datasets, *self.pretrain_datasets):
-            check_name("dataset", name, dataset_names())
+        for flag, names in (("data", self.datasets), ("heldout-data", self.heldout_datasets),
+                            ("pretrain-data", self.pretrain_datasets)):
+            for name in names:
+                try:
+                    check_name("dataset", name, dataset_names())
+                except FedharError as e:
+                    raise FedharError(f"--{flag}: {e}") from None
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
                      "server_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
                      "synthetic_subjects"):

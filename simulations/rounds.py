@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -308,13 +309,15 @@ def _check_stop(server_round: int) -> None:
 
 
 def client_reason(error: str) -> str:
-    """The client's own words in a failed reply, on one line: Flower wraps a ClientApp's
-    exception as ``<class '...ClientAppException'>:<'... Message: <what it raised>'>`` (on
-    Ray, after a traceback of the actor), which hides the reason behind 200 characters of
-    wrapping."""
+    """A failed reply's reason on one line, the client's own words first: Flower wraps a
+    ClientApp's exception as ``<class '...ClientAppException'>:<'... Message: <what it
+    raised>'>`` (on Ray, after a traceback of the actor), which hid the reason behind 200
+    characters of wrapping. Kept: the wrapper's class name, then the message."""
     marker = "Message: "
     if marker in error:
-        error = error[error.rindex(marker) + len(marker):].removesuffix("'>")
+        wrapper = re.match(r"<class '([^']+)'>", error)
+        name = wrapper.group(1).rsplit(".", 1)[-1] + ": " if wrapper else ""
+        error = name + error[error.rindex(marker) + len(marker):].removesuffix("'>")
     return " ".join(error.split())
 
 

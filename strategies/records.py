@@ -5,7 +5,7 @@ travel as ``<layer>.base_delta`` (d_out x d_in, float32; <layer> as in the LoRA 
 e.g. ``encoder.blocks.0.attn.q.base_delta``). The server keeps their running sum over
 rounds (``BaseDelta``), so a client that skipped rounds, or rebuilds its model on every
 call as the simulation does, still gets the whole update. Every client adds whatever
-base deltas arrive to its layers (``simulations.task.add_base_deltas``) and never sends
+base deltas arrive to its layers (``fedhar.model.base_delta.add_base_deltas``) and never sends
 them back.
 """
 

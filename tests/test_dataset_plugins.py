@@ -14,6 +14,12 @@ from tests.fixtures.my_dataset import JuggleReader, write_juggle
 READER = "tests.fixtures.my_dataset:JuggleReader"
 
 
+@pytest.fixture(autouse=True)
+def registry_restored(monkeypatch):
+    """Other tests' dataset lists stay fedhar's own (added activities stay: ids are append-only)."""
+    monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))
+
+
 def test_registering_a_reader_appends_its_new_activities_and_keeps_every_id():
     before = {name: labels.activity_id(name) for name in labels.ACTIVITIES}
     registry.load_readers(READER)
@@ -55,7 +61,8 @@ def test_a_failed_clients_own_reason_is_what_the_server_reports():
               "repr=<ClientAppActor object at 0x7f>)\n  File \"ray_actor.py\", line 65, in run\n"
               "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. Message: "
               "partition 0: could not load 'toy': FedharError: unknown dataset 'toy'; known: hapt'>")
-    assert client_reason(flower) == "partition 0: could not load 'toy': FedharError: unknown dataset 'toy'; known: hapt"
+    assert client_reason(flower) == ("RayTaskError(ClientAppException): partition 0: could not load 'toy': "
+                                     "FedharError: unknown dataset 'toy'; known: hapt")
     assert client_reason("no reply within\n 5 s") == "no reply within 5 s"
 
 
