@@ -72,7 +72,7 @@ State = Mapping[str, np.ndarray]
 DRIFT_COLUMNS = ("round", "partition_id", "client", "layer", "part",
                  "update_norm", "drift_norm", "rel_drift", "cosine")
 INEXACTNESS_COLUMNS = ("round", "layer", "clients", "inexactness")
-DELTA_SUFFIX = ".base_delta"  # as strategies.lora_strategies (dense base updates: not adapters)
+DELTA_SUFFIX = ".base_delta"  # as strategies.records (dense base updates: not adapters)
 
 
 def layer_factors(state: State) -> dict[str, dict[str, np.ndarray]]:
