@@ -5,7 +5,7 @@ shared by every client, or one dict per client (HetLoRA sends each node the glob
 truncated to its rank). ``states``: the clients' replies (only their LoRA tensors are
 read). ``weights``: their example counts, normalised here to p_k. A layer is a module with
 ``<layer>.lora_A.<adapter>.weight`` (A: r x d_in) and ``<layer>.lora_B.<adapter>.weight``
-(B: d_out x r), as in ``strategies.lora_math``; ``<layer>.base_delta`` tensors (dense base
+(B: d_out x r), as in ``fedhar.lora_math``; ``<layer>.base_delta`` tensors (dense base
 updates) and every other tensor are ignored.
 
 Scaling. peft's update of a layer is (alpha / r) B A. alpha is one number for all clients
@@ -65,14 +65,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 
 State = Mapping[str, np.ndarray]
 
 DRIFT_COLUMNS = ("round", "partition_id", "client", "layer", "part",
                  "update_norm", "drift_norm", "rel_drift", "cosine")
 INEXACTNESS_COLUMNS = ("round", "layer", "clients", "inexactness")
-DELTA_SUFFIX = ".base_delta"  # as strategies.lora_strategies (dense base updates: not adapters)
+DELTA_SUFFIX = ".base_delta"  # as strategies.records (dense base updates: not adapters)
 
 
 def layer_factors(state: State) -> dict[str, dict[str, np.ndarray]]:

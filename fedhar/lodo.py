@@ -33,15 +33,13 @@ import pandas as pd
 import torch
 
 from fedhar.data import LabelSpace, WindowSet, load
-from fedhar.data.registry import SYNTHETIC, get_reader
-from fedhar.data.splits import train_test
+from fedhar.data.registry import SAME_PEOPLE, SYNTHETIC, get_reader
+from fedhar.data.splits import lodo_split
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
 from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
-#: datasets recorded from the same subjects: never pretrain on one and test on the other
-SAME_PEOPLE = ({"hapt", "uci-har"},)
 #: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
 CONTAINS = {"hapt": "uci-har"}
 BACKBONES = ("none", "synthetic", "other", "other+synthetic")
@@ -213,7 +211,7 @@ def split_for(ws: WindowSet, name: str, run: dict, plan: LodoPlan):
         if not published:
             raise ValueError(f"{name} has no published split; use split='random'")
         test_subjects = {name: published}
-    return train_test(ws, test_fraction=1.0 - run["train_fraction"], seed=run["seed"], test_subjects=test_subjects)
+    return lodo_split(ws, run["train_fraction"], run["seed"], test_subjects)
 
 
 def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.DataFrame:

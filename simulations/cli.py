@@ -14,6 +14,8 @@ from simulations.config import FLConfig
 
 HELP = {
     "data": "datasets the clients hold, comma-separated",
+    "readers": "datasets from outside fedhar, registered in every process of the run: module:Class (a Reader), "
+    "module:function (registers them) or module, comma-separated (README: Add your own dataset)",
     "data_dir": "folder holding the datasets (default: the search path of `fedhar data list`)",
     "partition": "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)",
     "num_clients": "clients of a Dirichlet partition",
@@ -39,12 +41,11 @@ HELP = {
     "local_epochs": "epochs each client trains per round",
     "batch_size": "training batch size on each client",
     "lr": "client learning rate (AdamW)",
-    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (flora, hetlora)",
+    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (rules that aggregate different ranks: "
+    "flora, hetlora, flexlora, or a rule of your own)",
     "client_modes": "per-client modes by partition id, e.g. lora,qlora",
     "head": "shared (averaged), local (never leaves its client, sized to its labels) or auto "
     "(local when some client's training labels miss a class of the federation)",
-    "strategy": "aggregation rule (see README: fedavg = fedit, ffa, fedsa, fedex, flora, hetlora, fedprox, "
-    "and Flower's server optimisers)",
     "proximal_mu": "fedprox: weight of the proximal term",
     "server_lr": "fedadam, fedyogi, fedadagrad: the server step eta",
     "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
@@ -72,11 +73,32 @@ HELP = {
 def _choices() -> dict:
     """The enumerated fields and their names (also the did-you-mean vocabulary)."""
     from fedhar.data.registry import dataset_names
-    from simulations.config import ARMS, HEADS, MODES, NORMALISE, PARTITIONS, STRATEGY_NAMES
+    from simulations.config import ARMS, HEADS, MODES, NORMALISE, PARTITIONS
 
     return {"partition": PARTITIONS, "mode": MODES, "normalise": NORMALISE, "head": HEADS, "arm": ARMS,
-            "strategy": STRATEGY_NAMES, "data": dataset_names, "heldout_data": dataset_names,
-            "pretrain_data": dataset_names}
+            "data": dataset_names, "heldout_data": dataset_names, "pretrain_data": dataset_names}
+
+
+def strategy_help() -> str:
+    """--strategy's help: every named rule with its summary (strategies/registry.py)."""
+    from strategies.registry import describe
+
+    rules = "; ".join(f"{name}: {summary}" for name, summary in describe())
+    return f"aggregation rule, by name or as module:Class (a strategies.base.Rule subclass). {rules}"
+
+
+def strategy_name(text: str) -> str:
+    """An argparse type: a rule name or module:Class that resolves (did-you-mean otherwise)."""
+    from fedhar.errors import FedharError
+    from strategies.registry import check_strategy
+
+    try:
+        return check_strategy(text)
+    except FedharError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+strategy_name.__name__ = "strategy"  # argparse names the type in its own messages
 
 
 def add_config_options(parser) -> None:
@@ -84,11 +106,14 @@ def add_config_options(parser) -> None:
     choices = _choices()
     for f in fields(FLConfig):
         flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
+        if f.name == "strategy":
+            parser.add_argument(flag, type=strategy_name, default=f.default, metavar="NAME|MODULE:CLASS",
+                                help=strategy_help())
+        elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=HELP[f.name])
-        elif callable(choices.get(f.name)):  # dataset lists
-            parser.add_argument(flag, type=name_list("dataset", choices[f.name], as_text=True),
+        elif callable(choices.get(f.name)):  # dataset lists: checked by FLConfig, after --readers registered theirs
+            parser.add_argument(flag, type=name_list("dataset", None, as_text=True),
                                 default=f.default, metavar="NAME[,NAME...]", help=HELP[f.name])
         elif f.name in choices:
             parser.add_argument(flag, type=choice(f.name.replace("_", "-"), choices[f.name]),

@@ -9,13 +9,10 @@ SuperNode reads its own copy of the data). A data directory that is missing or c
 read fails that client's message with a FedharError naming the directory: the server
 records it as a failed client and the federation goes on.
 
-Per-strategy client behaviour (the server side is in strategies/lora_strategies.py):
-  ffa      A is frozen at its seeded init, identical on every client; only B and the head travel
-  fedsa    B stays on the client (kept in context.state); A and the head are averaged
-  fedex    the residual sum_k p_k B_k A_k - mean(B) mean(A) arrives as a dense base update
-  flora    fresh adapters every round; the stacked product arrives as a dense base update
-  hetlora  each client has its own rank; it truncates what the server sends to it
-  fedprox  a proximal term mu/2 ||w - w_global||^2 on the trainable tensors
+What a client does beyond FedAvg's load-train-send is its rule's (strategies/base.py:
+``prepare_model``, ``receive``, ``send``), looked up by ``--strategy``, which travels in the
+run config: this module knows no rule by name. Dense base updates (``<layer>.base_delta``,
+FedEx-LoRA, FLoRA) are added to the layers whatever the rule (strategies/records.py).
 
 Local heads (head = local, or auto with clients whose label sets differ): the head is
 sized to the client's own training classes, never travels (the server's arrays have no
@@ -38,6 +35,7 @@ from fedhar.model import trainable_state_dict
 from simulations.config import FLConfig
 from simulations.export import save_local_parts
 from simulations.task import (
+    BACKBONE_KEY,
     add_base_deltas,
     build_model,
     client_data,
@@ -48,10 +46,11 @@ from simulations.task import (
     load_partial,
     train_local,
 )
-from strategies.lora_math import adapter_part, adapter_ranks, hetlora_truncate
-from strategies.lora_strategies import DELTA_SUFFIX, is_delta_key
+from strategies.base import ClientSide
+from strategies.fedsa import LOCAL_B  # noqa: F401 (re-exported: tests read FedSA's store by this name)
+from strategies.records import DELTA_SUFFIX, is_delta_key
+from strategies.registry import get_rule
 
-LOCAL_B = "fedsa-local-b"
 LOCAL_HEAD = "local-head"
 
 
@@ -94,31 +93,31 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
         pid = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
+        sent_backbone = str(msg.content["config"].get(BACKBONE_KEY, ""))
+        if not cfg.backbone and sent_backbone and Path(sent_backbone).is_file():  # a by-hand `flwr run .`
+            cfg = replace(cfg, backbone=sent_backbone)  # no pretraining windows to load and hash per message
         data = load_client_data(cfg, pid)
         fed = federation(cfg)
         local_head = fed.head == "local"
-        seed = cfg.seed + server_round if cfg.strategy == "flora" else None  # FLoRA: fresh adapters
+        rule = get_rule(cfg.strategy)
+        client = ClientSide(cfg, pid, context.state)
+        seed = cfg.seed + server_round if rule.fresh_adapters else None
         model = build_model(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
                             head_classes=data.n_classes if local_head else None)
         arrays = msg.content["arrays"]
         incoming = {k: v.numpy() for k, v in arrays.items()}
         deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}
         state = {k: v for k, v in incoming.items() if not is_delta_key(k)}
-        if cfg.strategy == "hetlora":
-            mine = cfg.client_rank(pid)
-            if any(r > mine for r in adapter_ranks(state).values()):
-                state = hetlora_truncate(state, mine)
-        if cfg.strategy == "fedsa" and LOCAL_B in context.state:
-            state.update({k: v.numpy() for k, v in context.state[LOCAL_B].items()})
+        state = rule.receive(state, client)
         if local_head and LOCAL_HEAD in context.state:  # else: the fresh seeded head (first call)
             state.update({k: v.numpy() for k, v in context.state[LOCAL_HEAD].items()})
         load_partial(model, state)
         add_base_deltas(model, deltas)
-        return cfg, pid, server_round, data, model, _nbytes(arrays)
+        return cfg, pid, server_round, data, model, _nbytes(arrays), rule, client
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, pid, server_round, data, model, received = setup(msg, context)
+        cfg, pid, server_round, data, model, received, rule, client = setup(msg, context)
         fault = cfg.fault(pid, server_round)
         if fault == "raise":
             raise InjectedFailure(f"client {pid} fails in round {server_round} (inject-failure)")
@@ -130,10 +129,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         # between it and the global model the client evaluates after aggregation)
         metrics["local_accuracy"] = evaluate_local(model, data)["accuracy"]
         state = trainable_state_dict(model)
-        if cfg.strategy == "fedsa":
-            b = {k: v for k, v in state.items() if adapter_part(k) == "B"}
-            context.state[LOCAL_B] = ArrayRecord(b)
-            state = {k: v for k, v in state.items() if k not in b}  # B never leaves the client
+        state = rule.send(state, client)
         fed = federation(cfg)
         if fed.head == "local":
             head = {k: v for k, v in state.items() if is_head_key(k)}
@@ -150,7 +146,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        _, pid, _, data, model, received = setup(msg, context)
+        _, pid, _, data, model, received, _, _ = setup(msg, context)
         metrics = evaluate_local(model, data)
         metrics.update({"partition-id": pid, "bytes-received": received})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

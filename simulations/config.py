@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, fields
 
 from fedhar.errors import FedharError
 from fedhar.options import check_name, split_names
-from strategies.names import STRATEGY_NAMES
+from strategies.names import STRATEGY_NAMES  # noqa: F401 (the built-in names, for callers)
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
 MODES = ("full", "lora", "qlora")
@@ -64,6 +64,7 @@ class FLConfig:
     # data
     data: str = "synthetic"  # a dataset name, or several comma-separated
     data_dir: str = ""  # "" = the usual search path (fedhar data list)
+    readers: str = ""  # datasets from outside fedhar: module:Class | module:function | module, comma-separated
     partition: str = "dataset"  # one client per dataset | per subject | Dirichlet label skew
     num_clients: int = 8  # only for partition = dirichlet
     dirichlet_alpha: float = 0.5
@@ -113,13 +114,23 @@ class FLConfig:
 
     def validate(self) -> None:
         """Every option checked before any work starts; errors name the option (--flag)."""
-        from fedhar.data.registry import dataset_names
+        from fedhar.data.registry import dataset_names, load_readers
+
+        load_readers(self.readers)  # first: they add dataset names (every process that reads this config)
 
         for name, known in (("partition", PARTITIONS), ("mode", MODES), ("normalise", NORMALISE),
-                            ("head", HEADS), ("arm", ARMS), ("strategy", STRATEGY_NAMES)):
+                            ("head", HEADS), ("arm", ARMS)):
             check_name(name, getattr(self, name), known)
-        for name in (*self.datasets, *self.heldout_datasets, *self.pretrain_datasets):
-            check_name("dataset", name, dataset_names())
+        from strategies.registry import get_rule  # imports the rule: a module:Class one must exist
+
+        rule = get_rule(self.strategy)
+        for flag, names in (("data", self.datasets), ("heldout-data", self.heldout_datasets),
+                            ("pretrain-data", self.pretrain_datasets)):
+            for name in names:
+                try:
+                    check_name("dataset", name, dataset_names())
+                except FedharError as e:
+                    raise FedharError(f"--{flag}: {e}") from None
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
                      "server_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
                      "synthetic_subjects"):
@@ -144,12 +155,11 @@ class FLConfig:
             if not 1 <= rank <= MAX_RANK:
                 raise FedharError(f"--{'client-ranks' if rank != self.rank else 'rank'}: a LoRA rank must be in "
                                   f"1..{MAX_RANK} (the backbone's width), got {rank}")
-        if self.client_ranks:
-            from strategies import HETEROGENEOUS_RANKS
+        if self.client_ranks and not rule.heterogeneous_ranks:
+            from strategies.registry import heterogeneous_rank_names
 
-            if self.strategy not in HETEROGENEOUS_RANKS:
-                raise FedharError(f"--client-ranks needs a strategy that aggregates different ranks: "
-                                  f"{', '.join(HETEROGENEOUS_RANKS)} (got {self.strategy})")
+            raise FedharError(f"--client-ranks needs a strategy that aggregates different ranks: "
+                              f"{', '.join(heterogeneous_rank_names())} (got {self.strategy})")
         for mode in self.mode_list:
             if mode not in ("lora", "qlora"):
                 raise FedharError(f"--client-modes mixes lora and qlora clients, got {mode!r}")
@@ -199,7 +209,7 @@ class FLConfig:
         shared = sorted(set(pretrain) & set(self.datasets) - {SYNTHETIC})
         if shared:
             raise FedharError(f"--pretrain-data and --data share {shared}: the backbone would see test data")
-        from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+        from fedhar.data.registry import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
 
         for group in SAME_PEOPLE:
             if group & set(pretrain) and group & set(self.datasets):
@@ -218,7 +228,7 @@ class FLConfig:
             if shared:
                 raise FedharError(f"heldout-data and {what} share {shared}: held-out data must be unseen")
         if held:
-            from fedhar.lodo import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
+            from fedhar.data.registry import SAME_PEOPLE  # hapt and uci-har: the same 30 volunteers
 
             for group in SAME_PEOPLE:
                 if group & set(held) and group & (set(self.datasets) | set(pretrain)):

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +45,6 @@ from fedhar.interrupt import interrupt_on_sigterm
 from simulations.config import FLConfig
 from simulations.flwr_launch import (
     COMPLETED,
-    absolute_paths,
     app_environment,
     free_port,
     local_superlink,
@@ -56,6 +55,7 @@ from simulations.flwr_launch import (
     toml_value,
     write_run_config,
 )
+from simulations.startup import prepare_run
 
 CONNECTION = "fedhar-deploy"  # the Flower CLI connection name in <out-dir>/.flwr/config.toml
 FINISHED = "finished:"
@@ -290,16 +290,11 @@ def _signals_deferred():
 
 def prepare(cfg: FLConfig, n_nodes: int) -> FLConfig:
     """Absolute paths, the backbone pretrained (cached) here, and the node count checked."""
-    from simulations.out_dir import claim
-    from simulations.task import ensure_backbone, federation
-
-    cfg = absolute_paths(cfg)
-    claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
-    n_clients = len(federation(cfg).parts)
+    cfg, n_clients = prepare_run(cfg)
     if n_nodes != n_clients:
         raise FedharError(f"--nodes {n_nodes}: this configuration has {n_clients} clients "
                           f"({cfg.partition} partition of {cfg.data}); start one SuperNode per client")
-    return replace(cfg, backbone=str(ensure_backbone(cfg).resolve()))
+    return cfg
 
 
 def run_local(cfg: FLConfig, n_nodes: int, data_dirs: dict[int, str] | None = None, stream=None,

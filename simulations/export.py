@@ -31,7 +31,7 @@ MODEL_DIR = "model"
 def save_global_model(cfg, fed, arrays: dict[str, np.ndarray], out_dir: Path, server_round: int) -> Path:
     """Write OUT_DIR/model/ from the global arrays the clients would receive next."""
     from simulations.task import build_model, load_partial
-    from strategies.lora_strategies import DELTA_SUFFIX, is_delta_key
+    from strategies.records import DELTA_SUFFIX, is_delta_key
 
     model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
     load_partial(model, {k: v for k, v in arrays.items() if not is_delta_key(k)})

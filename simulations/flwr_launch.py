@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -35,6 +34,7 @@ import psutil
 from fedhar.data import paths
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.startup import prepare_run
 
 COMPLETED = "finished:completed"
 
@@ -64,14 +64,6 @@ def toml_value(value) -> str:
 def write_run_config(cfg: FLConfig, path: Path) -> Path:
     path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.to_run_config().items()))
     return path
-
-
-def absolute_paths(cfg: FLConfig) -> FLConfig:
-    """Every path the app reads or writes, made absolute against the caller's directory."""
-    out_dir = Path(cfg.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    return replace(cfg, out_dir=str(out_dir),
-                   data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "",
-                   backbone=str(Path(cfg.backbone).resolve()) if cfg.backbone else "")
 
 
 def app_environment(flwr_home: Path, http_port: int, control_port: int) -> dict:
@@ -182,14 +174,8 @@ def run_status(env: dict, run_id: str, connection: str | None = None) -> dict:
 def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
     """Run ``cfg`` through ``flwr run``; returns the out-dir, raises FedharError unless it completed."""
     stream = stream or sys.stdout
-    from simulations.out_dir import claim
-    from simulations.task import ensure_backbone, federation
-
-    cfg = absolute_paths(cfg)
+    cfg, n_clients = prepare_run(cfg)  # one simulated SuperNode per client; the backbone's path in the run config
     out_dir = Path(cfg.out_dir)
-    claim(out_dir, cfg.resume, cfg.overwrite)
-    n_clients = len(federation(cfg).parts)  # one simulated SuperNode per client
-    ensure_backbone(cfg)  # pretrain (cached) here, with progress on this terminal
     run_config = write_run_config(cfg, out_dir / "run_config.toml")
     flwr_home = out_dir / ".flwr"
     flwr_home.mkdir(exist_ok=True)

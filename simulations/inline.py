@@ -55,6 +55,26 @@ What differs, and what it cannot do:
 * ``timeout`` bounds a round only between calls; ``pull_messages`` delivers every pending
   message it is asked about, with no deadline.
 
+Why Flower internals (issue 11 asked for public APIs only). Flower 1.41's one public way to
+run a ServerApp with ClientApps in one program is ``flwr.simulation.run_simulation``, whose
+only backend is Ray (the ``ray`` engine of ``fedhar fl``): about 10 s to start, and it cannot
+run inside a Ray task (a sweep trial). The Message API (``flwr.app``, ``flwr.serverapp.Grid``)
+is public and is what this module implements; to behave exactly as Flower's engine does it
+reuses these non-public pieces instead of copying them:
+
+  ``flwr.clientapp.client_app.ClientAppException``  the exception class whose ``str(type(e))``
+        Flower's error replies carry (tables and tests match on it)
+  ``flwr.common.constant``  the node-config keys (partition-id, num-partitions), the
+        SuperLink's node id and ``ErrorCode``
+  ``flwr.server.superlink.linkstate.utils.create_message_error_unavailable_ins_message``
+        the reply Flower gives for an unknown or expired message id
+  ``flwr.server.utils.validator.validate_message``  the LinkState's checks of messages and replies
+  ``flwr.supercore.run.Run``, ``flwr.supercore.task_identity.TaskIdentity``,
+  ``flwr.supercore.date.now``  the run and the identity a ServerApp needs to build messages
+  ``metadata.__dict__["_message_id"]``  Message ids are set by the LinkState (no public setter)
+tests/test_fl_inline.py pins each behaviour against Flower's, so an upgrade of Flower that
+moves one of them fails there, not silently.
+
 Memory: per node only its ``Context`` (node_config, ``state``; ``run_config`` is one dict
 shared by all nodes). Messages are held only between push and pull; a model exists only
 while a ClientApp call builds it.

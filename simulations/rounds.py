@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from flwr.supercore import log as flwr_log
 
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.task import BACKBONE_KEY
 
 CHECKPOINT = "checkpoint.pkl"
 CHECKPOINT_MAGIC = b"fedhar-checkpoint-1\n"  # then the SHA-256 of the pickle (32 bytes), then the pickle
@@ -206,7 +208,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         messages = []
         if chosen:
             with showing(strategy, len(chosen)):
-                messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), NodeView(grid, chosen)))
+                messages = list(strategy.configure_train(server_round, arrays, round_config(cfg), NodeView(grid, chosen)))
         # in partition order: aggregation sums in a fixed order, so reruns agree bit for bit
         pid_of = {n: p for p, n in members.node_of.items()}
         replies = sorted(exchange(grid, messages, cfg.round_timeout),
@@ -232,7 +234,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         _offline_rows(log, server_round, "evaluate", offline)
         if connected:
             with showing(strategy, len(connected)):
-                evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
+                evaluate = list(strategy.configure_evaluate(server_round, arrays, round_config(cfg),
                                                             NodeView(grid, connected)))
             replies = exchange(grid, evaluate, cfg.round_timeout)
             _timeout_rows(log, server_round, "evaluate", [m.metadata.dst_node_id for m in evaluate], replies,
@@ -294,9 +296,29 @@ def _send_and_receive(grid, messages: list[Message], timeout: float):
     return replies
 
 
+def round_config(cfg) -> ConfigRecord:
+    """What every train / evaluate message carries besides the strategy's own keys: the
+    backbone the server uses, so a client whose run config names none (a by-hand
+    ``flwr run .``) loads it instead of looking for its cached pretraining on every message."""
+    return ConfigRecord({BACKBONE_KEY: str(cfg.backbone)})
+
+
 def _check_stop(server_round: int) -> None:
     if STOP.is_set():
         raise RunStopped(f"stopped in round {server_round}; the checkpoint holds the rounds before it")
+
+
+def client_reason(error: str) -> str:
+    """A failed reply's reason on one line, the client's own words first: Flower wraps a
+    ClientApp's exception as ``<class '...ClientAppException'>:<'... Message: <what it
+    raised>'>`` (on Ray, after a traceback of the actor), which hid the reason behind 200
+    characters of wrapping. Kept: the wrapper's class name, then the message."""
+    marker = "Message: "
+    if marker in error:
+        wrapper = re.match(r"<class '([^']+)'>", error)
+        name = wrapper.group(1).rsplit(".", 1)[-1] + ": " if wrapper else ""
+        error = name + error[error.rindex(marker) + len(marker):].removesuffix("'>")
+    return " ".join(error.split())
 
 
 def _check_trained(log, server_round: int) -> None:
@@ -305,7 +327,7 @@ def _check_trained(log, server_round: int) -> None:
     if any(r.get("phase") == "train" and r.get("status") in ("ok", "not aggregated") for r in rows):
         return
     log.flush()  # clients.csv keeps this round's failure rows for diagnosis
-    reasons = sorted({" ".join(str(r.get("error") or r.get("status")).split())  # one line each
+    reasons = sorted({client_reason(str(r.get("error") or r.get("status")))
                       for r in rows if r.get("phase") == "train"})
     shown = "; ".join(reason[:200] for reason in reasons[:3]) or "no client was sampled or connected"
     raise RunFailed(f"round {server_round}: no client trained ({shown}); the checkpoint holds the rounds "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +22,7 @@ import pandas as pd
 from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.server_app import default_out_dir
+from simulations.startup import prepare_run
 
 ENGINES = ("ray", "inline")
 
@@ -40,16 +39,10 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
     from simulations.client_app import build_client_app
-    from simulations.out_dir import claim
     from simulations.server_app import build_server_app
-    from simulations.task import ensure_backbone, federation
 
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
-    claim(out_dir, cfg.resume, cfg.overwrite)
-    cfg = replace(cfg, out_dir=str(out_dir.resolve()))
-    # prepare the data (its checks are quick), then pretrain (or find) the backbone, before clients start
-    n_clients = len(federation(cfg).parts)
-    cfg = replace(cfg, backbone=str(ensure_backbone(cfg).resolve()))
+    cfg, n_clients = prepare_run(cfg)
+    out_dir = Path(cfg.out_dir)
     if cfg.arm == "local":  # nothing is aggregated: no Flower run (simulations/local_only.py)
         from simulations.local_only import run_local_only
 

@@ -10,7 +10,6 @@ evaluations, phases "server" and "heldout", see simulations/server_eval.py),
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from logging import INFO
 from pathlib import Path
@@ -21,6 +20,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log as flwr_log
 
+from fedhar.blas_threads import limited_blas_threads
 from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
@@ -31,15 +31,12 @@ from simulations.out_dir import claim
 from simulations.progress import RoundProgress
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
 from simulations.server_eval import ServerEvaluator
+from simulations.startup import default_out_dir
 from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
 from simulations.tracking import tracker_for
-from strategies import RoundLog, make_strategy, strategy_options
+from strategies import RoundLog, get_rule, make_strategy
 
 REPLY_COLUMNS = ("num_examples", "train_loss", "accuracy", "macro_f1", "bytes_sent", "bytes_received")
-
-
-def default_out_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _weighted(rows: pd.DataFrame, column: str) -> float:
@@ -149,14 +146,21 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         claim(out_dir, cfg.resume, cfg.overwrite)  # (the runners did already; a by-hand `flwr run` not)
         fed = federation(cfg)
-        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(ensure_backbone(cfg)))
+        if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
+            log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
+                     f"{cfg.pretrain_epochs} epochs (cached for later runs; pass backbone=PATH to skip)")
+            with limited_blas_threads(1):  # spinning OpenBLAS threads beside the clients' processes starve them
+                backbone = ensure_backbone(cfg)
+        else:
+            backbone = ensure_backbone(cfg)
+        cfg = replace(cfg, out_dir=str(out_dir), backbone=str(backbone))
+        log_info(f"backbone {cfg.backbone}; {len(fed.parts)} clients; strategy {cfg.strategy}")
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
         params = count_parameters(model)
         n_clients = len(fed.parts)
         n_train = max(1, int(round(cfg.fraction_train * n_clients)))
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
-        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **strategy_options(
-            cfg.strategy, cfg.lora_alpha, cfg.max_rank, cfg.proximal_mu, cfg.server_lr, cfg.server_momentum))
+        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
         initial = trainable_state_dict(model)
         if fed.head == "local":  # local heads never travel: the global model has none
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}

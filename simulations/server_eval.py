@@ -58,7 +58,7 @@ from simulations.task import (
     load_windows,
     server_test_mask,
 )
-from strategies.lora_strategies import DELTA_SUFFIX, is_delta_key
+from strategies.records import DELTA_SUFFIX, is_delta_key
 
 
 @dataclass

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedhar.data import LabelSpace, WindowSet, load
-from fedhar.data.labels import ACTIVITY_ID
+from fedhar.data.labels import encode_open  # noqa: F401 (used here and by the apps)
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
-from fedhar.data.splits import Normaliser, split_subjects
+from fedhar.data.registry import load_readers
+from fedhar.data.splits import Normaliser, lodo_split, split_subjects
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
 from fedhar.model import (
@@ -36,14 +36,17 @@ from fedhar.model import (
     prepare_for_finetune,
     trainable_state_dict,
 )
+from fedhar.model.base_delta import add_base_deltas  # noqa: F401 (the ClientApp's, from here)
 from fedhar.model.checkpoint import load_mae
 from fedhar.model.head import ClassificationHead
 from fedhar.pretrain import PretrainConfig, pretrain
 from simulations.config import FLConfig
+from strategies.registry import get_rule
 
 PRETRAIN_SEED_OFFSET = 1000  # the synthetic pretraining population is a different draw
 HELDOUT_SEED_OFFSET = 2000  # and so is the held-out synthetic population (heldout_data = synthetic)
 HEAD_PREFIX = "head."  # the classification head's tensors in trainable_state_dict
+BACKBONE_KEY = "backbone"  # in every train / evaluate message's config: the server's backbone
 
 
 def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> SyntheticConfig:
@@ -52,6 +55,7 @@ def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = F
 
 
 def load_windows(datasets: list[str], cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> WindowSet:
+    load_readers(cfg.readers)  # an unpickled FLConfig (a Ray actor's) was never validated: register them here
     parts = []
     for name in datasets:
         synth = synthetic_config(cfg, pretraining, heldout) if name == "synthetic" else None
@@ -66,41 +70,18 @@ def is_head_key(key: str) -> bool:
 def server_test_mask(ws: WindowSet, test_fraction: float, seed: int) -> np.ndarray:
     """Which windows are the test subjects of the centralised LODO baseline, per dataset.
 
-    The very call ``fedhar.lodo`` makes for a held-out dataset with train fraction
-    1 - test_fraction and this seed (``split_for``, random split). Not
-    ``subject_split(ws, test_fraction)``: LODO passes ``1 - train_fraction``, and
-    ``1 - 0.7 = 0.30000000000000004`` rounds differently from 0.3 for 15 subjects
-    (RealWorld): 5 test subjects, not 4.
+    The very split ``fedhar.lodo`` makes for a held-out dataset with train fraction
+    1 - test_fraction and this seed (``fedhar.data.splits.lodo_split``, random split).
     """
-    from fedhar.lodo import LodoPlan, split_for
-
     is_test = np.zeros(len(ws), bool)
     for name in ws.datasets():
         in_ds = ws.dataset == name
-        run = {"train_fraction": 1.0 - test_fraction, "seed": seed}
         try:
-            _, test, _ = split_for(ws.subset(in_ds), name, run, LodoPlan(datasets=(name,), split="random"))
+            _, test, _ = lodo_split(ws.subset(in_ds), 1.0 - test_fraction, seed)
         except ValueError as e:
             raise FedharError(f"{name}: cannot hold out test subjects on the server: {e}") from None
         is_test |= in_ds & np.isin(ws.subject, np.unique(test.subject))
     return is_test
-
-
-def encode_open(labels: LabelSpace, global_ids, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
-    """Global activity ids -> class indices of a head over ``labels`` with ``n_outputs``
-    outputs, and how many ids the head has no output for.
-
-    An id outside ``labels`` is not dropped: it gets its own index >= n_outputs, so the
-    window always counts as an error and its class enters the macro averages (recall 0).
-    """
-    ids = np.asarray(global_ids, np.int64)
-    n_outputs = labels.size if n_outputs is None else n_outputs
-    known = np.isin(ids, [ACTIVITY_ID[n] for n in labels.names])
-    out = np.empty(len(ids), np.int64)
-    out[known] = labels.encode(ids[known])
-    unknown = np.unique(ids[~known])
-    out[~known] = n_outputs + np.searchsorted(unknown, ids[~known])
-    return out, int((~known).sum())
 
 
 def head_size(labels: LabelSpace) -> int:
@@ -285,10 +266,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
     if head_classes is not None and head_classes != n_classes:
         torch.manual_seed((cfg.seed if seed is None else seed) + 1)
         model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old
-    if cfg.strategy == "ffa":  # FFA-LoRA: A stays at its shared random init and never travels
-        for name, p in model.named_parameters():
-            if ".lora_A." in name:
-                p.requires_grad = False
+    get_rule(cfg.strategy).prepare_model(model)  # what the rule freezes (FFA-LoRA: A) never travels
     return model
 
 
@@ -301,17 +279,6 @@ def load_partial(model: Classifier, state: dict[str, np.ndarray]) -> None:
         raise KeyError(f"the server sent tensors this client does not have: {unknown[:5]}")
     merged = {k: (torch.from_numpy(np.asarray(state[k])).to(v.dtype) if k in state else v) for k, v in own.items()}
     load_trainable_state_dict(model, merged)
-
-
-def add_base_deltas(model: Classifier, deltas: dict[str, np.ndarray]) -> None:
-    """FedEx / FLoRA: add each layer's dense update as x @ delta.T beside the frozen weight.
-
-    The update lives in its own float32 tensor: folded into 4-bit NF4 weights it would be
-    rounded away (dequantise -> add -> requantise erases small updates)."""
-    for layer, delta in deltas.items():
-        weight = torch.from_numpy(np.asarray(delta, dtype=np.float32))
-        module = model.get_submodule(layer)
-        module.register_forward_hook(lambda m, inputs, out, w=weight: out + F.linear(inputs[0], w))
 
 
 def train_local(model: Classifier, data: ClientData, cfg: FLConfig, seed: int, proximal_mu: float = 0.0) -> dict:

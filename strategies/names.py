@@ -1,5 +1,6 @@
-"""The strategy names fedhar accepts, importable without Flower (the command line lists them
-in its help; strategies.STRATEGIES maps each to its class, and a test keeps the two equal)."""
+"""The built-in strategy names, in the registry's order (strategies/registry.py is the one
+table; ``--strategy`` also accepts entry-point rules and ``module:Class``)."""
 
-STRATEGY_NAMES = ("fedavg", "fedit", "ffa", "fedsa", "fedex", "flora", "hetlora", "fedprox", "fedavgm", "fedadam",
-                  "fedyogi", "fedadagrad")
+from strategies.registry import BUILTIN
+
+STRATEGY_NAMES = tuple(BUILTIN)

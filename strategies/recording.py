@@ -27,8 +27,8 @@ from pathlib import Path
 from flwr.app import Message
 from flwr.supercore import log as flwr_log
 
-from strategies import lora_math as lm
-from strategies.lora_strategies import FLoRA
+from fedhar import lora_math as lm
+from fedhar.drift import DRIFT_COLUMNS, INEXACTNESS_COLUMNS, drift_tables
 
 DRIFT_CSV = "drift.csv"
 INEXACTNESS_CSV = "inexactness.csv"
@@ -161,9 +161,6 @@ def recording(strategy_cls: type) -> type:
             self._drift_sent: dict[int, dict] = {}  # node id -> what configure_train sent it
 
         def configure_train(self, server_round: int, arrays, config, grid):
-            # imported here: fedhar.drift imports strategies.lora_math, whose package imports this module
-            from fedhar.drift import DRIFT_COLUMNS, INEXACTNESS_COLUMNS
-
             try:
                 self.log.start_tables({DRIFT_CSV: DRIFT_COLUMNS, INEXACTNESS_CSV: INEXACTNESS_COLUMNS},
                                       server_round)
@@ -196,8 +193,6 @@ def recording(strategy_cls: type) -> type:
 
         def _record_drift(self, server_round: int, replies: list[Message], rejected, sent: dict) -> None:
             """drift.csv and inexactness.csv rows for the accepted replies of the nodes sent to."""
-            from fedhar.drift import DRIFT_COLUMNS, INEXACTNESS_COLUMNS, drift_tables
-
             if not sent:
                 return
             key = getattr(self, "arrayrecord_key", "arrays")
@@ -226,7 +221,7 @@ def recording(strategy_cls: type) -> type:
             if not states:
                 return
             drift, inexact = drift_tables(server_round, given, states, weights, partition_ids=pids,
-                                          client_names=names, fresh_adapters=isinstance(self, FLoRA))
+                                          client_names=names, fresh_adapters=getattr(self, "fresh_adapters", False))
             if drift:
                 self.log.append_table(DRIFT_CSV, drift, DRIFT_COLUMNS)
             if inexact:

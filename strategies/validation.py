@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.supercore import log
 
-from strategies import lora_math as lm
+from fedhar import lora_math as lm
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

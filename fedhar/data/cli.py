@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from fedhar.data import paths
-from fedhar.data.labels import ACTIVITIES
+from fedhar.data.labels import activities
 from fedhar.data.loading import Prepared, find_dataset, load
-from fedhar.data.registry import SYNTHETIC, dataset_names, get_reader, reader_names
+from fedhar.data.registry import SYNTHETIC, builtin_reader_names, dataset_names, get_reader, reader_names
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
@@ -53,8 +53,8 @@ def register(commands) -> None:
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("download", help="fetch a dataset from its canonical source, verify and unpack it")
-    p.add_argument("name", metavar="DATASET", type=choice("downloadable dataset", reader_names),
-                   help=f"one of: {', '.join(reader_names())}")
+    p.add_argument("name", metavar="DATASET", type=choice("downloadable dataset", builtin_reader_names),
+                   help=f"one of: {', '.join(builtin_reader_names())}")
     p.add_argument("--dest", type=Path, help=f"folder to unpack into (default {paths.download_dir()})")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
     p.set_defaults(run=cmd_download)
@@ -115,9 +115,9 @@ def cmd_list(args) -> int:
 def counts_table(prepared: Prepared) -> pd.DataFrame:
     ws = prepared.windows
     df = pd.DataFrame({"subject": ws.subject_keys() if len(ws.datasets()) > 1 else ws.subject,
-                       "activity": np.asarray(ACTIVITIES)[ws.y]})
+                       "activity": np.asarray(activities())[ws.y]})
     table = pd.crosstab(df["subject"], df["activity"], margins=True, margins_name="total")
-    ordered = [a for a in ACTIVITIES if a in table.columns] + ["total"]
+    ordered = [a for a in activities() if a in table.columns] + ["total"]
     return table[ordered]
 
 

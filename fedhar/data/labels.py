@@ -12,6 +12,11 @@ bed) = lying. Kept apart on purpose so USC-HAD's own 12-class task survives: its
 left / right (walking while turning left / right) and elevator up / down
 (standing in a moving lift), appended as walking_left, walking_right, elevator_up,
 elevator_down; its walking forward is walking.
+
+Datasets from outside the package may bring activities of their own
+(``fedhar.data.registry.register_reader``): ``add_activities`` appends them after the
+built-in ones, in the order the readers are registered, so no existing id ever changes.
+``activities()`` is the whole label space; ``ACTIVITIES`` stays the built-in part.
 """
 
 from __future__ import annotations
@@ -46,27 +51,50 @@ ACTIVITIES: tuple[str, ...] = (
     "elevator_up",
     "elevator_down",
 )
-ACTIVITY_ID: dict[str, int] = {name: i for i, name in enumerate(ACTIVITIES)}
+ACTIVITY_ID: dict[str, int] = {name: i for i, name in enumerate(ACTIVITIES)}  # grows in place
 UNLABELLED = -1
+_ALL: list[str] = list(ACTIVITIES)  # the built-in activities, then those readers added
+
+
+def activities() -> tuple[str, ...]:
+    """Every activity name, by id: the built-in ones, then those registered readers added."""
+    return tuple(_ALL)
+
+
+def add_activities(names) -> list[str]:
+    """Append the names not known yet (append-only: existing ids never change); returns them.
+
+    Ids of added names depend on the order of registration, which every process of a run
+    repeats (the run config names the readers in order): window caches key on them."""
+    added = []
+    for name in names:
+        if name is None or name in ACTIVITY_ID:
+            continue
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(f"an activity name must be a non-empty string without outer spaces, got {name!r}")
+        ACTIVITY_ID[name] = len(_ALL)
+        _ALL.append(name)
+        added.append(name)
+    return added
 
 
 def activity_id(name: str) -> int:
     try:
         return ACTIVITY_ID[name]
     except KeyError:
-        raise KeyError(f"unknown activity {name!r}; known: {', '.join(ACTIVITIES)}") from None
+        raise KeyError(f"unknown activity {name!r}; known: {', '.join(_ALL)}") from None
 
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """A contiguous re-indexing of a subset of ACTIVITIES, for a classifier head."""
+    """A contiguous re-indexing of a subset of ``activities()``, for a classifier head."""
 
     names: tuple[str, ...]
 
     @classmethod
     def from_ids(cls, ids) -> LabelSpace:
         present = sorted({int(i) for i in np.asarray(ids).ravel() if i != UNLABELLED})
-        return cls(tuple(ACTIVITIES[i] for i in present))
+        return cls(tuple(_ALL[i] for i in present))
 
     @property
     def size(self) -> int:
@@ -74,15 +102,32 @@ class LabelSpace:
 
     def encode(self, global_ids: np.ndarray) -> np.ndarray:
         """Global activity ids -> 0..size-1. Raises on an id outside the space."""
-        lookup = np.full(len(ACTIVITIES), -1, dtype=np.int64)
+        lookup = np.full(len(_ALL), -1, dtype=np.int64)
         for j, name in enumerate(self.names):
             lookup[ACTIVITY_ID[name]] = j
         out = lookup[np.asarray(global_ids, dtype=np.int64)]
         if (out < 0).any():
-            bad = sorted({ACTIVITIES[i] for i in np.asarray(global_ids)[out < 0]})
+            bad = sorted({_ALL[i] for i in np.asarray(global_ids)[out < 0]})
             raise ValueError(f"activities {bad} are not in this label space {self.names}")
         return out
 
     def decode(self, local_ids: np.ndarray) -> np.ndarray:
         table = np.array([ACTIVITY_ID[n] for n in self.names], dtype=np.int64)
         return table[np.asarray(local_ids, dtype=np.int64)]
+
+
+def encode_open(labels: LabelSpace, global_ids, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
+    """Global activity ids -> class indices of a head over ``labels`` with ``n_outputs``
+    outputs, and how many ids the head has no output for.
+
+    An id outside ``labels`` is not dropped: it gets its own index >= n_outputs, so the
+    window always counts as an error and its class enters the macro averages (recall 0).
+    """
+    ids = np.asarray(global_ids, np.int64)
+    n_outputs = labels.size if n_outputs is None else n_outputs
+    known = np.isin(ids, [ACTIVITY_ID[n] for n in labels.names])
+    out = np.empty(len(ids), np.int64)
+    out[known] = labels.encode(ids[known])
+    unknown = np.unique(ids[~known])
+    out[~known] = n_outputs + np.searchsorted(unknown, ids[~known])
+    return out, int((~known).sum())

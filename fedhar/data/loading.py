@@ -27,6 +27,7 @@ import numpy as np
 
 from fedhar.data import paths
 from fedhar.data.harmonise import WindowConfig, harmonise
+from fedhar.data.labels import ACTIVITIES, ACTIVITY_ID
 from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.schema import PrepareReport, WindowSet
 from fedhar.errors import DataFormatError, DatasetNotFoundError, FedharError
@@ -205,6 +206,9 @@ def load(
             "root": str(root.resolve()),
             "files": _files_fingerprint(root, files),
         }
+        added = {a: ACTIVITY_ID[a] for a in reader.label_map.values() if a is not None and a not in ACTIVITIES}
+        if added:  # ids of activities a registered reader brought: they depend on registration order
+            key_parts["activity_ids"] = added
 
         def prepare():
             report = PrepareReport(dataset=name)

@@ -1,15 +1,40 @@
-"""The datasets fedhar knows, by name."""
+"""The datasets fedhar knows, by name, and how a dataset from outside the package joins them.
+
+A dataset is one reader module (a ``fedhar.data.readers.base.Reader`` subclass). Three ways
+to add one, all ending in ``register_reader``:
+
+  * ``register_reader("mine", MyReader)`` in your own code (this process only);
+  * the run-config key ``readers`` (``fedhar fl --readers mypkg.har:MyReader``): every
+    process of a run (server, Ray actors, SuperNodes) imports it from the run config, so
+    the clients know the dataset too. An item is ``module:Class`` (a Reader, registered
+    under its ``name``), ``module:function`` (called; it registers) or ``module``
+    (imported; registering at import);
+  * an entry point of an installed package, group ``fedhar.datasets``
+    (``[project.entry-points."fedhar.datasets"] mine = "mypkg.har:MyReader"``), registered
+    on first use, in name order.
+
+Activities a reader's ``label_map`` names that fedhar does not know are appended to the
+union label space (``fedhar.data.labels.add_activities``): existing ids never change.
+"""
 
 from __future__ import annotations
 
 import importlib
+import re
+import sys
+from importlib.metadata import entry_points
 
+from fedhar.data.labels import add_activities
 from fedhar.data.readers.base import Reader
+from fedhar.errors import FedharError
 
 SYNTHETIC = "synthetic"
+ENTRY_POINT_GROUP = "fedhar.datasets"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # no ',' '+' ':' (list and module:name separators)
 
-# name -> "module:Class"; imported lazily so one broken reader cannot break the others.
-_READERS = {
+# name -> "module:Class" (imported lazily, so one broken reader cannot break the others) or
+# a Reader subclass (registered at run time)
+_READERS: dict[str, str | type[Reader]] = {
     "uci-har": "fedhar.data.readers.uci_har:UciHarReader",
     "hapt": "fedhar.data.readers.hapt:HaptReader",
     "motionsense": "fedhar.data.readers.motionsense:MotionSenseReader",
@@ -18,22 +43,101 @@ _READERS = {
     "pamap2": "fedhar.data.readers.pamap2:Pamap2Reader",
     "usc-had": "fedhar.data.readers.usc_had:UscHadReader",
 }
+_BUILTIN = tuple(_READERS)
+_entry_points_loaded = False
+
+#: datasets recorded from the same subjects: never pretrain on one and test on the other
+SAME_PEOPLE = ({"hapt", "uci-har"},)
 
 #: the reference paper's five datasets
 REFERENCE_FIVE = ("hhar", "motionsense", "realworld", "uci-har", "pamap2")
 
 
+def _import(target: str, what: str):
+    """The object ``module:attr`` names (or the module), with an error saying what failed."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise FedharError(f"{what} {target!r}: cannot import module {module_name!r} ({e}); it must be importable "
+                          f"wherever the run's processes start (installed, or on PYTHONPATH)") from None
+    if not attr:
+        return module
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise FedharError(f"{what} {target!r}: module {module_name!r} ({module.__file__}) has no {attr!r}") from None
+
+
+def register_reader(name: str, reader: str | type[Reader], activities=None) -> None:
+    """Make dataset ``name`` loadable: ``reader`` is a Reader subclass or "module:Class".
+
+    activities: activity names to add to the label space, in this order; default: the
+    names the reader's ``label_map`` maps to (None, "dropped", excluded). Registering the
+    same reader again is a no-op; another reader under a taken name is an error.
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or name == SYNTHETIC:
+        raise FedharError(f"dataset name {name!r}: use lower-case letters, digits, '-', '_' or '.', "
+                          f"and not {SYNTHETIC!r}")
+    cls = _import(reader, "reader") if isinstance(reader, str) else reader
+    if not (isinstance(cls, type) and issubclass(cls, Reader)):
+        raise FedharError(f"dataset {name!r}: {reader!r} is not a subclass of fedhar.data.readers.base.Reader")
+    known = _READERS.get(name)
+    if known is not None and known is not cls and known != f"{cls.__module__}:{cls.__qualname__}":
+        raise FedharError(f"dataset {name!r} is already registered ({known}); choose another name")
+    if activities is None:
+        activities = list(dict.fromkeys(v for v in getattr(cls, "label_map", {}).values() if v is not None))
+    try:
+        add_activities(activities)
+    except ValueError as e:
+        raise FedharError(f"dataset {name!r}: {e}") from None
+    _READERS[name] = cls
+
+
+def load_readers(spec: str) -> None:
+    """The run config's ``readers``: comma-separated ``module:Class`` | ``module:function`` |
+    ``module``, registered in order (see the module docstring). Idempotent."""
+    for item in (part.strip() for part in (spec or "").split(",")):
+        if not item:
+            continue
+        obj = _import(item, "readers")
+        if isinstance(obj, type) and issubclass(obj, Reader):
+            register_reader(getattr(obj, "name", ""), obj)
+        elif callable(obj) and not isinstance(obj, type):
+            obj()
+        elif ":" in item:
+            raise FedharError(f"readers {item!r}: neither a Reader subclass nor a function")
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        try:
+            register_reader(ep.name, ep.value)
+        except FedharError as e:  # one broken plugin must not hide every other dataset
+            print(f"fedhar: dataset entry point {ep.name} = {ep.value} ignored: {e}", file=sys.stderr)
+
+
 def reader_names() -> list[str]:
+    _load_entry_points()
     return list(_READERS)
 
 
+def builtin_reader_names() -> list[str]:
+    """The datasets fedhar itself reads (and can download)."""
+    return list(_BUILTIN)
+
+
 def dataset_names() -> list[str]:
-    return [*_READERS, SYNTHETIC]
+    return [*reader_names(), SYNTHETIC]
 
 
 def get_reader(name: str) -> Reader:
     from fedhar.options import check_name
 
     target = _READERS[check_name("dataset", name, reader_names())]
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)()
+    cls = _import(target, "reader") if isinstance(target, str) else target
+    return cls()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedhar.data.labels import ACTIVITIES, UNLABELLED
+from fedhar.data.labels import UNLABELLED, activities
 
 CHANNELS: tuple[str, ...] = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
 CHANNEL_UNITS: tuple[str, ...] = ("m/s^2",) * 3 + ("rad/s",) * 3
@@ -150,4 +150,4 @@ class WindowSet:
 
     def class_counts(self) -> dict[str, int]:
         ids, counts = np.unique(self.y, return_counts=True)
-        return {ACTIVITIES[i]: int(c) for i, c in zip(ids, counts)}
+        return {activities()[i]: int(c) for i, c in zip(ids, counts)}

@@ -96,3 +96,12 @@ def train_test(
     train, test = subject_split(ws, test_fraction, seed, test_subjects)
     norm = Normaliser.fit(train)
     return norm.apply(train), norm.apply(test), norm
+
+
+def lodo_split(ws: WindowSet, train_fraction: float, seed: int, test_subjects=None
+               ) -> tuple[WindowSet, WindowSet, Normaliser]:
+    """The centralised LODO split of one dataset (fedhar.lodo), also what a federated server
+    holds out to compare with it: ``train_test`` with test fraction ``1 - train_fraction``,
+    computed so, because ``1 - 0.7 = 0.30000000000000004`` rounds differently from 0.3 for
+    15 subjects (RealWorld): 5 test subjects, not 4."""
+    return train_test(ws, test_fraction=1.0 - train_fraction, seed=seed, test_subjects=test_subjects)

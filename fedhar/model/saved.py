@@ -69,8 +69,8 @@ def load_model(model_dir: str | Path, client: str | None = None):
     files; ``client`` adds that client's local parts (needed where heads are local)."""
     from fedhar.model import Classifier
     from fedhar.model.adapters import prepare_for_finetune
+    from fedhar.model.base_delta import add_base_deltas  # FedEx / FLoRA dense updates (simulations/export.py)
     from fedhar.model.checkpoint import load_mae
-    from simulations.task import add_base_deltas  # FedEx / FLoRA dense updates (simulations/export.py)
 
     model_dir = Path(model_dir)
     if not (model_dir / META).exists():
@@ -130,9 +130,9 @@ def score(model_dir: str | Path, data: str, data_dir: str | Path | None = None, 
     each dataset z-normalised with its own statistics. A window whose activity the head has
     no output for counts as an error (``out_of_space``), never dropped."""
     from fedhar.data import LabelSpace, load
+    from fedhar.data.labels import encode_open  # an unknown activity counts as an error
     from fedhar.data.splits import Normaliser
     from fedhar.model import evaluate
-    from simulations.task import encode_open  # an unknown activity counts as an error
 
     model, meta = load_model(model_dir, client)
     ws = load(data, data_dir, synthetic=synthetic).windows
