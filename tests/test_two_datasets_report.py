@@ -37,3 +37,17 @@ def test_drift_is_grouped_by_the_clients_dataset_and_reads_only_ba(tmp_path):
     assert "| one per subject | usc-had | 1 | 1.50 | 0.80 |" in text
     (tmp_path / "unfinished").mkdir()  # no done marker: not read
     assert report(tmp_path) == text
+
+
+def test_the_local_arm_scores_each_dataset_alone_on_its_own_test_subjects(tmp_path):
+    run = tmp_path / "local"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"partition": "dataset", "strategy": "fedavg", "seed": 0,
+                                                            "arm": "local", "rounds": 2}}))
+    rows = [{"client": c, "phase": "server", "set": f"server:{d}", "accuracy": a, "macro_f1": a, "num_examples": n}
+            for c, d, a, n in (("uci-har", "uci-har", 0.9, 100), ("uci-har", "usc-had", 0.2, 300),
+                               ("usc-had", "uci-har", 0.3, 100), ("usc-had", "usc-had", 0.7, 300))]
+    pd.DataFrame(rows).to_csv(run / "local.csv", index=False)
+    row = run_summary(run)
+    assert row["accuracy uci-har"] == 0.9 and row["accuracy usc-had"] == 0.7
+    assert abs(row["server_accuracy"] - (0.9 * 100 + 0.7 * 300) / 400) < 1e-12

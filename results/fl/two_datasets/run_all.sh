@@ -24,15 +24,19 @@ common="--data uci-har,usc-had --server-test-fraction 0.3 --normalise dataset --
 
 run() {  # run NAME OPTIONS...: one run into $runs/NAME, resumed if it was cut short
   local name=$1; shift
+  if [[ -n ${ONLY:-} && ! $name =~ $ONLY ]]; then return; fi  # ONLY=REGEX: just those runs (parallel chains)
   if [[ -f $runs/$name/done ]]; then echo "skip $name (done)"; return; fi
   local resume=""; [[ -f $runs/$name/config.json ]] && resume="--resume"
   OMP_NUM_THREADS=1 $fedhar fl $common "$@" --out-dir "$runs/$name" $resume > "$runs/$name.log" 2>&1 \
     && touch "$runs/$name/done" && echo "done $name" || { echo "FAILED $name: see $runs/$name.log"; return 1; }
 }
 
-# priority order: each partition once with FedAvg, then seeds, then the other rules
+# priority order: each partition once with FedAvg, its like-for-like controls (one client holding
+# both datasets' training windows; each dataset alone), then seeds, then the other rules
 run datasets-fedavg-s0 --partition dataset --strategy fedavg --seed 0
 run subjects-fedavg-s0 --partition subject --strategy fedavg --seed 0
+run datasets-centralised-s0 --partition dataset --arm centralised --seed 0
+run datasets-local-s0 --partition dataset --arm local --seed 0
 for seed in 1 2; do
   run datasets-fedavg-s$seed --partition dataset --strategy fedavg --seed $seed
 done
