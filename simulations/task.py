@@ -35,6 +35,7 @@ from fedhar.model import (
     make_loader,
     prepare_for_finetune,
     trainable_state_dict,
+    trainable_tensors,
 )
 from fedhar.model.checkpoint import load_mae
 from fedhar.model.head import ClassificationHead
@@ -292,7 +293,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
 def load_partial(model: Classifier, state: dict[str, np.ndarray]) -> None:
     """Copy the given tensors into the model's trainable ones; tensors not given keep their
     value (FedSA's local B, FLoRA's fresh adapters). Unknown keys or shapes are errors."""
-    own = trainable_state_dict(model)
+    own = trainable_tensors(model)  # the model's own tensors: those not given are left as they are
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise KeyError(f"the server sent tensors this client does not have: {unknown[:5]}")

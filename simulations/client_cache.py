@@ -1,0 +1,100 @@
+"""What a client process keeps between ClientApp calls: the model it builds.
+
+Building a client's model (``task.build_model``: a Classifier from the MAE backbone, peft's
+adapter injection, for QLoRA the NF4 quantisation) costs more than a client's whole local
+training on a small partition. A process (the inline engine, a Ray actor, a SuperNode) runs
+many calls, mostly with the same configuration, so it builds each distinct model once and
+hands out the cached one, reset to exactly the state a fresh build has:
+
+* every trainable parameter and every buffer (the head's BatchNorm statistics) copied back
+  from a snapshot taken right after the build; frozen weights are never written to;
+* gradients cleared, forward hooks added since the build removed (FedEx / FLoRA's base
+  deltas), training mode back on;
+* the global torch generator set to the state it had right after the build, so dropout and
+  anything else drawing from it in the call draws what it would have after a fresh build.
+
+So results are bit-identical to building afresh (tests/test_client_cache.py, and the
+committed reference runs in tests/fixtures/reference_runs/). The key holds everything
+``build_model`` reads; the pid enters only through its mode and rank, so clients with the
+same mode and rank share one model (their differences are the arrays loaded into it).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from fedhar.model import Classifier
+from simulations.config import FLConfig
+
+MAX_MODELS = 4  # distinct (mode, rank, head, seed) models per process: FLoRA adds one per round
+
+
+@dataclass
+class _Built:
+    model: Classifier
+    snapshot: dict[str, torch.Tensor]  # trainable parameters and all buffers, as built
+    rng: torch.Tensor  # the global torch generator's state right after the build
+    hooks: dict[str, set[int]]  # module name -> forward hook ids present after the build
+
+
+_models: OrderedDict[tuple, _Built] = OrderedDict()
+
+
+def _key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None,
+         head_classes: int | None) -> tuple:
+    return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.strategy == "ffa",
+            cfg.seed if seed is None else seed, n_classes, head_classes, str(Path(backbone).resolve()))
+
+
+def _snapshot(model: Classifier) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    return state
+
+
+def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None = None,
+                 head_classes: int | None = None) -> Classifier:
+    """``task.build_model(cfg, n_classes, backbone, pid, seed, head_classes)``, built once per
+    process and reset to its freshly built state on every later call (see module docstring)."""
+    from simulations.task import build_model  # here: the benchmarks time build_model itself
+
+    key = _key(cfg, n_classes, backbone, pid, seed, head_classes)
+    built = _models.get(key)
+    if built is None:
+        model = build_model(cfg, n_classes, backbone, pid, seed, head_classes)
+        hooks = {n: set(m._forward_hooks) for n, m in model.named_modules()}
+        built = _Built(model, _snapshot(model), torch.get_rng_state(), hooks)
+        _models[key] = built
+        while len(_models) > MAX_MODELS:
+            _models.popitem(last=False)
+        return model
+    _models.move_to_end(key)
+    model = built.model
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    with torch.no_grad():
+        for name, value in built.snapshot.items():
+            tensors[name].copy_(value)
+    for p in model.parameters():
+        p.grad = None
+    for name, module in model.named_modules():
+        for hook_id in set(module._forward_hooks) - built.hooks[name]:
+            del module._forward_hooks[hook_id]
+    model.train()
+    torch.set_rng_state(built.rng)
+    return model
+
+
+def clear() -> None:
+    _models.clear()
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Bytes of the arrays a record holds, from their shapes and dtypes: no deserialisation."""
+    return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in record.values()))
