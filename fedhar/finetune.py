@@ -52,6 +52,7 @@ class FinetuneConfig:
     nf4_blocksize: int = 64
     double_quant: bool = True
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    fused_lora: bool = False  # fedhar.model.fused_lora (applies where dropout is 0 or in eval)
 
     @property
     def effective_lr(self) -> float:
@@ -90,7 +91,8 @@ def build_classifier(mae: MaskedAutoencoder, n_classes: int, cfg: FinetuneConfig
     model = Classifier.from_mae(mae, n_classes)
     return prepare_for_finetune(model, cfg.mode, rank=cfg.rank, alpha=cfg.effective_alpha,
                                 dropout=cfg.dropout, targets=cfg.targets,
-                                nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
+                                nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant,
+                                fused=cfg.fused_lora)
 
 
 def frozen_features(encoder, x, batch_size: int = 512) -> torch.Tensor:

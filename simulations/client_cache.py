@@ -48,7 +48,7 @@ _models: OrderedDict[tuple, _Built] = OrderedDict()
 
 def _key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None,
          head_classes: int | None) -> tuple:
-    return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.strategy == "ffa",
+    return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.fused_lora, cfg.strategy == "ffa",
             cfg.seed if seed is None else seed, n_classes, head_classes, str(Path(backbone).resolve()))
 
 

@@ -279,7 +279,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
     mae = _mae(str(backbone))  # loading builds (randomly initialised) modules: before seeding
     torch.manual_seed(cfg.seed if seed is None else seed)
     model = Classifier.from_mae(mae, n_classes)
-    prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha)
+    prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha, fused=cfg.fused_lora)
     if head_classes is not None and head_classes != n_classes:
         torch.manual_seed((cfg.seed if seed is None else seed) + 1)
         model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old

@@ -38,8 +38,10 @@ DEFAULT_TARGETS = ("q", "k", "v", "o", "w1", "w2")
 
 def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha: float = 16,
                          dropout: float = 0.0, targets: tuple[str, ...] = DEFAULT_TARGETS,
-                         nf4_blocksize: int = 64, double_quant: bool = True) -> Classifier:
-    """Set ``classifier`` up for one fine-tuning mode, in place; returns it."""
+                         nf4_blocksize: int = 64, double_quant: bool = True, fused: bool = False) -> Classifier:
+    """Set ``classifier`` up for one fine-tuning mode, in place; returns it. ``fused``: LoRA
+    layers compute base + adapter in fewer passes (fedhar.model.fused_lora; same keys,
+    results equal to peft's within float rounding, not bit for bit)."""
     if mode not in MODES:
         raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {MODES}")
     if classifier.finetune_mode is not None:
@@ -67,6 +69,10 @@ def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(targets), bias="none")
     inject_adapter_in_model(config, encoder)
+    if fused:
+        from fedhar.model.fused_lora import fuse_lora
+
+        fuse_lora(encoder)
     for name, p in encoder.named_parameters():
         p.requires_grad = ".lora_" in name
     for p in classifier.head.parameters():
