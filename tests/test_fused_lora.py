@@ -65,17 +65,50 @@ def test_the_4bit_weight_stays_4bit_and_one_layer_matches_bitsandbytes():
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_in_training_falls_back_to_peft():
+class FixedDropout(torch.nn.Module):
+    """peft's dropout with the mask keep_mask draws (patched below to a fixed one)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return x * fixed_mask(x.shape, self.p) / (1 - self.p)
+
+
+def fixed_mask(shape, p):
+    g = torch.Generator().manual_seed(shape.numel())
+    return torch.rand(shape, generator=g) >= p
+
+
+def test_dropout_equals_peft_given_the_same_mask(monkeypatch):
+    import fedhar.model.fused_lora as fl
+
     peft_model, fused = pair("lora", dropout=0.1)
-    x = torch.randn(4, 6, 128)
+    for m in peft_model.modules():
+        if hasattr(m, "lora_dropout"):
+            m.lora_dropout["default"] = FixedDropout(0.1)
+    monkeypatch.setattr(fl, "keep_mask", lambda shape, p: fixed_mask(shape, p))
+    x, y = torch.randn(16, 6, 128), torch.randint(0, 6, (16,))
     peft_model.train(), fused.train()
-    torch.manual_seed(3)
-    a = peft_model(x)
-    torch.manual_seed(3)
-    b = fused(x)
-    assert torch.equal(a, b)  # peft's own forward, same dropout masks: bit for bit
-    peft_model.eval(), fused.eval()  # no dropout in eval: the fused path, equal within rounding
-    torch.testing.assert_close(fused(x), peft_model(x), rtol=1e-5, atol=1e-5)
+    torch.manual_seed(2)
+    out_p, g_p, gx_p = grads(peft_model, x, y)
+    torch.manual_seed(2)
+    out_f, g_f, gx_f = grads(fused, x, y)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_f, gx_p, rtol=1e-4, atol=1e-6)
+    for k in g_p:
+        torch.testing.assert_close(g_f[k], g_p[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_keep_mask_keeps_one_minus_p():
+    from fedhar.model.fused_lora import keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([1000, 1001]), 0.05)
+    assert mask.shape == (1000, 1001) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - 0.95) < 0.002
+    assert abs(keep_mask(torch.Size([200_000]), 0.5).float().mean().item() - 0.5) < 0.005
 
 
 def test_prepare_for_finetune_fused_option():
