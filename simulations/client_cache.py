@@ -38,9 +38,10 @@ MAX_MODELS = 4  # distinct (mode, rank, head, seed) models per process: FLoRA ad
 @dataclass
 class _Built:
     model: Classifier
-    snapshot: dict[str, torch.Tensor]  # trainable parameters and all buffers, as built
+    snapshot: list[tuple[torch.Tensor, torch.Tensor]]  # (trainable parameter or buffer, its value as built)
+    params: list[torch.nn.Parameter]
     rng: torch.Tensor  # the global torch generator's state right after the build
-    hooks: dict[str, set[int]]  # module name -> forward hook ids present after the build
+    hooks: list[tuple[torch.nn.Module, set[int]]]  # (module, forward hook ids present after the build)
 
 
 _models: OrderedDict[tuple, _Built] = OrderedDict()
@@ -52,10 +53,12 @@ def _key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | No
             cfg.seed if seed is None else seed, n_classes, head_classes, str(Path(backbone).resolve()))
 
 
-def _snapshot(model: Classifier) -> dict[str, torch.Tensor]:
-    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
-    return state
+def _built(model: Classifier) -> _Built:
+    """What resetting needs, gathered once (walking the peft model's modules costs more than
+    copying its adapters)."""
+    tensors = [p for p in model.parameters() if p.requires_grad] + list(model.buffers())
+    return _Built(model, [(t, t.detach().clone()) for t in tensors], list(model.parameters()),
+                  torch.get_rng_state(), [(m, set(m._forward_hooks)) for m in model.modules()])
 
 
 def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None = None,
@@ -68,24 +71,21 @@ def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: 
     built = _models.get(key)
     if built is None:
         model = build_model(cfg, n_classes, backbone, pid, seed, head_classes)
-        hooks = {n: set(m._forward_hooks) for n, m in model.named_modules()}
-        built = _Built(model, _snapshot(model), torch.get_rng_state(), hooks)
-        _models[key] = built
+        built = _models[key] = _built(model)
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)
         return model
     _models.move_to_end(key)
     model = built.model
-    tensors = dict(model.named_parameters())
-    tensors.update(model.named_buffers())
     with torch.no_grad():
-        for name, value in built.snapshot.items():
-            tensors[name].copy_(value)
-    for p in model.parameters():
+        for tensor, value in built.snapshot:
+            tensor.copy_(value)
+    for p in built.params:
         p.grad = None
-    for name, module in model.named_modules():
-        for hook_id in set(module._forward_hooks) - built.hooks[name]:
-            del module._forward_hooks[hook_id]
+    for module, ids in built.hooks:
+        if len(module._forward_hooks) != len(ids):
+            for hook_id in set(module._forward_hooks) - ids:
+                del module._forward_hooks[hook_id]
     model.train()
     torch.set_rng_state(built.rng)
     return model
