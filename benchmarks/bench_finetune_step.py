@@ -81,11 +81,14 @@ DEFAULT_THREADS = 2
 
 MODES = [("full", 0), ("lora", 8), ("lora", 16), ("lora", 32), ("qlora", 8), ("qlora", 32)]
 PATHS = ["bare", "fedhar", "fedhar-step"]
+FUSED_PATH = "fedhar-fused"  # fedhar's loop with fused_lora (fedhar.model.fused_lora), LoRA and QLoRA only
 CHANNEL_TOKEN_MODES = [("full", 0), ("lora", 8), ("lora", 32), ("qlora", 8)]  # bare only
 ADDMM_LORA_RANKS = [8, 32]  # bare only: AddmmLoRALinear, the fused LoRA diagnostic
 FEDHAR_VS_BARE_MAX = 1.10  # issue 3 targets
 QLORA_VS_LORA_MAX = 1.15
 LORA_VS_FULL_MAX = {8: 0.90, 32: 1.00}
+FUSED_LORA_VS_FULL_MAX = {8: 0.85}  # issue 12 targets, for the fused path
+FUSED_QLORA_VS_LORA_MAX = 1.10
 
 
 # --------------------------------------------------------------------------------------
@@ -311,14 +314,15 @@ class Variant:
             from fedhar.model import ClassificationHead, Classifier, Encoder, MAEConfig, prepare_for_finetune
             encoder = Encoder(MAEConfig())
             model = Classifier(encoder, ClassificationHead(encoder.config.dim, N_CLASSES))
-            self.model = prepare_for_finetune(model, self.mode, rank=self.rank or 8, alpha=LORA_ALPHA).to(device)
+            self.model = prepare_for_finetune(model, self.mode, rank=self.rank or 8, alpha=LORA_ALPHA,
+                                              fused=self.path == FUSED_PATH).to(device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # As simulations/task.py train_local builds it.
         self.optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
 
     def feed(self, x: torch.Tensor, y: torch.Tensor, n: int):
         """What ``run`` consumes for n steps (built outside the timed and measured region)."""
-        if self.path == "fedhar":
+        if self.path in ("fedhar", FUSED_PATH):
             from fedhar.model import make_loader
             # n copies of the batch in order: every loader batch is the fixed batch.
             return make_loader(x.cpu().repeat(n, 1, 1), y.cpu().repeat(n), batch_size=len(x), shuffle=False)
@@ -350,7 +354,8 @@ def bare_steps(model, optimizer, feed, device) -> list[float]:
 
 
 def make_variants(modes=MODES, paths=PATHS, diagnostics: bool = True) -> list[Variant]:
-    variants = [Variant(path, mode, rank) for mode, rank in modes for path in paths]
+    variants = [Variant(path, mode, rank) for mode, rank in modes for path in paths
+                if path != FUSED_PATH or mode != "full"]
     if diagnostics:
         # 48 tokens: 6x the rows per matmul, to see whether fixed per-operation costs fade.
         variants += [Variant("bare", mode, rank, tokens=(WINDOW // PATCH) * CHANNELS)
@@ -604,6 +609,17 @@ def checks_for(rows: list[dict]) -> list[Check]:
         ref = "full" if mode == "lora" else f"lora r{rank}"
         out.append(Check(f"48 tokens: {mode} r{rank} / {ref} (bare)", f"bare {mode} r{rank} 48tok",
                          f"bare {ref} 48tok", None, "diagnostic: same ratio with 6x the rows"))
+    fused = FUSED_PATH
+    for mode, rank in MODES:
+        m = f"{mode} r{rank}"
+        if mode == "lora":
+            out.append(Check(f"fused lora r{rank} / full (fedhar)", f"{fused} {m}", "fedhar full",
+                             FUSED_LORA_VS_FULL_MAX.get(rank), "issue 12"))
+        if mode == "qlora":
+            out.append(Check(f"fused qlora r{rank} / fused lora r{rank}", f"{fused} {m}", f"{fused} lora r{rank}",
+                             FUSED_QLORA_VS_LORA_MAX if rank == 8 else None, "issue 12"))
+        if mode != "full":
+            out.append(Check(f"fused / peft, {m} (fedhar)", f"{fused} {m}", f"fedhar {m}", None, ""))
     for rank in ADDMM_LORA_RANKS:
         out.append(Check(f"fused LoRA r{rank} / full (bare)", f"bare lora-addmm r{rank}", "bare full", None,
                          f"diagnostic: LoRA as one addmm (target for peft LoRA: <= {LORA_VS_FULL_MAX.get(rank)})"))
@@ -770,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 round of 2 + 5 steps; writes nothing unless --out")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                    help="leave out the bare diagnostics (48 channel-independent tokens; fused LoRA)")
+    p.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS + [FUSED_PATH],
+                   help=f"which paths to time (default {' '.join(PATHS)}; {FUSED_PATH}: fedhar with fused_lora)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for finetune_step[_cuda][_<n>thread].csv, _checks.csv and .md "
                         "(default results/bench; none with --quick)")
@@ -791,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info(device, [f"benchmarks/{Path(__file__).name}"] + argv)
     info["load average at start"] = f"{os.getloadavg()[0]:.2f}"
-    variants = make_variants(diagnostics=args.diagnostics)
+    variants = make_variants(paths=args.paths, diagnostics=args.diagnostics)
     print(f"{len(variants)} variants, {args.rounds} rounds x ({args.warmup} + {args.steps}) steps, batch {args.batch}, "
           f"{torch.get_num_threads()} threads, {device}")
     rows = measure(variants, args.batch, args.warmup, args.steps, args.rounds, device)

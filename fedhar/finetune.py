@@ -53,6 +53,7 @@ class FinetuneConfig:
     double_quant: bool = True
     targets: tuple[str, ...] = DEFAULT_TARGETS
     device: str = "cpu"  # "cuda" trains on the GPU (QLoRA then uses bitsandbytes' CUDA kernels)
+    fused_lora: bool = False  # fedhar.model.fused_lora (applies where dropout is 0 or in eval)
 
     @property
     def effective_lr(self) -> float:
@@ -91,7 +92,8 @@ def build_classifier(mae: MaskedAutoencoder, n_classes: int, cfg: FinetuneConfig
     model = Classifier.from_mae(mae, n_classes)
     model = prepare_for_finetune(model, cfg.mode, rank=cfg.rank, alpha=cfg.effective_alpha,
                                  dropout=cfg.dropout, targets=cfg.targets,
-                                 nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant)
+                                 nf4_blocksize=cfg.nf4_blocksize, double_quant=cfg.double_quant,
+                                 fused=cfg.fused_lora)
     # built (and NF4-quantised) on the CPU, then moved whole: Params4bit carries its codes
     # and quantisation state to the GPU, where bitsandbytes' CUDA kernels take over
     return model if cfg.device == "cpu" else model.to(cfg.device)

@@ -38,6 +38,7 @@ HELP = {
     "mode": "what clients train: full fine-tuning, LoRA, or LoRA on 4-bit NF4 frozen weights",
     "rank": "LoRA rank r",
     "lora_alpha": "LoRA scaling alpha (the update is alpha/r * B A)",
+    "fused_lora": "compute each LoRA layer as one fused addmm (faster; equal to peft's within float rounding, not bit for bit)",
     "local_epochs": "epochs each client trains per round",
     "batch_size": "training batch size on each client",
     "lr": "client learning rate (AdamW)",

@@ -32,12 +32,12 @@ from flwr.clientapp import ClientApp
 from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.model import trainable_state_dict
+from simulations.client_cache import client_model, record_nbytes
 from simulations.config import FLConfig
 from simulations.export import save_local_parts
 from simulations.task import (
     BACKBONE_KEY,
     add_base_deltas,
-    build_model,
     client_data,
     ensure_backbone,
     evaluate_local,
@@ -54,8 +54,7 @@ from strategies.registry import get_rule
 LOCAL_HEAD = "local-head"
 
 
-def _nbytes(record: ArrayRecord) -> int:
-    return int(sum(a.numpy().nbytes for a in record.values()))
+_nbytes = record_nbytes
 
 
 def with_node_data(cfg: FLConfig, node_config) -> FLConfig:
@@ -102,8 +101,8 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         rule = get_rule(cfg.strategy)
         client = ClientSide(cfg, pid, context.state)
         seed = cfg.seed + server_round if rule.fresh_adapters else None
-        model = build_model(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
-                            head_classes=data.n_classes if local_head else None)
+        model = client_model(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
+                             head_classes=data.n_classes if local_head else None)  # built once per process
         arrays = msg.content["arrays"]
         incoming = {k: v.numpy() for k, v in arrays.items()}
         deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}

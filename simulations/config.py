@@ -82,6 +82,7 @@ class FLConfig:
     mode: str = "lora"
     rank: int = 8
     lora_alpha: float = 16.0
+    fused_lora: bool = False  # LoRA layers as one fused addmm (fedhar.model.fused_lora): faster, equal to peft within rounding
     local_epochs: int = 1
     batch_size: int = 64
     lr: float = 2e-3

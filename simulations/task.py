@@ -35,6 +35,7 @@ from fedhar.model import (
     make_loader,
     prepare_for_finetune,
     trainable_state_dict,
+    trainable_tensors,
 )
 from fedhar.model.base_delta import add_base_deltas  # noqa: F401 (the ClientApp's, from here)
 from fedhar.model.checkpoint import load_mae
@@ -262,7 +263,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
     mae = _mae(str(backbone))  # loading builds (randomly initialised) modules: before seeding
     torch.manual_seed(cfg.seed if seed is None else seed)
     model = Classifier.from_mae(mae, n_classes)
-    prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha)
+    prepare_for_finetune(model, mode, rank=rank, alpha=cfg.lora_alpha, fused=cfg.fused_lora)
     if head_classes is not None and head_classes != n_classes:
         torch.manual_seed((cfg.seed if seed is None else seed) + 1)
         model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old
@@ -273,7 +274,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
 def load_partial(model: Classifier, state: dict[str, np.ndarray]) -> None:
     """Copy the given tensors into the model's trainable ones; tensors not given keep their
     value (FedSA's local B, FLoRA's fresh adapters). Unknown keys or shapes are errors."""
-    own = trainable_state_dict(model)
+    own = trainable_tensors(model)  # the model's own tensors: those not given are left as they are
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise KeyError(f"the server sent tensors this client does not have: {unknown[:5]}")

@@ -9,6 +9,7 @@ from fedhar.model.adapters import (
     prepare_for_finetune,
     trainable_bytes,
     trainable_state_dict,
+    trainable_tensors,
 )
 from fedhar.model.checkpoint import CheckpointError, load_mae, load_trainable, save_mae, save_trainable
 from fedhar.model.head import ClassificationHead, Classifier
@@ -25,7 +26,7 @@ from fedhar.model.training import (
 
 __all__ = [
     "MODES", "ParameterCount", "count_parameters", "frozen_weight_bytes", "load_trainable_state_dict",
-    "prepare_for_finetune", "trainable_bytes", "trainable_state_dict", "CheckpointError", "load_mae",
+    "prepare_for_finetune", "trainable_bytes", "trainable_state_dict", "trainable_tensors", "CheckpointError", "load_mae",
     "load_trainable", "save_mae", "save_trainable", "ClassificationHead", "Classifier", "Encoder",
     "MAEConfig", "MaskedAutoencoder", "count_encoder_parameters", "EpochStats", "classification_metrics",
     "evaluate", "finetune_epoch", "make_loader", "predict", "pretrain_step",

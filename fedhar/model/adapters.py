@@ -38,8 +38,10 @@ DEFAULT_TARGETS = ("q", "k", "v", "o", "w1", "w2")
 
 def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha: float = 16,
                          dropout: float = 0.0, targets: tuple[str, ...] = DEFAULT_TARGETS,
-                         nf4_blocksize: int = 64, double_quant: bool = True) -> Classifier:
-    """Set ``classifier`` up for one fine-tuning mode, in place; returns it."""
+                         nf4_blocksize: int = 64, double_quant: bool = True, fused: bool = False) -> Classifier:
+    """Set ``classifier`` up for one fine-tuning mode, in place; returns it. ``fused``: LoRA
+    layers compute base + adapter in fewer passes (fedhar.model.fused_lora; same keys,
+    results equal to peft's within float rounding, not bit for bit)."""
     if mode not in MODES:
         raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {MODES}")
     if classifier.finetune_mode is not None:
@@ -67,6 +69,10 @@ def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(targets), bias="none")
     inject_adapter_in_model(config, encoder)
+    if fused:
+        from fedhar.model.fused_lora import fuse_lora
+
+        fuse_lora(encoder)
     for name, p in encoder.named_parameters():
         p.requires_grad = ".lora_" in name
     for p in classifier.head.parameters():
@@ -87,8 +93,9 @@ def _target_linear_names(encoder: nn.Module, targets: tuple[str, ...]) -> list[s
     return found
 
 
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the persistent buffers of the modules that own them (copies)."""
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the persistent buffers of the modules that own them: the
+    model's own tensors (no copies), under ``trainable_state_dict``'s keys."""
     out: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
@@ -97,27 +104,31 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         prefix = f"{module_name}." if module_name else ""
         for name, p in own:
             if p.requires_grad:
-                out[prefix + name] = p.detach().clone()
+                out[prefix + name] = p
         for name, b in module.named_buffers(recurse=False):
             if b is not None and name not in module._non_persistent_buffers_set:
-                out[prefix + name] = b.detach().clone()
+                out[prefix + name] = b
     return out
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the persistent buffers of the modules that own them (copies)."""
+    return {k: v.detach().clone() for k, v in trainable_tensors(model).items()}
 
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` into the model's trainable tensors; the key sets must match exactly."""
-    own = trainable_state_dict(model)
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    targets = trainable_tensors(model)
+    missing, unexpected = targets.keys() - state.keys(), state.keys() - targets.keys()
     if missing or unexpected:
         raise KeyError(f"trainable state mismatch: missing {sorted(missing)[:5]}, "
                        f"unexpected {sorted(unexpected)[:5]} ({len(missing)}/{len(unexpected)} in all)")
-    targets = dict(model.named_parameters())
-    targets.update(dict(model.named_buffers()))
     with torch.no_grad():
         for name, value in state.items():
             if targets[name].shape != value.shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} != model's {tuple(targets[name].shape)}")
-            targets[name].copy_(value)
+            if value is not targets[name]:
+                targets[name].copy_(value)
 
 
 class ParameterCount(NamedTuple):
