@@ -132,7 +132,7 @@ def drift_figure(folder: Path, out_dir: Path):
         ax.set_xlabel("round")
         ax.set_ylabel("relative client drift ||Δk − mean Δ|| / ||mean Δ||")
         ax.set_ylim(bottom=0)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7.5)  # below: no curve hidden
         title(fig, "Client drift, FedAvg, real data: UCI-HAR + USC-HAD (seed 0, LoRA r16, mean over 36 adapted layers)")
         return save(fig, out_dir, "drift", trace, kind="drift",
                     message="drift of the dataset clients (2-client federation) vs the subject clients of each dataset "
