@@ -59,6 +59,7 @@ def test_an_out_of_tree_rule_runs_on_both_sides(tmp_path, monkeypatch):
                    out_dir=str(tmp_path / "run"), strategy="tests.fixtures.my_rule:FrozenARule")
     from tests.fixtures.my_rule import SharedA
 
+    SharedA.rounds_aggregated = 0  # a class counter: other tests in this process may have run the rule
     out = run_inprocess(cfg, engine="inline")
     assert SharedA.rounds_aggregated == 2  # the server aggregated with the named class
     rounds, clients = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "clients.csv")
