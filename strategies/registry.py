@@ -16,11 +16,11 @@ command line can list the names cheaply.
 from __future__ import annotations
 
 import functools
-import importlib
 from importlib.metadata import entry_points
 
 from fedhar.errors import FedharError
 from fedhar.options import unknown_name
+from fedhar.plugins import import_target
 
 ENTRY_POINT_GROUP = "fedhar.strategies"
 
@@ -66,16 +66,7 @@ def rule_class(name: str) -> type:
     from strategies.base import Rule
 
     target = _target(name)
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise FedharError(f"strategy {name!r}: cannot import module {module_name!r} ({e}); a module:Class "
-                          f"rule must be importable where the server and the clients run") from None
-    try:
-        cls = getattr(module, attr)
-    except AttributeError:
-        raise FedharError(f"strategy {name!r}: module {module_name!r} ({module.__file__}) has no {attr!r}") from None
+    cls = import_target(target, "strategy")
     if not (isinstance(cls, type) and issubclass(cls, Rule)):
         raise FedharError(f"strategy {name!r}: {target} is not a subclass of strategies.base.Rule")
     if cls.server_class is None:

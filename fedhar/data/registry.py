@@ -19,7 +19,6 @@ union label space (``fedhar.data.labels.add_activities``): existing ids never ch
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 from importlib.metadata import entry_points
@@ -27,6 +26,7 @@ from importlib.metadata import entry_points
 from fedhar.data.labels import add_activities
 from fedhar.data.readers.base import Reader
 from fedhar.errors import FedharError
+from fedhar.plugins import import_target
 
 SYNTHETIC = "synthetic"
 ENTRY_POINT_GROUP = "fedhar.datasets"
@@ -53,22 +53,6 @@ SAME_PEOPLE = ({"hapt", "uci-har"},)
 REFERENCE_FIVE = ("hhar", "motionsense", "realworld", "uci-har", "pamap2")
 
 
-def _import(target: str, what: str):
-    """The object ``module:attr`` names (or the module), with an error saying what failed."""
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise FedharError(f"{what} {target!r}: cannot import module {module_name!r} ({e}); it must be importable "
-                          f"wherever the run's processes start (installed, or on PYTHONPATH)") from None
-    if not attr:
-        return module
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise FedharError(f"{what} {target!r}: module {module_name!r} ({module.__file__}) has no {attr!r}") from None
-
-
 def register_reader(name: str, reader: str | type[Reader], activities=None) -> None:
     """Make dataset ``name`` loadable: ``reader`` is a Reader subclass or "module:Class".
 
@@ -79,7 +63,7 @@ def register_reader(name: str, reader: str | type[Reader], activities=None) -> N
     if not isinstance(name, str) or not _NAME.match(name) or name == SYNTHETIC:
         raise FedharError(f"dataset name {name!r}: use lower-case letters, digits, '-', '_' or '.', "
                           f"and not {SYNTHETIC!r}")
-    cls = _import(reader, "reader") if isinstance(reader, str) else reader
+    cls = import_target(reader, "reader") if isinstance(reader, str) else reader
     if not (isinstance(cls, type) and issubclass(cls, Reader)):
         raise FedharError(f"dataset {name!r}: {reader!r} is not a subclass of fedhar.data.readers.base.Reader")
     known = _READERS.get(name)
@@ -100,7 +84,7 @@ def load_readers(spec: str) -> None:
     for item in (part.strip() for part in (spec or "").split(",")):
         if not item:
             continue
-        obj = _import(item, "readers")
+        obj = import_target(item, "readers")
         if isinstance(obj, type) and issubclass(obj, Reader):
             register_reader(getattr(obj, "name", ""), obj)
         elif callable(obj) and not isinstance(obj, type):
@@ -139,5 +123,5 @@ def get_reader(name: str) -> Reader:
     from fedhar.options import check_name
 
     target = _READERS[check_name("dataset", name, reader_names())]
-    cls = _import(target, "reader") if isinstance(target, str) else target
+    cls = import_target(target, "reader") if isinstance(target, str) else target
     return cls()
