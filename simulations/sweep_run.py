@@ -301,14 +301,17 @@ def tune_config(sweep: Sweep, exp: Experiment, scheduler: str, num_samples: int,
 
         search = OptunaSearch(seed=s.seed)
     else:
-        search = BasicVariantGenerator(random_state=s.seed)
+        # Tune ignores max_concurrent_trials for a SearchGenerator passed in (it only warns):
+        # the limit has to be given to the generator itself
+        search = BasicVariantGenerator(random_state=s.seed, max_concurrent=max_concurrent or 0)
     sched = None
     if scheduler == "asha":
         rounds = max(exp.grid.get("rounds") or [FLConfig(**exp.base).rounds])
         sched = ASHAScheduler(time_attr="round", max_t=rounds, grace_period=min(s.grace_rounds, rounds),
                               reduction_factor=2)
+    limit = None if isinstance(search, BasicVariantGenerator) else max_concurrent or None
     return tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=search, scheduler=sched,
-                           num_samples=num_samples if exp.search else 1, max_concurrent_trials=max_concurrent or None,
+                           num_samples=num_samples if exp.search else 1, max_concurrent_trials=limit,
                            trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id)
 
 

@@ -106,6 +106,19 @@ def test_per_strategy_search_tables_make_one_experiment_per_strategy(tmp_path):
     assert fedavg.size(5) == fedprox.size(5) == 10
 
 
+def test_max_concurrent_reaches_the_grid_generator(tmp_path):
+    """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator passed in
+    (it only warns), so the limit must be the generator's own: else trials overlap."""
+    from simulations.sweep_run import tune_config
+
+    path = write(tmp_path, '[sweep]\nmax_concurrent = 1\n[base]\nrounds = 1\n[grid]\nlr = [0.1, 0.2]\n', "g.toml")
+    sweep = load_sweep(path)
+    (exp,) = sweep.experiments()
+    config = tune_config(sweep, exp, "fifo", 1, 1)
+    assert config.search_alg.max_concurrent == 1 and config.max_concurrent_trials is None
+    assert tune_config(sweep, exp, "fifo", 1, 0).search_alg.max_concurrent == 0  # 0: no limit
+
+
 def test_optuna_draws_are_seeded_by_the_sweep_file(tmp_path):
     from simulations.sweep_run import tune_config
 
