@@ -30,10 +30,25 @@ Start with:
 """
 
 
+#: entry-point group of sub-commands added from outside the library core: each entry is a
+#: ``register(commands)`` function. fedhar's Flower app adds fl, sweep, deploy and plot this
+#: way (pyproject.toml), so the core never imports it; another package can add its own.
+COMMANDS_GROUP = "fedhar.commands"
+APP_COMMANDS = ("fl", "sweep", "deploy", "plot")  # their order in --help; others follow by name
+
+
+def plugin_commands() -> list:
+    """The entry points of ``COMMANDS_GROUP``, fedhar's app first."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=COMMANDS_GROUP)
+    return sorted(found, key=lambda ep: (APP_COMMANDS.index(ep.name) if ep.name in APP_COMMANDS
+                                         else len(APP_COMMANDS), ep.name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedhar import experiments_cli
     from fedhar.data import cli as data_cli
-    from simulations import cli as fl_cli
 
     parser = Parser(prog="fedhar", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
@@ -42,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(commands)
     experiments_cli.register(commands)
-    fl_cli.register(commands)
-    __import__("simulations.sweep_cli").sweep_cli.register(commands)
-    __import__("simulations.deploy_cli").deploy_cli.register(commands)
-    __import__("fedhar.plot_cli").plot_cli.register(commands)
+    for ep in plugin_commands():
+        try:
+            register = ep.load()
+        except Exception as e:  # a broken plugin names itself instead of a traceback
+            raise FedharError(f"command {ep.name!r} ({COMMANDS_GROUP} entry point {ep.value!r}) "
+                              f"cannot be loaded: {type(e).__name__}: {e}") from None
+        register(commands)
     _add_verbose_everywhere(parser)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fedhar.data.cli import add_synthetic_options, synthetic_config
 from fedhar.data.registry import SYNTHETIC, dataset_names
 from fedhar.errors import FedharError
-from fedhar.options import name_list, number_list
+from fedhar.options import MAX_RANK, name_list, number_list
 
 
 def _lodo():  # imported when an option needs its names: torch makes `fedhar --help` slow
@@ -104,8 +104,6 @@ def check_options(args, at_least_one=(), non_negative=(), positive=(), fractions
     for name in fractions:
         if any(not 0 < v < 1 for v in values(name)):
             raise FedharError(f"{flag(name)} must be in (0, 1), got {getattr(args, name)}")
-    from simulations.config import MAX_RANK
-
     for name in ranks:
         if any(not 1 <= v <= MAX_RANK for v in values(name)):
             raise FedharError(f"{flag(name)}: a LoRA rank must be in 1..{MAX_RANK}, got {getattr(args, name)}")

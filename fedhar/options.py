@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterable
 
 from fedhar.errors import FedharError
 
+#: LoRA ranks every command accepts: 1..the MAE's width (fedhar.model.mae.MAEConfig.dim; a
+#: higher rank adds nothing). Here, not in the model, so that option checks do not import torch.
+MAX_RANK = 192
+
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest known name, or ''."""

@@ -43,7 +43,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from fedhar.errors import FedharError
-from fedhar.options import check_name, split_names
+from fedhar.options import MAX_RANK, check_name, split_names
 from strategies.names import STRATEGY_NAMES  # noqa: F401 (the built-in names, for callers)
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
@@ -52,7 +52,6 @@ NORMALISE = ("dataset", "client")
 HEADS = ("auto", "shared", "local")
 ARMS = ("federated", "centralised", "local")
 FAULTS = ("raise", "nan")
-MAX_RANK = 192  # the MAE's width (fedhar.model.mae.MAEConfig.dim): a higher rank adds nothing
 
 
 def _flag(name: str) -> str:

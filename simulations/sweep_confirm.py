@@ -1,5 +1,7 @@
 """The confirmation stage of a sweep ([confirm]): each experiment's best trial, re-run on
 several seeds with [confirm] set applied, and every strategy compared with the baseline.
+The selection and the comparison are here; simulations/sweep_run.py runs the confirmation
+experiment on Tune (``confirm_stage``).
 
 Selection: per experiment (with per-strategy search tables: per strategy), the trial with
 the best final-round [sweep] metric among the trials that ran every round (mode max|min).
@@ -19,14 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pandas as pd
 
 from fedhar.stats import mean_std, paired_difference
 from simulations.config import FLConfig
-from simulations.sweep import MANAGED, Experiment, Sweep
+from simulations.sweep import MANAGED, Sweep
 
 CONFIRM = "confirm"
 
@@ -39,10 +39,9 @@ def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ok.loc[ok.groupby(["experiment", "trial_id"])["round"].idxmax()]
 
 
-def select_best(sweep: Sweep, results: pd.DataFrame, sweep_dir: Path) -> dict:
-    """Experiment -> {trial_id, score, values (tuned), config (FLConfig fields)}."""
-    from simulations.sweep_run import TUNE_DIR, _params
-
+def select_best(sweep: Sweep, results: pd.DataFrame, params_of) -> dict:
+    """Experiment -> {trial_id, score, values (tuned), config (FLConfig fields)};
+    ``params_of(experiment, trial_id)``: the trial's config as Tune stored it."""
     s = sweep.settings
     final = _final(results, s.metric)
     out = {}
@@ -51,7 +50,7 @@ def select_best(sweep: Sweep, results: pd.DataFrame, sweep_dir: Path) -> dict:
         if not len(mine):
             continue
         best = mine.loc[mine[s.metric].idxmax() if s.mode == "max" else mine[s.metric].idxmin()]
-        config = _params(Path(sweep_dir) / TUNE_DIR / exp.name / best["trial_id"])
+        config = params_of(exp.name, best["trial_id"])
         config = {k: v for k, v in config.items() if k not in MANAGED}
         tuned = [*exp.grid, *exp.search]
         out[exp.name] = {"trial_id": best["trial_id"], "score": float(best[s.metric]), "metric": s.metric,
@@ -94,7 +93,7 @@ def comparison_table(sweep: Sweep, results: pd.DataFrame, best: dict) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame, sweep: Sweep) -> str:
+def comparison_markdown(df: pd.DataFrame, sweep: Sweep) -> str:
     c = sweep.confirm
     cols = ["strategy", "tuned", "trials_searched", f"validation_{sweep.settings.metric}", f"test_{c.metric}",
             f"diff_vs_{c.baseline}", "verdict"]
@@ -104,31 +103,3 @@ def _markdown(df: pd.DataFrame, sweep: Sweep) -> str:
         cells = [tuned if k == "tuned" else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def confirm_stage(sweep: Sweep, sweep_dir: Path, max_concurrent: int, log) -> pd.DataFrame | None:
-    """Select, confirm (a Tune experiment, restored if started before), compare."""
-    from simulations.sweep_run import run_experiment, write_results
-
-    sweep_dir = Path(sweep_dir)
-    best = select_best(sweep, write_results(sweep, sweep_dir), sweep_dir)
-    missing = [e.name for e in sweep.experiments() if e.name not in best]
-    if missing:
-        log(f"sweep {sweep.settings.name}: no finished trial to confirm for {', '.join(missing)}")
-    if not best:
-        return None
-    tmp = sweep_dir / "tuned.json.tmp"
-    tmp.write_text(json.dumps(best, indent=1, default=str))
-    os.replace(tmp, sweep_dir / "tuned.json")
-    for name, chosen in best.items():
-        log(f"sweep {sweep.settings.name}: {name}: best {chosen['values']} ({chosen['metric']} "
-            f"{chosen['score']:.3f}, trial {chosen['trial_id']} of {chosen['trials']})")
-    exp = Experiment(CONFIRM, {}, {}, {})
-    run_experiment(sweep, sweep_dir, exp, confirm_space(sweep, best), scheduler="fifo", num_samples=1,
-                   max_concurrent=max_concurrent, log=log)
-    results = write_results(sweep, sweep_dir)
-    table = comparison_table(sweep, results, best)
-    table.to_csv(sweep_dir / "comparison.csv", index=False)
-    (sweep_dir / "comparison.md").write_text(_markdown(table, sweep))
-    log(f"sweep {sweep.settings.name}: comparison -> {sweep_dir / 'comparison.csv'}")
-    return table

@@ -48,6 +48,7 @@ from fedhar.console import say
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
 from simulations.sweep import TRIAL_COLUMNS, Experiment, Sweep, trial
+from simulations.sweep_confirm import CONFIRM, comparison_markdown, comparison_table, confirm_space, select_best
 
 TUNE_DIR = "tune"
 #: what Tune adds to every result: not round metrics (hostname and node_ip are kept)
@@ -363,11 +364,37 @@ def check_capacity(ray, sweep: Sweep) -> None:
                           f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
 
 
+def confirm_stage(sweep: Sweep, sweep_dir: Path, max_concurrent: int, log) -> pd.DataFrame | None:
+    """Select, confirm (a Tune experiment, restored if started before), compare."""
+    sweep_dir = Path(sweep_dir)
+    best = select_best(sweep, write_results(sweep, sweep_dir),
+                       lambda exp, tid: _params(sweep_dir / TUNE_DIR / exp / tid))
+    missing = [e.name for e in sweep.experiments() if e.name not in best]
+    if missing:
+        log(f"sweep {sweep.settings.name}: no finished trial to confirm for {', '.join(missing)}")
+    if not best:
+        return None
+    tmp = sweep_dir / "tuned.json.tmp"
+    tmp.write_text(json.dumps(best, indent=1, default=str))
+    os.replace(tmp, sweep_dir / "tuned.json")
+    for name, chosen in best.items():
+        log(f"sweep {sweep.settings.name}: {name}: best {chosen['values']} ({chosen['metric']} "
+            f"{chosen['score']:.3f}, trial {chosen['trial_id']} of {chosen['trials']})")
+    exp = Experiment(CONFIRM, {}, {}, {})
+    run_experiment(sweep, sweep_dir, exp, confirm_space(sweep, best), scheduler="fifo", num_samples=1,
+                   max_concurrent=max_concurrent, log=log)
+    results = write_results(sweep, sweep_dir)
+    table = comparison_table(sweep, results, best)
+    table.to_csv(sweep_dir / "comparison.csv", index=False)
+    (sweep_dir / "comparison.md").write_text(comparison_markdown(table, sweep))
+    log(f"sweep {sweep.settings.name}: comparison -> {sweep_dir / 'comparison.csv'}")
+    return table
+
+
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None = None,
               max_concurrent: int | None = None, scheduler: str | None = None, num_samples: int | None = None,
               command: str = "", log=None) -> SweepOutcome:
     """Run (or resume) every experiment of the sweep, then its confirmation ([confirm])."""
-    from simulations.sweep_confirm import confirm_stage
 
     log = log or say
     s = sweep.settings

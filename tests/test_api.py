@@ -13,8 +13,9 @@ from fedhar.errors import FedharError
 
 SCRIPT = """
 import fedhar
+from simulations import federate
 
-run = fedhar.federate(synthetic_subjects=3, pretrain_epochs=1, rounds=1, batch_size=32, out_dir={fl!r})
+run = federate(synthetic_subjects=3, pretrain_epochs=1, rounds=1, batch_size=32, out_dir={fl!r})
 assert list(run.rounds["round"]) == [1] and 0 <= run.rounds["accuracy"].iloc[0] <= 1
 assert set(run.clients["phase"]) >= {{"train", "evaluate"}} and run.config["config"]["rounds"] == 1
 print("evaluate", fedhar.evaluate(run.model_dir, data="synthetic")["accuracy"])
@@ -37,7 +38,9 @@ def test_a_script_without_main_guard_federates_and_runs_lodo(tmp_path):
 
 
 def test_unknown_options_name_the_closest():
-    with pytest.raises(FedharError, match="unknown option 'round' \\(did you mean 'rounds'\\?\\)"):
-        fedhar.federate(round=3)
-    with pytest.raises(FedharError, match="did you mean 'epochs'"):
+    from simulations import federate
+
+    with pytest.raises(FedharError, match="simulations.federate: unknown option 'round' \\(did you mean 'rounds'\\?\\)"):
+        federate(round=3)
+    with pytest.raises(FedharError, match="fedhar.run_lodo: unknown option .*did you mean 'epochs'"):
         fedhar.run_lodo(data="synthetic", out_dir="x", epoch=3)

@@ -355,7 +355,7 @@ def test_the_summary_of_a_run_where_no_client_ever_replied(tmp_path):
 
 
 def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
-    from fedhar.plots import NothingToPlot, accuracy_vs_bytes
+    from simulations.plots import NothingToPlot, accuracy_vs_bytes
 
     run = tmp_path / "run"
     shutil.copytree(Path(__file__).parent / "fixtures" / "tables" / "run", run)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from fedhar.errors import FedharError
-from fedhar.fl_report import command_of, main
 from simulations.config import FLConfig
+from simulations.fl_report import command_of, main
 
 
 def _run(root, name, strategy, server_acc, rounds=2):

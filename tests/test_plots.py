@@ -11,7 +11,7 @@ import pytest
 
 from fedhar.cli import main
 from fedhar.errors import FedharError
-from fedhar.plots import (
+from simulations.plots import (
     NothingToPlot,
     accuracy_per_client,
     accuracy_vs_bytes,
@@ -21,8 +21,8 @@ from fedhar.plots import (
     plot_all,
     rank_ablation,
 )
-from fedhar.plots.figures import _pareto
-from fedhar.plots.style import wrap
+from simulations.plots.figures import _pareto
+from simulations.plots.style import wrap
 
 TABLES = Path(__file__).parent / "fixtures" / "tables"
 RUN, SWEEP, SCALING, LODO = TABLES / "run", TABLES / "sweep", TABLES / "sweep_scaling", TABLES / "lodo" / "runs.csv"

@@ -17,7 +17,7 @@ from fedhar.errors import FedharError
 from simulations.config import FLConfig
 from simulations.sweep import TRIAL_COLUMNS, load_sweep, trial
 from simulations.sweep_confirm import comparison_table, select_best
-from simulations.sweep_run import results_table
+from simulations.sweep_run import _params, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "simulations" / "sweeps"
@@ -302,7 +302,7 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
                        {"fl": {**base, "strategy": rule, "seed": seed, "server_val_fraction": 0.0}},
                        [{"round": 1, "server_accuracy": 0.1}, {"round": 2, "server_accuracy": score}])
     results = results_table(sweep, tmp_path)
-    best = select_best(sweep, results, tmp_path)
+    best = select_best(sweep, results, lambda exp, tid: _params(tmp_path / "tune" / exp / tid))
     assert set(best) == {"fedavg", "fedprox"}  # only rules with finished trials
     assert best["fedavg"]["trial_id"] == "fedavg_1" and best["fedavg"]["values"] == {"lr": 0.001}
     assert best["fedprox"]["trial_id"] == "fedprox_0" and best["fedprox"]["score"] == 0.8

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from fedhar.two_datasets_report import client_drift, report, run_summary
+from simulations.two_datasets_report import client_drift, report, run_summary
 
 
 def fake_run(folder, partition, clients, seed=0, accuracy=(0.9, 0.7)):

@@ -52,4 +52,4 @@ for strategy in fedavg ffa fedsa fedex flora; do
 done
 wait
 
-${PYTHON:-python} -m fedhar.fl_report results/fl
+${PYTHON:-python} -m simulations.fl_report results/fl

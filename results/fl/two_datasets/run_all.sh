@@ -43,4 +43,4 @@ done
 for rule in ffa fedsa fedprox fedex flora hetlora fedavgm fedadam fedyogi fedadagrad; do
   run datasets-$rule-s0 --partition dataset --strategy $rule --seed 0
 done
-${PYTHON:-python} -m fedhar.two_datasets_report "$runs"
+${PYTHON:-python} -m simulations.two_datasets_report "$runs"

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from fedhar.errors import DataFormatError, FedharError
-from fedhar.plots import style as st
-from fedhar.plots.tables import (
+from simulations.plots import style as st
+from simulations.plots.tables import (
     NothingToPlot,
     Trace,
     Trials,

@@ -120,7 +120,7 @@ def _usage(parser) -> int:
 
 
 def cmd_plot(args) -> int:
-    from fedhar import plots
+    from simulations import plots
 
     func = getattr(plots, FUNCTIONS[args.kind])
     options = {"svg": args.svg, "title": args.title}
@@ -142,7 +142,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_all(args) -> int:
-    from fedhar.plots import NothingToPlot, plot_all
+    from simulations.plots import NothingToPlot, plot_all
 
     results = plot_all(args.inputs, args.out_dir, svg=args.svg, where=dict(args.where) or None)
     made = [fig for fig in results.values() if not isinstance(fig, Exception)]

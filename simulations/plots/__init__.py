@@ -14,7 +14,7 @@ figure can be traced to its data, and returns the matplotlib Figure.
     plot_all             every figure the inputs allow
 """
 
-from fedhar.plots.figures import (
+from simulations.plots.figures import (
                                   FIGURES,
                                   accuracy_per_client,
                                   accuracy_vs_bytes,
@@ -24,7 +24,7 @@ from fedhar.plots.figures import (
                                   plot_all,
                                   rank_ablation,
 )
-from fedhar.plots.tables import NothingToPlot
+from simulations.plots.tables import NothingToPlot
 
 __all__ = ["FIGURES", "NothingToPlot", "accuracy_per_client", "accuracy_vs_bytes", "drift_vs_round",
            "inexactness_scaling", "lora_vs_qlora", "plot_all", "rank_ablation"]

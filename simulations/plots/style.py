@@ -18,7 +18,7 @@ from matplotlib.ticker import Formatter
 
 from fedhar import __version__
 from fedhar.errors import FedharError
-from fedhar.plots.tables import Trace
+from simulations.plots.tables import Trace
 
 # Okabe & Ito (2008), distinguishable with every common colour-vision deficiency; yellow
 # (weak on white) last. Markers repeat the distinction without colour.
