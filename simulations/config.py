@@ -52,6 +52,9 @@ NORMALISE = ("dataset", "client")
 HEADS = ("auto", "shared", "local")
 ARMS = ("federated", "centralised", "local")
 FAULTS = ("raise", "nan")
+#: FLConfig fields that say where a run reads and writes, not what it computes: a run's
+#: reproducing command and a figure's setting labels leave them out
+WHERE_FIELDS = ("out_dir", "resume", "overwrite", "data_dir", "backbone", "tensorboard")
 
 
 def _flag(name: str) -> str:

@@ -19,19 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from fedhar.errors import FedharError
-
-#: run-config keys that do not change what a run computes
-NOT_RESULT_KEYS = {"out-dir", "backbone", "resume", "data-dir", "tensorboard"}
+from simulations.config import WHERE_FIELDS, FLConfig
 
 
 def command_of(config: dict) -> str:
     """The ``fedhar fl`` command that reproduces a run (options that differ from the defaults)."""
-    from simulations.config import FLConfig
-
     defaults = FLConfig().to_run_config()
+    where = {name.replace("_", "-") for name in WHERE_FIELDS}
     options = []
     for key, value in config.items():
-        if key in NOT_RESULT_KEYS or defaults.get(key) == value:
+        if key in where or defaults.get(key) == value:
             continue
         if isinstance(value, bool):
             options.append(f"--{key}" if value else f"--no-{key}")

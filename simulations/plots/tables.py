@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fedhar.errors import DataFormatError, FedharError
+from simulations.config import WHERE_FIELDS, FLConfig
 
 
 class NothingToPlot(FedharError):
@@ -46,7 +47,7 @@ OK_STATUS = {"", "nan", "ok", "done", "finished", "success", "succeeded", "compl
 # FLConfig fields that say where or how a run was executed rather than what it computed
 # settings in the order labels name them
 FIRST = ("strategy", "mode", "rank", "local_epochs", "num_clients", "fraction_train", "partition", "data")
-NOT_A_SETTING = {"seed", "out_dir", "resume", "inject_failure", "data_dir", "backbone", "round_timeout"}
+NOT_A_SETTING = {"seed", "inject_failure", "round_timeout", *WHERE_FIELDS}  # seed: a repetition, not a setting
 
 
 DATASET_NAMES = {"uci-har": "UCI-HAR", "hapt": "HAPT", "motionsense": "MotionSense", "hhar": "HHAR",
@@ -66,8 +67,6 @@ def data_label(names) -> str:
 
 def config_keys() -> tuple[str, ...]:
     """The settings of a federated run, snake_case (the FLConfig fields)."""
-    from simulations.config import FLConfig
-
     return tuple(f.name for f in fields(FLConfig))
 
 
