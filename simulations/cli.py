@@ -12,64 +12,6 @@ from fedhar.data.registry import dataset_names
 from fedhar.options import choice, name_list
 from simulations.config import FLConfig
 
-HELP = {
-    "data": "datasets the clients hold, comma-separated",
-    "readers": "datasets from outside fedhar, registered in every process of the run: module:Class (a Reader), "
-    "module:function (registers them) or module, comma-separated (README: Add your own dataset)",
-    "data_dir": "folder holding the datasets (default: the search path of `fedhar data list`)",
-    "partition": "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)",
-    "num_clients": "clients of a Dirichlet partition",
-    "dirichlet_alpha": "Dirichlet concentration: smaller = more label skew",
-    "test_fraction": "each client's own test share (subject-disjoint for partition=dataset, else the "
-    "last windows in time order)",
-    "server_test_fraction": "> 0: per dataset, the server holds out the test subjects of the centralised "
-    "LODO baseline (same seed, train fraction 1 - this) and evaluates the global model on them; "
-    "clients get the remaining subjects only (0 = off)",
-    "server_val_fraction": "> 0 (with --server-test-fraction): a tuning run: the test subjects leave the run and "
-    "the server evaluates on this share of the remaining subjects (validation subjects no client holds)",
-    "normalise": "z-normalisation statistics: each dataset's training windows over all clients, or each "
-    "client's own",
-    "synthetic_domains": "synthetic data: domains (each like a dataset, its own sampling rate)",
-    "synthetic_subjects": "synthetic data: subjects per domain",
-    "pretrain_data": "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets, "
-    "comma-separated",
-    "pretrain_epochs": "MAE pretraining epochs of the backbone (cached by data and settings)",
-    "backbone": "an MAE checkpoint to use instead of pretraining",
-    "mode": "what clients train: full fine-tuning, LoRA, or LoRA on 4-bit NF4 frozen weights",
-    "rank": "LoRA rank r",
-    "lora_alpha": "LoRA scaling alpha (the update is alpha/r * B A)",
-    "fused_lora": "compute each LoRA layer as one fused addmm (faster; equal to peft's within float rounding, not bit for bit)",
-    "local_epochs": "epochs each client trains per round",
-    "batch_size": "training batch size on each client",
-    "lr": "client learning rate (AdamW)",
-    "client_ranks": "per-client LoRA ranks by partition id, e.g. 4,8,16 (rules that aggregate different ranks: "
-    "flora, hetlora, flexlora, or a rule of your own)",
-    "client_modes": "per-client modes by partition id, e.g. lora,qlora",
-    "head": "shared (averaged), local (never leaves its client, sized to its labels) or auto "
-    "(local when some client's training labels miss a class of the federation)",
-    "proximal_mu": "fedprox: weight of the proximal term",
-    "server_lr": "fedadam, fedyogi, fedadagrad: the server step eta",
-    "server_momentum": "fedavgm: server momentum (Flower's default 0 would make it FedAvg)",
-    "rounds": "federated rounds",
-    "fraction_train": "share of the clients sampled to train each round",
-    "min_train_replies": "a round with fewer replies leaves the global adapters unchanged",
-    "round_timeout": "seconds to wait for a round's replies; late clients count as timed out",
-    "seed": "seed of partitions, splits, client sampling and initialisation",
-    "heldout_data": "datasets no client holds, comma-separated ('synthetic' = a separately seeded draw): "
-    "the server evaluates the global adapters on their LODO test subjects every round",
-    "probe_epochs": "epochs of the head-only probe (frozen global encoder) used for held-out data "
-    "when the head is local or its labels leave the federation's space",
-    "server_eval_every": "server-side evaluation every N rounds (and always after the last)",
-    "arm": "federated; centralised (one client with the union of the clients' training windows, all else "
-    "equal: the upper bound); local (each client alone, never aggregated: the lower bound)",
-    "out_dir": "where the run's tables, checkpoint and model go (default: runs/<time>)",
-    "resume": "continue a crashed or stopped run from OUT_DIR/checkpoint.pkl",
-    "overwrite": "replace the earlier run in OUT_DIR (without it, an OUT_DIR holding a run is an error)",
-    "tensorboard": "log per-round metrics and the run's configuration to TensorBoard under this folder "
-    "(needs `pip install 'fedhar[tracking]'`; view with `tensorboard --logdir DIR`)",
-    "inject_failure": "fault injection for tests: pid:round[:raise|nan],...",
-}
-
 
 def _choices() -> dict:
     """The enumerated fields and their names (also the did-you-mean vocabulary)."""
@@ -112,15 +54,15 @@ def add_config_options(parser) -> None:
                                 help=strategy_help())
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=HELP[f.name])
+                                help=f.metadata["help"])
         elif callable(choices.get(f.name)):  # dataset lists: checked by FLConfig, after --readers registered theirs
             parser.add_argument(flag, type=name_list("dataset", None, as_text=True),
-                                default=f.default, metavar="NAME[,NAME...]", help=HELP[f.name])
+                                default=f.default, metavar="NAME[,NAME...]", help=f.metadata["help"])
         elif f.name in choices:
             parser.add_argument(flag, type=choice(f.name.replace("_", "-"), choices[f.name]),
-                                choices=choices[f.name], default=f.default, help=HELP[f.name])
+                                choices=choices[f.name], default=f.default, help=f.metadata["help"])
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
 
 
 def config_from_args(args) -> FLConfig:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from fedhar.errors import FedharError
 from fedhar.options import MAX_RANK, check_name, split_names
@@ -57,6 +57,13 @@ FAULTS = ("raise", "nan")
 WHERE_FIELDS = ("out_dir", "resume", "overwrite", "data_dir", "backbone", "tensorboard")
 
 
+def option(default, help: str):
+    """A field of FLConfig with its help text: the one place of an option's default and help
+    (``fedhar fl --help``, ``fedhar deploy``, sweeps; pyproject.toml's section is checked
+    against the defaults by tests/test_flwr_app.py)."""
+    return field(default=default, metadata={"help": help})
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -64,53 +71,79 @@ def _flag(name: str) -> str:
 @dataclass(frozen=True)
 class FLConfig:
     # data
-    data: str = "synthetic"  # a dataset name, or several comma-separated
-    data_dir: str = ""  # "" = the usual search path (fedhar data list)
-    readers: str = ""  # datasets from outside fedhar: module:Class | module:function | module, comma-separated
-    partition: str = "dataset"  # one client per dataset | per subject | Dirichlet label skew
-    num_clients: int = 8  # only for partition = dirichlet
-    dirichlet_alpha: float = 0.5
-    test_fraction: float = 0.3  # each client's own test split (subject-disjoint, or time order per subject)
-    server_test_fraction: float = 0.0  # > 0: the server holds these test subjects per dataset (LODO's split)
-    server_val_fraction: float = 0.0  # > 0: tuning: the test subjects leave; the server evaluates on validation subjects
-    normalise: str = "dataset"  # z-statistics per dataset (clients' training windows) | per client
-    synthetic_domains: int = 3
-    synthetic_subjects: int = 6
+    data: str = option("synthetic", "datasets the clients hold, comma-separated")
+    data_dir: str = option("", "folder holding the datasets (default: the search path of `fedhar data list`)")
+    readers: str = option("",
+        "datasets from outside fedhar, registered in every process of the run: module:Class (a Reader), "
+        "module:function (registers them) or module, comma-separated (README: Add your own dataset)")
+    partition: str = option("dataset",
+        "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)")
+    num_clients: int = option(8, "clients of a Dirichlet partition")
+    dirichlet_alpha: float = option(0.5, "Dirichlet concentration: smaller = more label skew")
+    test_fraction: float = option(0.3,
+        "each client's own test share (subject-disjoint for partition=dataset, else the last windows in time order)")
+    server_test_fraction: float = option(0.0,
+        "> 0: per dataset, the server holds out the test subjects of the centralised LODO baseline (same seed, "
+        "train fraction 1 - this) and evaluates the global model on them; clients get the remaining subjects only "
+        "(0 = off)")
+    server_val_fraction: float = option(0.0,
+        "> 0 (with --server-test-fraction): a tuning run: the test subjects leave the run and the server evaluates "
+        "on this share of the remaining subjects (validation subjects no client holds)")
+    normalise: str = option("dataset",
+        "z-normalisation statistics: each dataset's training windows over all clients, or each client's own")
+    synthetic_domains: int = option(3, "synthetic data: domains (each like a dataset, its own sampling rate)")
+    synthetic_subjects: int = option(6, "synthetic data: subjects per domain")
     # backbone
-    pretrain_data: str = "synthetic"  # "synthetic" = a separate synthetic population, or datasets, comma-separated
-    pretrain_epochs: int = 5
-    backbone: str = ""  # path of an MAE checkpoint; "" = pretrain (cached) on pretrain_data
+    pretrain_data: str = option("synthetic",
+        "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets, comma-separated")
+    pretrain_epochs: int = option(5, "MAE pretraining epochs of the backbone (cached by data and settings)")
+    backbone: str = option("", "an MAE checkpoint to use instead of pretraining")
     # fine-tuning
-    mode: str = "lora"
-    rank: int = 8
-    lora_alpha: float = 16.0
-    fused_lora: bool = False  # LoRA layers as one fused addmm (fedhar.model.fused_lora): faster, equal to peft within rounding
-    local_epochs: int = 1
-    batch_size: int = 64
-    lr: float = 2e-3
-    client_ranks: str = ""  # per-client LoRA ranks by partition id, e.g. "4,8,16" (cycled); "" = rank
-    client_modes: str = ""  # per-client modes by partition id, e.g. "lora,qlora" (cycled); "" = mode
-    head: str = "auto"  # shared (averaged) | local (stays on its client) | auto: local if label sets differ
+    mode: str = option("lora", "what clients train: full fine-tuning, LoRA, or LoRA on 4-bit NF4 frozen weights")
+    rank: int = option(8, "LoRA rank r")
+    lora_alpha: float = option(16.0, "LoRA scaling alpha (the update is alpha/r * B A)")
+    fused_lora: bool = option(False,
+        "compute each LoRA layer as one fused addmm (faster; equal to peft's within float rounding, not bit for "
+        "bit)")
+    local_epochs: int = option(1, "epochs each client trains per round")
+    batch_size: int = option(64, "training batch size on each client")
+    lr: float = option(2e-3, "client learning rate (AdamW)")
+    client_ranks: str = option("",
+        "per-client LoRA ranks by partition id, e.g. 4,8,16 (rules that aggregate different ranks: flora, hetlora, "
+        "flexlora, or a rule of your own)")
+    client_modes: str = option("", "per-client modes by partition id, e.g. lora,qlora")
+    head: str = option("auto",
+        "shared (averaged), local (never leaves its client, sized to its labels) or auto (local when some client's "
+        "training labels miss a class of the federation)")
     # federation
-    arm: str = "federated"  # federated | centralised (one client, the union of the clients' training windows) | local
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01  # fedprox only
-    server_lr: float = 0.01  # fedadam / fedyogi / fedadagrad: server step (eta)
-    server_momentum: float = 0.9  # fedavgm, with server lr 1 - momentum (Flower's default momentum 0 = FedAvg)
-    rounds: int = 3
-    fraction_train: float = 1.0
-    min_train_replies: int = 1  # a round with fewer valid replies leaves the global adapters unchanged
-    round_timeout: float = 600.0  # seconds to wait for replies; late clients count as timed out
-    seed: int = 0
+    arm: str = option("federated",
+        "federated; centralised (one client with the union of the clients' training windows, all else equal: the "
+        "upper bound); local (each client alone, never aggregated: the lower bound)")
+    strategy: str = option("fedavg", "aggregation rule, by name or as module:Class (the rules: fedhar fl --help)")
+    proximal_mu: float = option(0.01, "fedprox: weight of the proximal term")
+    server_lr: float = option(0.01, "fedadam, fedyogi, fedadagrad: the server step eta")
+    server_momentum: float = option(0.9, "fedavgm: server momentum (Flower's default 0 would make it FedAvg)")
+    rounds: int = option(3, "federated rounds")
+    fraction_train: float = option(1.0, "share of the clients sampled to train each round")
+    min_train_replies: int = option(1, "a round with fewer replies leaves the global adapters unchanged")
+    round_timeout: float = option(600.0, "seconds to wait for a round's replies; late clients count as timed out")
+    seed: int = option(0, "seed of partitions, splits, client sampling and initialisation")
     # server-side evaluation (simulations/server_eval.py)
-    heldout_data: str = ""  # comma-separated datasets that no client holds; "synthetic" = a separate draw
-    probe_epochs: int = 5  # head-only probe on held-out data (head local, or labels outside the space)
-    server_eval_every: int = 1  # evaluate on the server every this many rounds (and the last round)
-    out_dir: str = ""  # "" = runs/<timestamp>
-    resume: bool = False  # continue from out_dir/checkpoint.pkl (the last finished round)
-    tensorboard: str = ""  # a folder: per-round metrics and the config to TensorBoard (simulations/tracking.py)
-    overwrite: bool = False  # replace an earlier run's tables in out_dir (else that is an error)
-    inject_failure: str = ""  # fault injection for tests: "pid:round[:raise|nan],..." in that client
+    heldout_data: str = option("",
+        "datasets no client holds, comma-separated ('synthetic' = a separately seeded draw): the server evaluates "
+        "the global adapters on their LODO test subjects every round")
+    probe_epochs: int = option(5,
+        "epochs of the head-only probe (frozen global encoder) used for held-out data when the head is local or its"
+        " labels leave the federation's space")
+    server_eval_every: int = option(1, "server-side evaluation every N rounds (and always after the last)")
+    out_dir: str = option("", "where the run's tables, checkpoint and model go (default: runs/<time>)")
+    resume: bool = option(False, "continue a crashed or stopped run from OUT_DIR/checkpoint.pkl")
+    tensorboard: str = option("",
+        "log per-round metrics and the run's configuration to TensorBoard under this folder (needs `pip install "
+        "'fedhar[tracking]'`; view with `tensorboard --logdir DIR`)")
+    overwrite: bool = option(False,
+        "replace the earlier run in OUT_DIR (without it, an OUT_DIR holding a run is an error)")
+    inject_failure: str = option("", "fault injection for tests: pid:round[:raise|nan],...")
 
     def __post_init__(self):
         self.validate()

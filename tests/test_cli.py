@@ -111,6 +111,19 @@ def test_every_option_of_every_sub_command_has_help_and_shows_defaults_once():
     assert not bad, f"badly shown defaults: {bad}"
 
 
+def test_an_fl_option_is_defined_once_with_its_default_and_help(capsys):
+    """FLConfig's field holds default and help; `fedhar fl --help` shows that very text."""
+    from dataclasses import fields
+
+    from simulations.config import FLConfig
+
+    assert all(f.metadata.get("help", "").strip() for f in fields(FLConfig))
+    assert main(["fl", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    rank = next(f for f in fields(FLConfig) if f.name == "rank")
+    assert f"--rank RANK {rank.metadata['help']} (default: {rank.default})" in text
+
+
 @pytest.mark.parametrize("argv, suggestion", [
     (["fl", "--data", "ucihar"], "did you mean 'uci-har'?"),
     (["fl", "--heldout-data", "synthetc"], "did you mean 'synthetic'?"),
