@@ -25,8 +25,10 @@ def default_out_dir() -> Path:
 
 def absolute_paths(cfg: FLConfig) -> FLConfig:
     """Every path the app reads or writes, made absolute against the caller's directory."""
+    from fedhar.data.registry import absolute_readers
+
     out_dir = Path(cfg.out_dir or default_out_dir()).resolve()
-    return replace(cfg, out_dir=str(out_dir),
+    return replace(cfg, out_dir=str(out_dir), readers=absolute_readers(cfg.readers),
                    data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "",
                    backbone=str(Path(cfg.backbone).resolve()) if cfg.backbone else "")
 

@@ -11,7 +11,15 @@ import pandas as pd
 from fedhar.data import paths
 from fedhar.data.labels import activities
 from fedhar.data.loading import Prepared, find_dataset, load
-from fedhar.data.registry import SYNTHETIC, builtin_reader_names, dataset_names, get_reader, reader_names
+from fedhar.data.registry import (
+    SYNTHETIC,
+    builtin_reader_names,
+    dataset_names,
+    get_reader,
+    is_folder_item,
+    reader_names,
+    register_folder,
+)
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
@@ -28,12 +36,11 @@ def register(commands) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def common(p, many=False):
+        names = f"one of: {', '.join(dataset_names())}; or a folder with a manifest.csv (path/to/folder)"
         if many:
-            p.add_argument("names", nargs="*", metavar="DATASET", type=choice("dataset", dataset_names),
-                           help=f"one of: {', '.join(dataset_names())}")
+            p.add_argument("names", nargs="*", metavar="DATASET", type=dataset_arg, help=names)
         else:
-            p.add_argument("name", metavar="DATASET", type=choice("dataset", dataset_names),
-                           help=f"one of: {', '.join(dataset_names())}")
+            p.add_argument("name", metavar="DATASET", type=dataset_arg, help=names)
         p.add_argument("--data-dir", type=Path, help="folder holding the datasets (else $FEDHAR_DATA_DIR, ./data, ...)")
         add_synthetic_options(p)
 
@@ -58,6 +65,14 @@ def register(commands) -> None:
     p.add_argument("--dest", type=Path, help=f"folder to unpack into (default {paths.download_dir()})")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
     p.set_defaults(run=cmd_download)
+
+
+def dataset_arg(text: str) -> str:
+    """A dataset name, or a folder dataset's path (registered here; its name is returned).
+    A bad folder raises FedharError, which argparse lets through to `fedhar: error: <file>:<line>`."""
+    if is_folder_item(text):
+        return register_folder(text)
+    return choice("dataset", dataset_names)(text)
 
 
 def add_synthetic_options(p: argparse.ArgumentParser, domains: int | None = None, subjects: int | None = None) -> None:

@@ -1,5 +1,8 @@
 """Turn native-rate recordings into the common window form.
 
+Units: ``to_si`` converts accelerometer (g) and gyroscope (deg/s) readings to the common
+m/s^2 and rad/s (readers call it where their published units differ).
+
 Resampling: a polyphase FIR filter (scipy.signal.resample_poly, Kaiser window) that
 low-pass filters before decimating, so 100/200 Hz recordings do not alias into 0-25 Hz.
 Labels are carried to the new clock by nearest sample.
@@ -13,12 +16,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from math import pi
 
 import numpy as np
 from scipy.signal import resample_poly
 
 from fedhar.data.labels import UNLABELLED
-from fedhar.data.schema import PrepareReport, Recording, WindowSet
+from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording, WindowSet
 from fedhar.errors import DataFormatError, FedharError
 
 
@@ -30,6 +34,16 @@ class WindowConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: unit name -> factor to the common unit (schema.CHANNEL_UNITS)
+ACC_UNITS: dict[str, float] = {"m/s^2": 1.0, "m/s2": 1.0, "m/s²": 1.0, "g": STANDARD_GRAVITY}
+GYRO_UNITS: dict[str, float] = {"rad/s": 1.0, "deg/s": pi / 180.0, "dps": pi / 180.0}
+
+
+def to_si(signal: np.ndarray, acc_unit: str, gyro_unit: str) -> np.ndarray:
+    """(T, 6) acc x, y, z in ``acc_unit`` and gyro x, y, z in ``gyro_unit`` -> m/s^2 and rad/s."""
+    return np.concatenate([signal[:, :3] * ACC_UNITS[acc_unit], signal[:, 3:] * GYRO_UNITS[gyro_unit]], axis=1)
 
 
 def resample(rec: Recording, rate: float) -> Recording:

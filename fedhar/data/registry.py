@@ -1,6 +1,7 @@
 """The datasets fedhar knows, by name, and how a dataset from outside the package joins them.
 
-A dataset is one reader module (a ``fedhar.data.readers.base.Reader`` subclass). Three ways
+A dataset is one reader module (a ``fedhar.data.readers.base.Reader`` subclass), or a folder
+of recordings with a ``manifest.csv`` (no code: ``fedhar.data.readers.folder``). Three ways
 to add one, all ending in ``register_reader``:
 
   * ``register_reader("mine", MyReader)`` in your own code (this process only);
@@ -19,9 +20,11 @@ union label space (``fedhar.data.labels.add_activities``): existing ids never ch
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from fedhar.data.labels import add_activities
 from fedhar.data.readers.base import Reader
@@ -84,6 +87,9 @@ def load_readers(spec: str) -> None:
     for item in (part.strip() for part in (spec or "").split(",")):
         if not item:
             continue
+        if is_folder_item(item):
+            register_folder(item)
+            continue
         obj = import_target(item, "readers")
         if isinstance(obj, type) and issubclass(obj, Reader):
             register_reader(getattr(obj, "name", ""), obj)
@@ -91,6 +97,35 @@ def load_readers(spec: str) -> None:
             obj()
         elif ":" in item:
             raise FedharError(f"readers {item!r}: neither a Reader subclass nor a function")
+
+
+def is_folder_item(item: str) -> bool:
+    """A ``readers`` item naming a folder dataset (a path, or NAME=path), not a module."""
+    return "/" in item or os.sep in item or "=" in item or (Path(item) / "manifest.csv").is_file()
+
+
+def _folder_item(item: str) -> tuple[str, Path]:
+    name, _, path = item.rpartition("=")
+    folder = Path(path.strip()).expanduser().resolve()
+    return name.strip() or folder.name, folder
+
+
+def register_folder(item: str) -> str:
+    """Register the folder dataset ``path`` (named after the folder) or ``NAME=path``; its name."""
+    from fedhar.data.readers.folder import folder_reader
+
+    name, folder = _folder_item(item)
+    if not _NAME.match(name):
+        raise FedharError(f"readers {item!r}: the folder name {name!r} is not a dataset name (lower-case letters, "
+                          f"digits, '-', '_', '.'): name it NAME={folder}")
+    register_reader(name, folder_reader(name, folder))
+    return name
+
+
+def absolute_readers(spec: str) -> str:
+    """``spec`` with folder datasets as NAME=/absolute/path: the run's processes may start elsewhere."""
+    items = [part.strip() for part in (spec or "").split(",") if part.strip()]
+    return ",".join("=".join(map(str, _folder_item(i))) if is_folder_item(i) else i for i in items)
 
 
 def _load_entry_points() -> None:

@@ -11,11 +11,14 @@ import math
 from fedhar.errors import DataFormatError
 
 
-def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], header_lines: int = 1):
+def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], header_lines: int = 1,
+                         numeric: tuple[str, ...] | None = None):
     """Raise a DataFormatError naming the first line with the wrong cell count or a
-    non-numeric / non-finite cell; ``columns`` names every expected cell."""
+    non-numeric / non-finite cell; ``columns`` names every expected cell, ``numeric`` those
+    that must be numbers (default: all)."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     n = len(columns)
+    numeric = set(columns if numeric is None else numeric)
     for lineno, line in enumerate(lines[header_lines:], start=header_lines + 1):
         if not line:
             continue  # pandas skips empty lines too
@@ -24,6 +27,8 @@ def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], head
             hint = " (truncated row?)" if len(cells) < n else ""
             raise DataFormatError(where, f"expected {n} comma-separated cells, found {len(cells)}{hint}", line=lineno)
         for name, cell in zip(columns, cells):
+            if name not in numeric:
+                continue
             try:
                 value = float(cell)
             except ValueError:

@@ -59,7 +59,6 @@ trial or subject.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,13 +67,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from fedhar.data.harmonise import to_si
 from fedhar.data.labels import ACTIVITY_ID
 from fedhar.data.readers.base import Reader
-from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording
+from fedhar.data.schema import PrepareReport, Recording
 from fedhar.errors import DataFormatError
 
 RATE_HZ = 100.0
-DPS_TO_RAD_S = math.pi / 180.0
 READINGS = "sensor_readings"
 READING_COLUMNS = (
     "acc_x [g]", "acc_y [g]", "acc_z [g]", "gyro_x [dps]", "gyro_y [dps]", "gyro_z [dps]"
@@ -270,8 +269,6 @@ class UscHadReader(Reader):
             relative = f"{path.parent.name}/{path.name}"
             comments.append(f"{relative} ({text_field(path, mat, COMMENTS_FIELD)!r})")
         values = readings(path, mat)
-        signal = np.concatenate(
-            [values[:, :3] * STANDARD_GRAVITY, values[:, 3:] * DPS_TO_RAD_S], axis=1
-        )
+        signal = to_si(values, "g", "deg/s")
         labels = np.full(len(signal), ACTIVITY_ID[LABEL_MAP[trial.activity]], np.int64)
         return Recording(signal, labels, RATE_HZ, trial.subject, str(path))
