@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,11 +168,14 @@ def _csv_channels(entry: Entry) -> np.ndarray:
     data = entry.path.read_bytes()
     wanted = entry.channels or CHANNELS
     try:
-        # every column as text, then the six as numbers: extra columns (a timestamp, ...) may hold anything
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=True)
+        with warnings.catch_warnings():
+            # with index_col=False pandas only warns when the first row has extra cells
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # every column as text, then the six as numbers: other columns (a timestamp, ...) may hold anything
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise DataFormatError(where, "empty file (a recording needs a header row and samples)") from None
-    except ValueError:  # ParserError: a row with more cells than the header
+    except (ValueError, pd.errors.ParserWarning):  # ParserError (a ValueError): a row with extra cells
         raise_first_bad_line(data, where, _header(data), numeric=wanted)
     header = tuple(c.strip() for c in frame.columns)
     frame.columns = header
