@@ -74,8 +74,9 @@ class FLConfig:
     data: str = option("synthetic", "datasets the clients hold, comma-separated")
     data_dir: str = option("", "folder holding the datasets (default: the search path of `fedhar data list`)")
     readers: str = option("",
-        "datasets from outside fedhar, registered in every process of the run: module:Class (a Reader), "
-        "module:function (registers them) or module, comma-separated (README: Add your own dataset)")
+        "datasets from outside fedhar, registered in every process of the run: a folder with a manifest.csv "
+        "(path, or name=path), module:Class (a Reader), module:function (registers them) or module, "
+        "comma-separated (README: Bring your own dataset)")
     partition: str = option("dataset",
         "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)")
     num_clients: int = option(8, "clients of a Dirichlet partition")
