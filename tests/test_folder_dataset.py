@@ -90,7 +90,7 @@ def test_registering_is_idempotent_and_paths_become_absolute(lab, monkeypatch):
     assert registry.register_folder("./lab") == registry.register_folder(str(lab)) == "lab"
     assert registry.register_folder(f"mine={lab}") == "mine"
     registry.load_readers(f"./lab,mine={lab}")  # the run config's form: every process repeats it
-    assert registry.absolute_readers(f"./lab, tests.fixtures.my_dataset:JuggleReader") == (
+    assert registry.absolute_readers("./lab, tests.fixtures.my_dataset:JuggleReader") == (
         f"lab={lab},tests.fixtures.my_dataset:JuggleReader")
     with pytest.raises(FedharError, match="is not a dataset name"):
         registry.register_folder(str(write_folder(lab.parent / "My Lab", ["x.npy,1,walking,50,g,rad/s,"])))
