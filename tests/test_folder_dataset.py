@@ -165,6 +165,8 @@ RECORDING_ERRORS = [
      r"w.npy: has 6 columns; the channels of manifest.csv:2 name columns 1 2 3 4 5 6"),
     ("two arrays", lambda r: np.savez(r / "w.npz", a=np.zeros((9, 6)), b=np.zeros(9)) or "w.npz,1,walking,50,g,deg/s,",
      r"w.npz: holds 2 arrays \(a, b\); a recording .npz holds exactly one"),
+    ("nan", lambda r: np.save(r / "w.npy", np.array([[0.0] * 6, [0, 0, np.nan, 0, 0, 0]])) or GOOD.replace("a.", "w."),
+     r"w.npy: row 2 holds a non-finite value \(NaN or inf\)"),
     ("not an array", lambda r: (r / "w.npy").write_text("hello") and "w.npy,1,walking,50,g,deg/s,",
      r"w.npy: not a readable .npy file"),
     ("no samples", lambda r: _bad_csv(r, "acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n"), r"r.csv: no samples"),

@@ -32,7 +32,7 @@ Errors (DataFormatError): manifest.csv:<line> for a missing manifest, a missing 
 column, a wrong cell count, a missing or twice-listed file, an unknown file type, a subject that
 is not an integer, an empty activity, a rate that is not a number > 0, an unknown unit, a bad
 channels cell; <recording>[:<line>] for an unreadable file, a channel it lacks, the wrong number
-of columns, a non-numeric or non-finite cell, no samples.
+of columns, a non-numeric or non-finite cell or array row, no samples.
 """
 
 from __future__ import annotations
@@ -217,7 +217,11 @@ def _array_channels(entry: Entry) -> np.ndarray:
         how = f"the channels of {MANIFEST}:{entry.line} name columns {' '.join(entry.channels)}" if entry.channels \
             else f"without a channels cell in {MANIFEST}:{entry.line} it must have exactly 6"
         raise DataFormatError(path, f"has {loaded.shape[1]} columns; {how}")
-    return loaded[:, columns].astype(np.float64)
+    values = loaded[:, columns].astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise DataFormatError(path, f"row {bad[0] + 1} holds a non-finite value (NaN or inf)")
+    return values
 
 
 class FolderReader(Reader):
