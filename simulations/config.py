@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from fedhar.errors import FedharError
 from fedhar.options import MAX_RANK, check_name, split_names
@@ -151,7 +152,7 @@ class FLConfig:
 
     def validate(self) -> None:
         """Every option checked before any work starts; errors name the option (--flag)."""
-        from fedhar.data.registry import dataset_names, load_readers
+        from fedhar.data.registry import dataset_names, is_folder_item, load_readers
 
         load_readers(self.readers)  # first: they add dataset names (every process that reads this config)
 
@@ -167,7 +168,9 @@ class FLConfig:
                 try:
                     check_name("dataset", name, dataset_names())
                 except FedharError as e:
-                    raise FedharError(f"--{flag}: {e}") from None
+                    hint = (f" (a folder dataset: --readers {name} --data {Path(name).name or 'NAME'})"
+                            if is_folder_item(name) else "")
+                    raise FedharError(f"--{flag}: {e}{hint}") from None
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
                      "server_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
                      "synthetic_subjects"):

@@ -92,6 +92,12 @@ def test_registering_is_idempotent_and_paths_become_absolute(lab, monkeypatch):
     registry.load_readers(f"./lab,mine={lab}")  # the run config's form: every process repeats it
     assert registry.absolute_readers("./lab, tests.fixtures.my_dataset:JuggleReader") == (
         f"lab={lab},tests.fixtures.my_dataset:JuggleReader")
+    from simulations.config import FLConfig
+
+    assert FLConfig(readers="./lab", data="lab", partition="subject").datasets == ["lab"]
+    with pytest.raises(FedharError, match=r"--data: unknown dataset './lab'.* \(a folder dataset: --readers ./lab "
+                                          r"--data lab\)"):
+        FLConfig(data="./lab")
     with pytest.raises(FedharError, match="is not a dataset name"):
         registry.register_folder(str(write_folder(lab.parent / "My Lab", ["x.npy,1,walking,50,g,rad/s,"])))
 
