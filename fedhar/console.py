@@ -16,6 +16,7 @@ import sys
 import warnings
 
 VERBOSE_ENV = "FEDHAR_VERBOSE"
+FLOWER_LOGGER = "flwr"  # the logging logger Flower writes to
 NOISY_MODULES = r"(torch|ray|flwr|peft|bitsandbytes|transformers|typer|click)(\..*)?"
 
 
@@ -52,15 +53,25 @@ class _DropBanners(logging.Filter):
 
 
 def quiet_flower() -> None:
-    """Flower's console log: warnings only and no colours off a terminal (INFO with --verbose)."""
-    from flwr.supercore.logger import FLOWER_LOGGER, update_console_handler
+    """Flower's console log: warnings only and no colours off a terminal (INFO with --verbose).
+
+    Flower logs through Python's logging, to the "flwr" logger, whose console handler is a
+    StreamHandler: its level is set with the logging API. Colours have no public switch: the
+    handler's ``colored`` flag is the one Flower's own (non-public) ``update_console_handler``
+    sets; tests/test_flower_public_api.py checks that no colour code reaches a file."""
+    import flwr.common  # noqa: F401  (importing Flower adds its console handler to the "flwr" logger)
 
     quiet_libraries()
-    update_console_handler(level=logging.INFO if verbose() else logging.WARNING, colored=stderr_is_tty())
-    for f in [f for f in FLOWER_LOGGER.filters if isinstance(f, _DropBanners)]:
-        FLOWER_LOGGER.removeFilter(f)
+    flower = logging.getLogger(FLOWER_LOGGER)
+    for handler in flower.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if verbose() else logging.WARNING)
+            if hasattr(handler, "colored"):
+                handler.colored = stderr_is_tty()
+    for f in [f for f in flower.filters if isinstance(f, _DropBanners)]:
+        flower.removeFilter(f)
     if not verbose():
-        FLOWER_LOGGER.addFilter(_DropBanners())
+        flower.addFilter(_DropBanners())
 
 
 def progress(iterable=None, **kwargs):

@@ -19,8 +19,8 @@ What it does as Flower's simulation engine does (flwr 1.41: ``InMemoryGrid`` +
 * the ClientApp receives a copy of the message (Flower's messages travel serialised), so a
   ClientApp cannot change what the server or other clients see;
 * a ClientApp exception becomes the error reply Flower's worker builds: code
-  ``ErrorCode.CLIENT_APP_RAISED_EXCEPTION`` and reason
-  ``str(type(e)) + ":<'" + str(e) + "'>"`` of ``e = ClientAppException(str(exception))``,
+  ``CLIENT_APP_RAISED_EXCEPTION`` and reason ``str(type(e)) + ":<'" + str(e) + "'>"`` of
+  ``e = ClientAppException(str(exception))`` (``messages.client_app_raised``),
   logged with its traceback; the run goes on. Only ``Exception`` is caught, as in Flower;
 * messages are checked as the in-memory LinkState checks them: an invalid message or one
   for an unknown node is logged and not sent (no id returned); a reply that does not
@@ -32,8 +32,8 @@ What it does as Flower's simulation engine does (flwr 1.41: ``InMemoryGrid`` +
 What differs, and what it cannot do:
 
 * Node ids are fixed: node ``NODE_ID_OFFSET + pid`` for partition pid (Flower draws random
-  64-bit ids), the run id is ``DEFAULT_RUN_ID``, and message ids come from a counter
-  (Flower: uuid4). The order of replies is the order of the messages.
+  64-bit ids), the run id is ``DEFAULT_RUN_ID``, and a message's id is its ``object_id``
+  (Flower's simulation: uuid4). The order of replies is the order of the messages.
 * Clients run one after the other, so a round takes the sum of the clients' times, not
   the longest one (Flower runs as many at once as its actors allow).
 * Timeouts. A ClientApp call cannot be interrupted: a call that hangs hangs the run, and
@@ -55,25 +55,22 @@ What differs, and what it cannot do:
 * ``timeout`` bounds a round only between calls; ``pull_messages`` delivers every pending
   message it is asked about, with no deadline.
 
-Why Flower internals (issue 11 asked for public APIs only). Flower 1.41's one public way to
-run a ServerApp with ClientApps in one program is ``flwr.simulation.run_simulation``, whose
-only backend is Ray (the ``ray`` engine of ``fedhar fl``): about 10 s to start, and it cannot
-run inside a Ray task (a sweep trial). The Message API (``flwr.app``, ``flwr.serverapp.Grid``)
-is public and is what this module implements; to behave exactly as Flower's engine does it
-reuses these non-public pieces instead of copying them:
-
-  ``flwr.clientapp.client_app.ClientAppException``  the exception class whose ``str(type(e))``
-        Flower's error replies carry (tables and tests match on it)
-  ``flwr.common.constant``  the node-config keys (partition-id, num-partitions), the
-        SuperLink's node id and ``ErrorCode``
-  ``flwr.server.superlink.linkstate.utils.create_message_error_unavailable_ins_message``
-        the reply Flower gives for an unknown or expired message id
-  ``flwr.server.utils.validator.validate_message``  the LinkState's checks of messages and replies
-  ``flwr.supercore.run.Run``, ``flwr.supercore.task_identity.TaskIdentity``,
-  ``flwr.supercore.date.now``  the run and the identity a ServerApp needs to build messages
-  ``metadata.__dict__["_message_id"]``  Message ids are set by the LinkState (no public setter)
-tests/test_fl_inline.py pins each behaviour against Flower's, so an upgrade of Flower that
-moves one of them fails there, not silently.
+Public Flower APIs only (issue 11). Flower 1.41's one public way to run a ServerApp with
+ClientApps in one program is ``flwr.simulation.run_simulation``, whose only backend is Ray
+(the ``ray`` engine of ``fedhar fl``): about 10 s to start, and it cannot run inside a Ray
+task (a sweep trial). So this module implements the public ``flwr.serverapp.Grid`` with the
+public Message API (``flwr.app``), and does what Flower's LinkState and workers do to
+messages with the public pieces of simulations/messages.py (ids, error replies and their
+reasons, the LinkState's checks, the node-config keys), each compared with Flower's own
+original in tests/test_flower_messages.py. What that changes: a message's id is its
+``object_id`` (as Flower's deployment SuperLink and SuperNodes set ids) and sits on the
+grid's copy of the message, not on the caller's object (``Metadata`` has no public setter:
+``rounds.exchange`` finds it as ``msg.object_id``); ``grid.run`` is the ``Run`` given to
+``set_run`` (``Run`` is not public), ``run_id`` the run's id. One non-public piece is left,
+in ``task_identity``: Flower's ``Message`` constructor takes the ServerApp's run id and node
+from ``flwr.supercore.task_identity.TaskIdentity``, which no public API sets.
+tests/test_fl_inline.py pins each behaviour against Flower's engine, and
+tests/test_flower_public_api.py keeps fedhar's imports of Flower public.
 
 Memory: per node only its ``Context`` (node_config, ``state``; ``run_config`` is one dict
 shared by all nodes). Messages are held only between push and pull; a model exists only
@@ -83,7 +80,6 @@ while a ClientApp call builds it.
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 import traceback
 from collections import defaultdict
@@ -94,15 +90,20 @@ from logging import ERROR, WARNING
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.client_app import ClientAppException
-from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
-from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
-from flwr.server.utils.validator import validate_message
+from flwr.common import log, now
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore import log
-from flwr.supercore.date import now
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from simulations.messages import (
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    SUPERLINK_NODE_ID,
+    ErrorCode,
+    client_app_raised,
+    problems,
+    unavailable_reply,
+    with_id,
+    worker_reason,
+)
 
 NODE_ID_OFFSET = 1_000_000  # node id of partition pid: NODE_ID_OFFSET + pid
 DEFAULT_RUN_ID = 1
@@ -133,9 +134,8 @@ class InlineGrid(Grid):
         self.num_nodes = num_nodes
         self.timeout_mode = timeout_mode
         self.run_config = dict(run_config or {})  # shared by every node's Context; calls get copies
-        self._run = Run.create_empty(run_id)
-        self._run.override_config = dict(self.run_config)
-        self._ids = itertools.count(1)
+        self.run_id = run_id
+        self._run = None  # the Run given to set_run, if any
         self._pending: dict[str, Message] = {}  # message id -> instruction, in push order
         self._replies: dict[str, Message] = {}  # instruction id -> reply not yet pulled
         self._unanswered: set[str] = set()  # delivered, reply dropped: pulling them gives nothing
@@ -146,7 +146,7 @@ class InlineGrid(Grid):
     def _fresh_contexts(self) -> dict[int, Context]:
         return {
             node_id_of(pid): Context(
-                run_id=self._run.run_id,
+                run_id=self.run_id,
                 node_id=node_id_of(pid),
                 node_config={PARTITION_ID_KEY: pid, NUM_PARTITIONS_KEY: self.num_nodes},
                 state=RecordDict(),
@@ -157,12 +157,13 @@ class InlineGrid(Grid):
 
     # -- the Grid interface ---------------------------------------------------------------
 
-    def set_run(self, run: Run) -> None:
-        """Operate in ``run``; a different run id starts every node with a fresh Context."""
-        if not isinstance(run, Run):
-            raise TypeError(f"`run` must be an instance of Run, got {type(run).__name__}")
-        new_id = run.run_id != self._run.run_id
-        self._run = Run(**vars(run))
+    def set_run(self, run) -> None:
+        """Operate in ``run`` (the Flower ``Run`` a runtime passes); a different run id starts
+        every node with a fresh Context."""
+        if not isinstance(getattr(run, "run_id", None), int):
+            raise TypeError(f"`run` must be a Flower Run, got {type(run).__name__}")
+        new_id = run.run_id != self.run_id
+        self._run, self.run_id = copy.copy(run), run.run_id
         if new_id:
             self._pending.clear()
             self._replies.clear()
@@ -170,8 +171,12 @@ class InlineGrid(Grid):
             self.contexts = self._fresh_contexts()
 
     @property
-    def run(self) -> Run:
-        return Run(**vars(self._run))
+    def run(self):
+        """A copy of the Run given to ``set_run``. Flower's ``Run`` class is not public, so a
+        grid given none has none to return (as Flower's own grids): ``run_id`` is the run's id."""
+        if self._run is None:
+            raise RuntimeError(f"InlineGrid.run: no Run was set (set_run); the run id is {self.run_id}")
+        return copy.copy(self._run)
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
                        ttl: float | None = None) -> Message:
@@ -182,19 +187,23 @@ class InlineGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Store each valid message under its id (its ``object_id``, see ``with_id``) and
+        return the ids. The id goes on the grid's copy of the message (``Metadata`` has no
+        public setter): the caller finds it as ``msg.object_id``."""
         ids: list[str] = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = self._next_id()
-            problems = validate_message(msg, is_reply_message=False)
-            if msg.metadata.run_id != self._run.run_id:
-                problems.append(f"run id {msg.metadata.run_id} is not this run's ({self._run.run_id})")
+            stored = with_id(msg)
+            mid = stored.metadata.message_id
+            found = problems(stored, is_reply=False)
+            if msg.metadata.run_id != self.run_id:
+                found.append(f"run id {msg.metadata.run_id} is not this run's ({self.run_id})")
             if msg.metadata.dst_node_id not in self.contexts:
-                problems.append(f"invalid destination node id {msg.metadata.dst_node_id}")
-            if problems:
-                log(ERROR, "inline engine: message not sent: %s", "; ".join(problems))
+                found.append(f"invalid destination node id {msg.metadata.dst_node_id}")
+            if found:
+                log(ERROR, "inline engine: message not sent: %s", "; ".join(found))
                 continue
-            self._pending[msg.metadata.message_id] = msg
-            ids.append(msg.metadata.message_id)
+            self._pending.setdefault(mid, stored)  # pushed again while pending: stored once, as the LinkState does
+            ids.append(mid)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -210,11 +219,11 @@ class InlineGrid(Grid):
             if mid in self._replies:
                 out.append(self._replies.pop(mid))
             elif mid not in self._unanswered:
-                out.append(create_message_error_unavailable_ins_message(mid, self._run.run_id))
+                out.append(unavailable_reply(mid, self.run_id))
         return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        ids = list(self.push_messages(messages))
+        ids = list(dict.fromkeys(self.push_messages(messages)))
         del messages
         deadline = None if timeout is None else time.monotonic() + timeout
         for k, mid in enumerate(ids):
@@ -233,15 +242,12 @@ class InlineGrid(Grid):
 
     # -- delivery -------------------------------------------------------------------------
 
-    def _next_id(self) -> str:
-        return f"inline-{next(self._ids):012d}"
-
     def _deliver(self, mid: str, deadline: float | None) -> None:
         """Run the ClientApp on pending message ``mid``; store its reply unless it is late."""
         msg = self._pending.pop(mid)
         kind = msg.metadata.message_type
         if msg.metadata.created_at + msg.metadata.ttl < now().timestamp():
-            self._replies[mid] = create_message_error_unavailable_ins_message(mid, self._run.run_id)
+            self._replies[mid] = unavailable_reply(mid, self.run_id)
             return
         node_id = msg.metadata.dst_node_id
         stored = self.contexts[node_id]
@@ -255,12 +261,13 @@ class InlineGrid(Grid):
             reply = self.client_app(message=delivered, context=context)
         except Exception as ex:  # pylint: disable=broad-exception-caught  (as flwr's vce worker)
             # the Ray actor wraps what the ClientApp raised (ray_actor.VirtualClientEngineActor.run)
-            reply = self._error_reply(ClientAppException(str(ex)), msg, cause=ex)
+            error, logged = client_app_raised(ex)
+            reply = self._error_reply(error, logged, msg, cause=ex)
         else:
             if context.run_config != self.run_config:  # DeprecatedRunInfoStore.update_context
-                reply = self._error_reply(ValueError(
-                    "The `run_config` field of the `Context` object cannot be modified "
-                    f"(run_id: {msg.metadata.run_id})."), msg)
+                refused = ValueError("The `run_config` field of the `Context` object cannot be modified "
+                                     f"(run_id: {msg.metadata.run_id}).")
+                reply = self._error_reply(Error(ErrorCode.UNKNOWN, worker_reason(refused)), refused, msg, cause=refused)
             else:
                 context.run_config = self.run_config
                 self.contexts[node_id] = context
@@ -278,25 +285,23 @@ class InlineGrid(Grid):
         if not isinstance(reply, Message):
             log(ERROR, "inline engine: the ClientApp returned %s, not a Message: no reply", type(reply).__name__)
             return
-        reply.metadata.__dict__["_message_id"] = self._next_id()
-        problems = validate_message(reply, is_reply_message=True)
+        reply = with_id(reply)  # as the SuperNode gives a reply its id
+        found = problems(reply, is_reply=True)
         if reply.metadata.reply_to_message_id != mid or reply.metadata.src_node_id != node_id:
-            problems.append("the reply does not answer the message it was given")
-        if problems:
-            log(ERROR, "inline engine: reply from node %d dropped: %s", node_id, "; ".join(problems))
+            found.append("the reply does not answer the message it was given")
+        if found:
+            log(ERROR, "inline engine: reply from node %d dropped: %s", node_id, "; ".join(found))
             return
         self._unanswered.discard(mid)
         self._replies[mid] = reply
 
     @staticmethod
-    def _error_reply(ex: Exception, msg: Message, cause: BaseException | None = None) -> Message:
-        """The error reply flwr's vce worker (vce_api.worker) sends for ``ex``, logged as it
-        logs it (with the traceback of the ClientApp's own exception)."""
-        log(ERROR, ex)
-        log(ERROR, "".join(traceback.format_exception(cause or ex)))
-        code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION if isinstance(ex, ClientAppException) else ErrorCode.UNKNOWN
-        reason = str(type(ex)) + ":<'" + str(ex) + "'>"
-        return Message(Error(code=code, reason=reason), reply_to=msg)
+    def _error_reply(error: Error, logged: object, msg: Message, cause: BaseException) -> Message:
+        """The error reply flwr's vce worker (vce_api.worker) sends, logged as it logs it:
+        ``logged``, then the traceback of ``cause`` (the ClientApp's own exception)."""
+        log(ERROR, logged)
+        log(ERROR, "".join(traceback.format_exception(cause)))
+        return Message(error, reply_to=msg)
 
 
 @dataclass
@@ -307,8 +312,15 @@ class InlineResult:
 
 @contextmanager
 def task_identity(run_id: int) -> Iterator[None]:
-    """Messages created by the ServerApp take their run id and source node from
-    ``TaskIdentity``; set it as ``run_simulation`` does, and restore it afterwards."""
+    """Set the identity Flower's ``Message`` constructor stamps on the ServerApp's messages
+    (their run id and source node), as ``run_simulation`` sets it, and restore it afterwards.
+
+    fedhar's one use of a non-public Flower module. ``Message(content, dst_node_id,
+    message_type)`` reads ``TaskIdentity`` and raises while it is unset; only Flower's own
+    runtimes (``run_simulation``, ``flwr run``'s processes) set it, and no public API does.
+    tests/test_flower_public_api.py allows this import here and nowhere else."""
+    from flwr.supercore.task_identity import TaskIdentity
+
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)  # pylint: disable=W0212
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
     try:

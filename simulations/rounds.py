@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.supercore import log as flwr_log
+from flwr.common import log as flwr_log
 
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.messages import with_metadata
 from simulations.task import BACKBONE_KEY
 
 CHECKPOINT = "checkpoint.pkl"
@@ -264,15 +265,17 @@ def exchange(grid, messages: list[Message], timeout: float) -> list[Message]:
 
     The SuperLink itself answers a message whose node stopped sending heartbeats (NODE_UNAVAILABLE,
     once 2 heartbeat intervals have passed): that error reply's src_node_id is the SuperLink's
-    (SUPERLINK_NODE_ID), so it is set here to the node the message went to."""
+    (SUPERLINK_NODE_ID), so such a reply is replaced by a copy whose src_node_id is the node the
+    message went to. A message's id is on the message itself where Flower's grids put it; the
+    inline grid cannot (no public setter) and uses the message's ``object_id``."""
     if not messages:
         return []
     replies = list(_send_and_receive(grid, messages, timeout))
-    dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    for r in replies:
+    dst_of = {m.metadata.message_id or m.object_id: m.metadata.dst_node_id for m in messages}
+    for k, r in enumerate(replies):
         dst = dst_of.get(r.metadata.reply_to_message_id)
         if r.has_error() and dst is not None and r.metadata.src_node_id != dst:
-            r.metadata.__dict__["_src_node_id"] = dst  # Metadata has no setter (Flower sets ids this way too)
+            replies[k] = with_metadata(r, src_node_id=dst)
     return replies
 
 

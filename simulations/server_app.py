@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from flwr.app import ArrayRecord, Context
+from flwr.common import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore import log as flwr_log
 
 from fedhar.blas_threads import limited_blas_threads
 from fedhar.console import quiet_flower

@@ -25,7 +25,7 @@ from logging import WARNING
 from pathlib import Path
 
 from flwr.app import Message
-from flwr.supercore import log as flwr_log
+from flwr.common import log as flwr_log
 
 from fedhar import lora_math as lm
 from fedhar.drift import DRIFT_COLUMNS, INEXACTNESS_COLUMNS, drift_tables

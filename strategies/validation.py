@@ -20,7 +20,7 @@ from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
-from flwr.supercore import log
+from flwr.common import log
 
 from fedhar import lora_math as lm
 
