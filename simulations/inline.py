@@ -32,8 +32,8 @@ What it does as Flower's simulation engine does (flwr 1.41: ``InMemoryGrid`` +
 What differs, and what it cannot do:
 
 * Node ids are fixed: node ``NODE_ID_OFFSET + pid`` for partition pid (Flower draws random
-  64-bit ids), the run id is ``DEFAULT_RUN_ID``, and a message's id is its ``object_id``
-  (Flower's simulation: uuid4). The order of replies is the order of the messages.
+  64-bit ids), the run id is ``DEFAULT_RUN_ID``, and a message's id is the hash of its
+  metadata, ``messages.message_id`` (Flower's simulation: uuid4). The order of replies is the order of the messages.
 * Clients run one after the other, so a round takes the sum of the clients' times, not
   the longest one (Flower runs as many at once as its actors allow).
 * Timeouts. A ClientApp call cannot be interrupted: a call that hangs hangs the run, and
@@ -62,13 +62,13 @@ task (a sweep trial). So this module implements the public ``flwr.serverapp.Grid
 public Message API (``flwr.app``), and does what Flower's LinkState and workers do to
 messages with the public pieces of simulations/messages.py (ids, error replies and their
 reasons, the LinkState's checks, the node-config keys), each compared with Flower's own
-original in tests/test_flower_messages.py. What that changes: a message's id is its
-``object_id`` (as Flower's deployment SuperLink and SuperNodes set ids) and sits on the
-grid's copy of the message, not on the caller's object (``Metadata`` has no public setter:
-``rounds.exchange`` finds it as ``msg.object_id``); ``grid.run`` is the ``Run`` given to
-``set_run`` (``Run`` is not public), ``run_id`` the run's id. One non-public piece is left,
-in ``task_identity``: Flower's ``Message`` constructor takes the ServerApp's run id and node
-from ``flwr.supercore.task_identity.TaskIdentity``, which no public API sets.
+original in tests/test_flower_messages.py. What that changes: a message's id is the hash
+of its metadata (``messages.message_id``) and sits on the grid's copy of the message, not
+on the caller's object (``Metadata`` has no public setter; ``rounds.exchange`` computes it);
+``grid.run`` is the ``Run`` given to ``set_run`` (``Run`` is not public), ``run_id`` the
+run's id. One non-public piece is left, in ``task_identity``: Flower's ``Message``
+constructor takes the ServerApp's run id and node from
+``flwr.supercore.task_identity.TaskIdentity``, which no public API sets.
 tests/test_fl_inline.py pins each behaviour against Flower's engine, and
 tests/test_flower_public_api.py keeps fedhar's imports of Flower public.
 
@@ -187,9 +187,9 @@ class InlineGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Store each valid message under its id (its ``object_id``, see ``with_id``) and
-        return the ids. The id goes on the grid's copy of the message (``Metadata`` has no
-        public setter): the caller finds it as ``msg.object_id``."""
+        """Store each valid message under its id (``messages.message_id``) and return the
+        ids. The id goes on the grid's copy of the message (``Metadata`` has no public
+        setter); the caller finds it with ``messages.message_id(msg)``."""
         ids: list[str] = []
         for msg in messages:
             stored = with_id(msg)
@@ -199,6 +199,8 @@ class InlineGrid(Grid):
                 found.append(f"run id {msg.metadata.run_id} is not this run's ({self.run_id})")
             if msg.metadata.dst_node_id not in self.contexts:
                 found.append(f"invalid destination node id {msg.metadata.dst_node_id}")
+            if mid in self._pending and not (msg.has_content() and self._pending[mid].content is msg.content):
+                found.append("a pending message has the same id (the same metadata)")
             if found:
                 log(ERROR, "inline engine: message not sent: %s", "; ".join(found))
                 continue

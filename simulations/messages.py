@@ -10,9 +10,10 @@ with Flower's own, so an upgrade of Flower that changes one fails there, not sil
 
 from __future__ import annotations
 
+import copy
 import inspect
 
-from flwr.app import Error, Message, Metadata
+from flwr.app import Error, Message, Metadata, RecordDict
 from flwr.common import now
 
 # flwr.common.constant: the SuperLink's node id (the source of every server message)
@@ -59,10 +60,18 @@ def with_metadata(msg: Message, **changes) -> Message:
     return out
 
 
+def message_id(msg: Message) -> str:
+    """The id an engine gives ``msg``: the ``object_id`` (a hash) of its metadata. Flower's
+    SuperLink and SuperNodes hash the whole message (its simulation draws uuid4s); the content
+    is left out here because hashing an Array makes Flower cache memoryviews on it, which
+    ``copy.deepcopy`` (of a message for a client, of a node's state) cannot copy. The hash
+    leaves the id and ``delivered_at`` out, so a caller finds its message's id this way too."""
+    return Message(content=RecordDict(), metadata=copy.deepcopy(msg.metadata)).object_id
+
+
 def with_id(msg: Message) -> Message:
-    """``msg`` with its id: its ``object_id``, the hash of its content and metadata, as
-    Flower's SuperLink and SuperNode set ids (the hash leaves the id field out)."""
-    return with_metadata(msg, message_id=msg.object_id)
+    """``msg`` (a new Message, same content or error) with its id, ``message_id(msg)``."""
+    return with_metadata(msg, message_id=message_id(msg))
 
 
 def worker_reason(exception: BaseException) -> str:

@@ -46,7 +46,7 @@ from flwr.common import log as flwr_log
 
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.messages import with_metadata
+from simulations.messages import message_id, with_metadata
 from simulations.task import BACKBONE_KEY
 
 CHECKPOINT = "checkpoint.pkl"
@@ -267,11 +267,11 @@ def exchange(grid, messages: list[Message], timeout: float) -> list[Message]:
     once 2 heartbeat intervals have passed): that error reply's src_node_id is the SuperLink's
     (SUPERLINK_NODE_ID), so such a reply is replaced by a copy whose src_node_id is the node the
     message went to. A message's id is on the message itself where Flower's grids put it; the
-    inline grid cannot (no public setter) and uses the message's ``object_id``."""
+    inline grid cannot put it there (no public setter), and its ids are ``message_id(msg)``."""
     if not messages:
         return []
     replies = list(_send_and_receive(grid, messages, timeout))
-    dst_of = {m.metadata.message_id or m.object_id: m.metadata.dst_node_id for m in messages}
+    dst_of = {m.metadata.message_id or message_id(m): m.metadata.dst_node_id for m in messages}
     for k, r in enumerate(replies):
         dst = dst_of.get(r.metadata.reply_to_message_id)
         if r.has_error() and dst is not None and r.metadata.src_node_id != dst:

@@ -112,16 +112,17 @@ def test_invalid_destinations_are_not_sent(identity):
     assert [r.metadata.src_node_id for r in replies] == [NODE_ID_OFFSET]
 
 
-def test_message_ids_are_object_ids_and_expired_replies_go_to_their_node(identity):
-    """Ids: the message's object_id, on the grid's copy (no public setter): the caller's message
-    keeps its empty id. A message whose TTL ran out before delivery gets the SuperLink's
-    MESSAGE_UNAVAILABLE reply; rounds.exchange finds its node through the object_id."""
+def test_message_ids_and_expired_replies_go_to_their_node(identity):
+    """Ids: the hash of the metadata, on the grid's copy (no public setter): the caller's
+    message keeps its empty id. A message whose TTL ran out before delivery gets the
+    SuperLink's MESSAGE_UNAVAILABLE reply; rounds.exchange finds its node through the id."""
+    from simulations.messages import message_id
     from simulations.rounds import exchange
 
     grid = InlineGrid(toy_app(sleep=0.2), 2)
     messages = query(grid, grid.get_node_ids())
     ids = list(grid.push_messages(messages))
-    assert ids == [m.object_id for m in messages] and all(m.metadata.message_id == "" for m in messages)
+    assert ids == [message_id(m) for m in messages] and all(m.metadata.message_id == "" for m in messages)
     assert list(grid.push_messages(messages[:1])) == ids[:1] and len(grid._pending) == 2  # stored once
     assert [r.metadata.reply_to_message_id for r in grid.pull_messages(ids)] == ids
     first, second = query(grid, grid.get_node_ids())
@@ -129,7 +130,7 @@ def test_message_ids_are_object_ids_and_expired_replies_go_to_their_node(identit
     replies = by_node(exchange(grid, [first, second], timeout=60))  # the first call outlives the second's TTL
     assert replies[NODE_ID_OFFSET].has_content()
     late = replies[NODE_ID_OFFSET + 1]
-    assert late.error.code == ErrorCode.MESSAGE_UNAVAILABLE and late.metadata.reply_to_message_id == second.object_id
+    assert late.error.code == ErrorCode.MESSAGE_UNAVAILABLE and late.metadata.reply_to_message_id == message_id(second)
 
 
 @pytest.mark.parametrize("mode", ["per-message", "total"])

@@ -3,8 +3,10 @@ must match what Flower 1.41 does, so an upgrade of Flower that changes one fails
 
 import copy
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app.message.message import remove_content_from_message
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common import constant
 from flwr.server.superlink.linkstate import utils as linkstate_utils
@@ -52,12 +54,24 @@ def test_a_raising_client_app_gets_flowers_reason_and_log_line():
     assert logged == str(wrapped)
 
 
-def test_ids_are_flowers_object_ids(identity):
+def test_ids_are_the_object_ids_of_the_metadata(identity):
     msg = instruction()
-    ours, theirs = messages.with_id(msg), flower_id(msg)
-    assert ours.metadata == theirs.metadata and ours.metadata.message_id == msg.object_id != ""
-    assert ours.object_id == theirs.object_id == msg.object_id  # the id is not part of the hash
+    ours = messages.with_id(msg)
+    # Flower's object_id of the message without its content (flwr's own remove_content_from_message)
+    assert ours.metadata.message_id == remove_content_from_message(flower_id(msg)).object_id != ""
+    assert messages.message_id(ours) == messages.message_id(msg)  # the id and its setting leave it unchanged
+    assert messages.message_id(instruction()) != ours.metadata.message_id  # another message, another id
     assert msg.metadata.message_id == "" and ours.content is msg.content  # the caller's message unchanged, content shared
+    copy.deepcopy(ours.content)  # hashing the content would leave Flower's memoryview cache on its Arrays
+
+
+def test_hashing_content_would_break_deepcopy():
+    """Why message_id leaves the content out: an Array whose object_id was computed cannot be deep-copied."""
+    array = Array(np.zeros(3, dtype=np.float32))
+    copy.deepcopy(array)
+    assert array.object_id
+    with pytest.raises(TypeError, match="memoryview"):
+        copy.deepcopy(array)
 
 
 def test_with_metadata_keeps_every_field_and_changes_only_those_asked(identity):
@@ -82,7 +96,7 @@ def test_unavailable_reply_is_flowers():
         {k: v for k, v in b.items() if k not in ("_created_at", "_message_id")}
     assert abs(a["_created_at"] - b["_created_at"]) < 5
     assert (ours.error.code, ours.error.reason) == (theirs.error.code, theirs.error.reason)
-    assert ours.metadata.message_id == ours.object_id and theirs.metadata.message_id == theirs.object_id
+    assert ours.metadata.message_id == messages.message_id(ours) and theirs.metadata.message_id == theirs.object_id
 
 
 def cases():
