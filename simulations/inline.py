@@ -33,7 +33,8 @@ What differs, and what it cannot do:
 
 * Node ids are fixed: node ``NODE_ID_OFFSET + pid`` for partition pid (Flower draws random
   64-bit ids), the run id is ``DEFAULT_RUN_ID``, and a message's id is the hash of its
-  metadata, ``messages.message_id`` (Flower's simulation: uuid4). The order of replies is the order of the messages.
+  metadata, ``messages.message_id`` (Flower's simulation: uuid4). The order of replies is
+  the order of the messages.
 * Clients run one after the other, so a round takes the sum of the clients' times, not
   the longest one (Flower runs as many at once as its actors allow).
 * Timeouts. A ClientApp call cannot be interrupted: a call that hangs hangs the run, and
