@@ -1,7 +1,9 @@
 """Every knob of a federated run, in one place.
 
 The same keys are the Flower run config (``[tool.flwr.app.config]`` in pyproject.toml,
-``flwr run . --run-config "rounds=5 rank=16"``) and the options of ``fedhar fl``.
+``flwr run . --run-config "num-server-rounds=5 rank=16"``) and the options of ``fedhar fl``,
+except where Flower has its own name for a knob (``FLOWER_KEYS``: the run-config key
+``num-server-rounds`` is ``fedhar fl --rounds``).
 Defaults are the embedded default: a short federated LoRA run on synthetic data, one
 client per synthetic domain, a backbone pretrained on a separate synthetic population.
 
@@ -65,8 +67,17 @@ def option(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+#: fields whose run-config key is Flower's own name for it (Flower's app templates); the old
+#: key, the field's own, stays accepted (run_config.toml files of earlier runs)
+FLOWER_KEYS = {"rounds": "num-server-rounds"}
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _run_config_key(name: str) -> str:
+    return FLOWER_KEYS.get(name, _flag(name))
 
 
 @dataclass(frozen=True)
@@ -346,17 +357,26 @@ class FLConfig:
         return server_round % self.server_eval_every == 0 or server_round == self.rounds
 
     def to_run_config(self) -> dict:
-        """Flat hyphenated keys, as Flower's run config has them."""
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        """Flower's run config: flat hyphenated keys, Flower's names where it has one (FLOWER_KEYS)."""
+        return {_run_config_key(k): v for k, v in asdict(self).items()}
+
+    def settings(self) -> dict:
+        """The fields under the names of ``fedhar fl``'s options (``rounds``, ``local-epochs``):
+        what config.json, checkpoints and the reports built on them record."""
+        return {_flag(k): v for k, v in asdict(self).items()}
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> FLConfig:
+        """From a run config (or settings(): each field's own name is accepted too)."""
         known = {f.name: f for f in fields(cls)}
+        field_of = {_run_config_key(f.name): f.name for f in fields(cls)} | {_flag(f.name): f.name for f in fields(cls)}
         values = {}
         for key, value in run_config.items():
-            name = key.replace("-", "_")
+            name = field_of.get(key, "")
             if name not in known:
                 raise FedharError(f"unknown run-config key {key!r}; known: {', '.join(sorted(cls().to_run_config()))}")
+            if name in values:
+                raise FedharError(f"run-config key {key!r} repeats {_run_config_key(name)!r} (its other name)")
             default = known[name].default
             try:
                 if isinstance(default, bool) and isinstance(value, str):
@@ -369,4 +389,4 @@ class FLConfig:
         return cls(**values)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_run_config(), indent=1, sort_keys=True)
+        return json.dumps(self.settings(), indent=1, sort_keys=True)

@@ -250,7 +250,7 @@ def finish(name: str, cfg: FLConfig, run_dir: Path, dep_dir: Path, out: Path, cl
         shutil.copy(log, dest / "logs" / log.name)
     return {"scenario": name, "status": status["status"], "status_details": status.get("status-details"),
             "elapsed": status.get("elapsed"), "events": clock.events,
-            "config": {k: v for k, v in cfg.to_run_config().items() if k not in ("backbone", "out-dir")}}
+            "config": {k: v for k, v in cfg.settings().items() if k not in ("backbone", "out-dir")}}
 
 
 def markdown(summaries: list[dict], command: str, out_root: Path) -> str:

@@ -24,7 +24,7 @@ from simulations.config import WHERE_FIELDS, FLConfig
 
 def command_of(config: dict) -> str:
     """The ``fedhar fl`` command that reproduces a run (options that differ from the defaults)."""
-    defaults = FLConfig().to_run_config()
+    defaults = FLConfig().settings()
     where = {name.replace("_", "-") for name in WHERE_FIELDS}
     options = []
     for key, value in config.items():

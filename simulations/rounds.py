@@ -149,7 +149,7 @@ def sample_partitions(partitions: list[int], n_train: int, seed: int, server_rou
 def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, strategy, log, cfg: FLConfig) -> None:
     state = {k: v for k, v in vars(strategy).items() if k != "log"}
     blob = {"round": server_round, "arrays": {k: v.numpy() for k, v in arrays.items()},
-            "strategy_state": state, "log_rows": log.rows, "config": cfg.to_run_config()}
+            "strategy_state": state, "log_rows": log.rows, "config": cfg.settings()}
     payload = pickle.dumps(blob)
     tmp = out_dir / f"{CHECKPOINT}.{os.getpid()}.tmp"
     try:
@@ -182,8 +182,8 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
     blob = read_checkpoint(path)
     ignore = {"resume", "overwrite", "rounds", "out-dir", "backbone", "inject-failure", "tensorboard"}
     # a field added to FLConfig after the checkpoint was written counts as its default
-    saved = {**FLConfig().to_run_config(), **blob["config"]}
-    now = {k: v for k, v in cfg.to_run_config().items() if k not in ignore}
+    saved = {**FLConfig().settings(), **blob["config"]}
+    now = {k: v for k, v in cfg.settings().items() if k not in ignore}
     changed = sorted(k for k in now if saved.get(k) != now[k])
     if changed:
         raise FedharError(f"{path}: cannot resume, the configuration differs in {changed} "

@@ -178,7 +178,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
                 first_round = saved["round"] + 1
                 log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
         (out_dir / "config.json").write_text(json.dumps({
-            "config": cfg.to_run_config(),
+            "config": cfg.settings(),
             "code": code_version(),
             "data_read": data_sources(cfg),  # where each dataset was actually read from
             "clients": fed.client_names,

@@ -14,7 +14,7 @@ def _run(root, name, strategy, server_acc, rounds=2):
     run = root / "runs" / name
     run.mkdir(parents=True)
     cfg = FLConfig(data="uci-har", partition="subject", server_test_fraction=0.3, rank=16,
-                   strategy=strategy, rounds=rounds).to_run_config()
+                   strategy=strategy, rounds=rounds).settings()
     (run / "config.json").write_text(json.dumps({"config": cfg, "clients": ["s1", "s2", "s3"]}))
     pd.DataFrame([dict(round=r, accuracy=0.8, bytes_up=100, bytes_down=300) for r in (1, 2)]).to_csv(
         run / "rounds.csv", index=False)
@@ -52,7 +52,7 @@ def test_report_puts_the_last_server_round_beside_the_same_lodo_run(tmp_path):
 
 
 def test_command_of_lists_only_what_differs_from_the_defaults():
-    cfg = FLConfig(rank=16, resume=True, out_dir="x").to_run_config()
+    cfg = FLConfig(rank=16, resume=True, out_dir="x").settings()
     assert command_of(cfg) == "fedhar fl --rank 16"
 
 
