@@ -9,7 +9,8 @@
 # pretrained inside the ServerApp, the cold-cache case); FLWR_HOME is a new folder and the local
 # SuperLink's ports are free ones (Flower's own FLWR_LOCAL_* variables), so `flwr run` starts a
 # SuperLink of its own instead of reusing one already running. Every process of the run inherits
-# that FLWR_HOME: it is how the end finds what is left. Output: results/flwr_by_hand/output.txt.
+# that FLWR_HOME: it is how the end finds what is left. Output: results/flwr_by_hand/output.txt, made by
+#   bash results/flwr_by_hand/run.sh 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > results/flwr_by_hand/output.txt
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "${1:-$HERE/../..}"
@@ -57,10 +58,10 @@ print(f"stopped {len(family)} processes ({len(alive)} needed SIGKILL)")
 EOF
 }
 superlink_pid() { ours | awk '/flower-superlink/ {print $1; exit}'; }
-cleanup() { pid=$(superlink_pid); [ -z "$pid" ] || stop "$pid"; rm -rf "$TMP"; }
+cleanup() { pids=$(ours | awk '{print $1}'); [ -z "$pids" ] || stop $pids; rm -rf "$TMP"; }  # also on failure
 trap cleanup EXIT
 
-echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(nproc) CPUs; cache $FEDHAR_CACHE_DIR ($(ls -A "$FEDHAR_CACHE_DIR" | wc -l) entries)"
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(nproc) CPUs, load average $(cut -d" " -f1-3 /proc/loadavg); cache $FEDHAR_CACHE_DIR ($(ls -A "$FEDHAR_CACHE_DIR" | wc -l) entries)"
 START=$(date +%s)
 # --- README, "Running with flwr run", verbatim ---
 export PATH=$PWD/.venv/bin:$PATH FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0
@@ -79,11 +80,10 @@ rounds = pd.read_csv("runs/flwr/rounds.csv")
 print(rounds[["round", "clients_trained", "failed", "accuracy", "macro_f1", "train_loss"]].to_string(index=False))
 assert list(rounds["round"]) == [1, 2] and (rounds["clients_trained"] == 3).all() and (rounds["failed"] == 0).all(), rounds
 EOF
-echo "# SuperLink started by flwr run:"; ours
+echo "# left running after the run (flwr run's SuperLink and what it started):"; ours
 pid=$(superlink_pid)
 [ -n "$pid" ] || { echo "run.sh: FAILED: no SuperLink of this run found" >&2; exit 1; }
 stop "$pid"
-sleep 2
-left=$(ours)
+for _ in $(seq 20); do left=$(ours); [ -n "$left" ] || break; sleep 1; done  # Ray's workers notice late
 [ -z "$left" ] || { echo "run.sh: FAILED: processes left behind:"; echo "$left"; exit 1; } >&2
 echo "# no process of this run left; total $(( $(date +%s) - START )) s"
