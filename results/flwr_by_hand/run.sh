@@ -22,16 +22,25 @@ mkdir -p "$FEDHAR_CACHE_DIR" "$FLWR_HOME"
 export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export FLWR_LOCAL_CONTROL_API_PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-# the processes whose environment has this FLWR_HOME (this run's, wherever they were re-parented)
+# the processes whose environment has this FLWR_HOME (this run's, wherever they were re-parented),
+# but this script and this check; "ours pids": their pids only, "ours superlink": the SuperLink's pid
 ours() {
-    $PY - <<'EOF'
-import os, psutil
+    $PY - "$@" <<'EOF'
+import os, sys, psutil
 me = psutil.Process()
-mine = {me.pid, *(a.pid for a in me.parents())}  # this script and this check
+mine = {me.pid, *(a.pid for a in me.parents())}
 for p in psutil.process_iter(["pid", "cmdline"]):
     try:
-        if p.pid not in mine and p.environ().get("FLWR_HOME") == os.environ["FLWR_HOME"]:
-            print(p.pid, " ".join(p.info["cmdline"] or [])[:150])
+        if p.pid in mine or p.environ().get("FLWR_HOME") != os.environ["FLWR_HOME"]:
+            continue
+        command = p.info["cmdline"] or []
+        if sys.argv[1:] == ["superlink"]:
+            if any(c.endswith("flower-superlink") for c in command[:2]):
+                print(p.pid)
+        elif sys.argv[1:] == ["pids"]:
+            print(p.pid)
+        else:
+            print(p.pid, " ".join(command)[:150])
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         pass
 EOF
@@ -57,8 +66,7 @@ psutil.wait_procs(alive, timeout=15)
 print(f"stopped {len(family)} processes ({len(alive)} needed SIGKILL)")
 EOF
 }
-superlink_pid() { ours | awk '/flower-superlink/ {print $1; exit}'; }
-cleanup() { pids=$(ours | awk '{print $1}'); [ -z "$pids" ] || stop $pids; rm -rf "$TMP"; }  # also on failure
+cleanup() { pids=$(ours pids); [ -z "$pids" ] || stop $pids; rm -rf "$TMP"; }  # also on failure
 trap cleanup EXIT
 
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(nproc) CPUs, load average $(cut -d" " -f1-3 /proc/loadavg); cache $FEDHAR_CACHE_DIR ($(ls -A "$FEDHAR_CACHE_DIR" | wc -l) entries)"
@@ -81,7 +89,7 @@ print(rounds[["round", "clients_trained", "failed", "accuracy", "macro_f1", "tra
 assert list(rounds["round"]) == [1, 2] and (rounds["clients_trained"] == 3).all() and (rounds["failed"] == 0).all(), rounds
 EOF
 echo "# left running after the run (flwr run's SuperLink and what it started):"; ours
-pid=$(superlink_pid)
+pid=$(ours superlink)
 [ -n "$pid" ] || { echo "run.sh: FAILED: no SuperLink of this run found" >&2; exit 1; }
 stop "$pid"
 for _ in $(seq 20); do left=$(ours); [ -n "$left" ] || break; sleep 1; done  # Ray's workers notice late
