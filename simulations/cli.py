@@ -10,7 +10,7 @@ from pathlib import Path
 from fedhar.data.cli import add_synthetic_options
 from fedhar.data.registry import dataset_names
 from fedhar.options import choice, name_list
-from simulations.config import FLConfig
+from simulations.config import FLConfig, run_config_key
 
 
 def _choices() -> dict:
@@ -45,24 +45,25 @@ strategy_name.__name__ = "strategy"  # argparse names the type in its own messag
 
 
 def add_config_options(parser) -> None:
-    """One option per FLConfig field (``--rank``, ``--resume/--no-resume``, ...)."""
+    """One option per FLConfig field (``--rank``, ``--resume/--no-resume``, ...); where the
+    Flower run config names it otherwise, that name too (``--rounds`` = ``--num-server-rounds``)."""
     choices = _choices()
     for f in fields(FLConfig):
-        flag = f"--{f.name.replace('_', '-')}"
+        flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{run_config_key(f)}"])
         if f.name == "strategy":
-            parser.add_argument(flag, type=strategy_name, default=f.default, metavar="NAME|MODULE:CLASS",
+            parser.add_argument(*flags, type=strategy_name, default=f.default, metavar="NAME|MODULE:CLASS",
                                 help=strategy_help())
         elif isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f.metadata["help"])
         elif callable(choices.get(f.name)):  # dataset lists: checked by FLConfig, after --readers registered theirs
-            parser.add_argument(flag, type=name_list("dataset", None, as_text=True),
+            parser.add_argument(*flags, type=name_list("dataset", None, as_text=True),
                                 default=f.default, metavar="NAME[,NAME...]", help=f.metadata["help"])
         elif f.name in choices:
-            parser.add_argument(flag, type=choice(f.name.replace("_", "-"), choices[f.name]),
+            parser.add_argument(*flags, type=choice(f.name.replace("_", "-"), choices[f.name]),
                                 choices=choices[f.name], default=f.default, help=f.metadata["help"])
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+            parser.add_argument(*flags, type=type(f.default), default=f.default, help=f.metadata["help"])
 
 
 def config_from_args(args) -> FLConfig:

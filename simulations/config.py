@@ -2,7 +2,7 @@
 
 The same keys are the Flower run config (``[tool.flwr.app.config]`` in pyproject.toml,
 ``flwr run . --run-config "num-server-rounds=5 rank=16"``) and the options of ``fedhar fl``,
-except where Flower has its own name for a knob (``FLOWER_KEYS``: the run-config key
+except where Flower has its own name for a knob (``option(key=...)``: the run-config key
 ``num-server-rounds`` is ``fedhar fl --rounds``).
 Defaults are the embedded default: a short federated LoRA run on synthetic data, one
 client per synthetic domain, a backbone pretrained on a separate synthetic population.
@@ -60,24 +60,22 @@ FAULTS = ("raise", "nan")
 WHERE_FIELDS = ("out_dir", "resume", "overwrite", "data_dir", "backbone", "tensorboard")
 
 
-def option(default, help: str):
+def option(default, help: str, key: str = ""):
     """A field of FLConfig with its help text: the one place of an option's default and help
     (``fedhar fl --help``, ``fedhar deploy``, sweeps; pyproject.toml's section is checked
-    against the defaults by tests/test_flwr_app.py)."""
-    return field(default=default, metadata={"help": help})
-
-
-#: fields whose run-config key is Flower's own name for it (Flower's app templates); the old
-#: key, the field's own, stays accepted (run_config.toml files of earlier runs)
-FLOWER_KEYS = {"rounds": "num-server-rounds"}
+    against the defaults by tests/test_flwr_app.py). ``key``: its run-config key where Flower
+    has its own name for the knob (its app templates' ``num-server-rounds``); the field's own
+    name stays accepted in a run config (run_config.toml files of earlier runs)."""
+    return field(default=default, metadata={"help": help, "key": key})
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _run_config_key(name: str) -> str:
-    return FLOWER_KEYS.get(name, _flag(name))
+def run_config_key(f) -> str:
+    """A field's key in Flower's run config (Flower's own name where it has one)."""
+    return f.metadata.get("key") or _flag(f.name)
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ class FLConfig:
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term")
     server_lr: float = option(0.01, "fedadam, fedyogi, fedadagrad: the server step eta")
     server_momentum: float = option(0.9, "fedavgm: server momentum (Flower's default 0 would make it FedAvg)")
-    rounds: int = option(3, "federated rounds")
+    rounds: int = option(3, "federated rounds", key="num-server-rounds")
     fraction_train: float = option(1.0, "share of the clients sampled to train each round")
     min_train_replies: int = option(1, "a round with fewer replies leaves the global adapters unchanged")
     round_timeout: float = option(600.0, "seconds to wait for a round's replies; late clients count as timed out")
@@ -357,8 +355,8 @@ class FLConfig:
         return server_round % self.server_eval_every == 0 or server_round == self.rounds
 
     def to_run_config(self) -> dict:
-        """Flower's run config: flat hyphenated keys, Flower's names where it has one (FLOWER_KEYS)."""
-        return {_run_config_key(k): v for k, v in asdict(self).items()}
+        """Flower's run config: flat hyphenated keys, Flower's names where it has one (option's key)."""
+        return {run_config_key(f): getattr(self, f.name) for f in fields(self)}
 
     def settings(self) -> dict:
         """The fields under the names of ``fedhar fl``'s options (``rounds``, ``local-epochs``):
@@ -369,14 +367,14 @@ class FLConfig:
     def from_run_config(cls, run_config: dict) -> FLConfig:
         """From a run config (or settings(): each field's own name is accepted too)."""
         known = {f.name: f for f in fields(cls)}
-        field_of = {_run_config_key(f.name): f.name for f in fields(cls)} | {_flag(f.name): f.name for f in fields(cls)}
+        field_of = {run_config_key(f): f.name for f in fields(cls)} | {_flag(f.name): f.name for f in fields(cls)}
         values = {}
         for key, value in run_config.items():
             name = field_of.get(key, "")
             if name not in known:
                 raise FedharError(f"unknown run-config key {key!r}; known: {', '.join(sorted(cls().to_run_config()))}")
             if name in values:
-                raise FedharError(f"run-config key {key!r} repeats {_run_config_key(name)!r} (its other name)")
+                raise FedharError(f"run-config key {key!r} repeats {run_config_key(known[name])!r} (its other name)")
             default = known[name].default
             try:
                 if isinstance(default, bool) and isinstance(value, str):

@@ -29,6 +29,25 @@ def test_pyproject_declares_the_app_with_every_config_key_and_default():
     assert "federations" not in tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]
 
 
+def test_run_config_uses_flowers_key_names_and_still_reads_the_old_rounds_key():
+    import argparse
+
+    from simulations.cli import add_config_options, config_from_args
+
+    assert FLConfig(rounds=4).to_run_config()["num-server-rounds"] == 4
+    assert "rounds" not in FLConfig().to_run_config() and FLConfig(rounds=4).settings()["rounds"] == 4
+    assert FLConfig.from_run_config({"num-server-rounds": 4, "local-epochs": 2}) == FLConfig(rounds=4, local_epochs=2)
+    # an earlier run's run_config.toml (key "rounds") still loads
+    old = tomllib.loads((PYPROJECT.parent / "results" / "deploy" / "resume" / "run_config.toml").read_text())
+    assert "rounds" in old and FLConfig.from_run_config(old).rounds == old["rounds"]
+    with pytest.raises(FedharError, match="'rounds' repeats 'num-server-rounds'"):
+        FLConfig.from_run_config({"num-server-rounds": 4, "rounds": 5})
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    for flag in ("--rounds", "--num-server-rounds"):
+        assert config_from_args(parser.parse_args([flag, "6"])).rounds == 6
+
+
 def _tiny(out_dir, **changes) -> FLConfig:
     return FLConfig(**{**dict(synthetic_domains=2, synthetic_subjects=3, pretrain_epochs=1, rounds=2,
                               batch_size=32, out_dir=str(out_dir)), **changes})
