@@ -1,10 +1,13 @@
 """Limit the threads of the OpenBLAS numpy loaded, from inside a running process.
 
 ``OPENBLAS_NUM_THREADS`` only counts before numpy is imported, and a Flower ServerApp runs
-in a process Flower started with numpy already loaded. Idle OpenBLAS threads spin-wait;
-beside the simulation's client processes on a small machine that starves everything (a
-by-hand ``flwr run .`` from a cold cache seemed to hang while the ServerApp pretrained).
-This calls OpenBLAS's own setter (what threadpoolctl does, without the dependency).
+in a process Flower started with numpy already loaded. There, OpenBLAS's worker threads are
+a hazard: its fork handler stops them whenever any thread of the process forks, and Flower's
+simulation starts Ray (forking) beside the ServerApp's thread, so a BLAS call in flight can
+wait forever for a worker that is gone (OpenBLAS#3111; a by-hand ``flwr run .`` from an
+empty cache hung so, spinning in ``exec_blas`` under the synthetic data's complex matmul).
+This calls OpenBLAS's own setter (what threadpoolctl does, without the dependency); also a
+decorator (``@limited_blas_threads(1)``).
 """
 
 from __future__ import annotations

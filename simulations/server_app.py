@@ -138,7 +138,13 @@ def server_evaluation(strategy, evaluator: ServerEvaluator, cfg: FLConfig, log: 
 def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
     app = ServerApp()
 
+    # OpenBLAS on one thread for the whole ServerApp: its fork handler stops its worker threads
+    # whenever any thread of this process forks, and Flower's simulation starts Ray (forking)
+    # beside this thread; a BLAS call in flight then waits forever for a worker that is gone
+    # (OpenBLAS#3111; a by-hand `flwr run .` from an empty cache hung so in the synthetic data's
+    # complex matmul). On one thread OpenBLAS hands no work to workers.
     @app.main()
+    @limited_blas_threads(1)
     def main(grid: Grid, context: Context) -> None:
         cfg = fixed or FLConfig.from_run_config(dict(context.run_config))
         if cfg.arm == "local":
@@ -149,10 +155,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
                      f"{cfg.pretrain_epochs} epochs (cached for later runs; pass backbone=PATH to skip)")
-            with limited_blas_threads(1):  # spinning OpenBLAS threads beside the clients' processes starve them
-                backbone = ensure_backbone(cfg)
-        else:
-            backbone = ensure_backbone(cfg)
+        backbone = ensure_backbone(cfg)
         cfg = replace(cfg, out_dir=str(out_dir), backbone=str(backbone))
         log_info(f"backbone {cfg.backbone}; {len(fed.parts)} clients; strategy {cfg.strategy}")
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
