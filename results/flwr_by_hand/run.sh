@@ -66,7 +66,28 @@ psutil.wait_procs(alive, timeout=15)
 print(f"stopped {len(family)} processes ({len(alive)} needed SIGKILL)")
 EOF
 }
-cleanup() { pids=$(ours pids); [ -z "$pids" ] || stop $pids; rm -rf "$TMP"; }  # also on failure
+# a run that hangs fails after RUN_LIMIT s instead: this watchdog (no FLWR_HOME: not one of ours)
+# stops every process of the run but this script
+env -u FLWR_HOME $PY - "$FLWR_HOME" "$$" "${RUN_LIMIT:-1800}" <<'EOF' &
+import sys, time, psutil
+home, script, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+time.sleep(limit)
+print(f"run.sh: FAILED: the run did not end within {limit:.0f} s (RUN_LIMIT); stopping it", file=sys.stderr)
+procs = []
+for p in psutil.process_iter():
+    try:
+        if p.pid != script and p.environ().get("FLWR_HOME") == home:
+            procs.append(p)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+for p in procs:
+    try:
+        p.kill()
+    except psutil.NoSuchProcess:
+        pass
+EOF
+WATCHDOG=$!
+cleanup() { kill "$WATCHDOG" 2>/dev/null || true; pids=$(ours pids); [ -z "$pids" ] || stop $pids; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(nproc) CPUs, load average $(cut -d" " -f1-3 /proc/loadavg); cache $FEDHAR_CACHE_DIR ($(ls -A "$FEDHAR_CACHE_DIR" | wc -l) entries)"
@@ -92,6 +113,7 @@ echo "# left running after the run (flwr run's SuperLink and what it started):";
 pid=$(ours superlink)
 [ -n "$pid" ] || { echo "run.sh: FAILED: no SuperLink of this run found" >&2; exit 1; }
 stop "$pid"
+kill "$WATCHDOG"; wait "$WATCHDOG" 2>/dev/null || true
 for _ in $(seq 20); do left=$(ours); [ -n "$left" ] || break; sleep 1; done  # Ray's workers notice late
 [ -z "$left" ] || { echo "run.sh: FAILED: processes left behind:"; echo "$left"; exit 1; } >&2
 echo "# no process of this run left; total $(( $(date +%s) - START )) s"
