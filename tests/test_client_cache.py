@@ -86,7 +86,13 @@ def test_federations_give_the_reference_tables_bit_for_bit(case, cache, tmp_path
     for name, table in got.items():
         expected = pd.read_csv(reference_runs.REFERENCE_DIR / case / f"{name}.csv")
         table = pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False)))  # as written, then read
-        pd.testing.assert_frame_equal(table, expected, check_exact=True)
+        # the server's drift analytics are BLAS reductions whose summation order follows the
+        # OpenBLAS thread count (the ServerApp runs on one thread since the fork-deadlock fix,
+        # fedhar/blas_threads.py): equal to 1e-12 relative; everything the clients and the
+        # aggregation compute stays bit for bit
+        analytics = [c for c in table.columns if c.startswith(("drift_", "cosine_", "inexactness_"))]
+        pd.testing.assert_frame_equal(table.drop(columns=analytics), expected.drop(columns=analytics), check_exact=True)
+        pd.testing.assert_frame_equal(table[analytics], expected[analytics], check_exact=False, rtol=1e-12, atol=0)
 
 
 def test_record_nbytes_is_the_arrays_bytes():
