@@ -8,6 +8,10 @@ What it measures (every configuration in a fresh subprocess, one torch thread):
   per synthetic subject (about 132 windows each, 70% train), so N clients hold N subjects'
   data. ``fraction_train = min(1, 10/N)``: about 10 clients train per round at every N;
   as fedhar does, every client evaluates the new global adapters every round.
+* ``inline-10000`` (``--clients 10000 --only inline-10000``): 10,000 clients (8 synthetic
+  domains x 1,250 subjects, ~1.3 million windows, ~3.9 GiB: read from the window cache on
+  demand, never all in memory), 10 train per round, every client evaluates every 10th
+  round (``client_eval_every=10``); ``--rounds-10000`` rounds (default 10).
 * ``inline-1000-eval10``: the same 1000 clients, but only 10 of them (a seeded sample per
   round) evaluate: a knob of this benchmark only (``EvalSampleGrid`` below drops the other
   evaluate messages), since FLConfig has none.
@@ -60,8 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without `pip install -e`
     sys.path.insert(0, str(ROOT))
 
-SHAPES = {1: (1, 1), 10: (2, 5), 30: (3, 10), 100: (4, 25), 1000: (8, 125)}  # clients -> (domains, subjects)
+SHAPES = {1: (1, 1), 10: (2, 5), 30: (3, 10), 100: (4, 25), 1000: (8, 125), 10000: (8, 1250)}  # clients -> (domains, subjects)
 TRAIN_PER_ROUND = 10
+CLIENT_EVAL_EVERY = {10000: 10}  # issue 12: 10,000 clients, 10 train per round, all evaluate every 10th round
 OVERHEAD_TARGETS = {10: 1.10, 1000: 1.25}  # inline round time at most this times the bare loop's (issue 12)
 CSV_COLUMNS = [
     "name", "rep", "engine", "clients", "rounds", "trained_per_round", "evaluated_per_round",
@@ -86,8 +91,8 @@ def plan(args) -> list[dict]:
                  dict(name="bare-10", kind="bare", clients=10, rounds=args.rounds, rep=rep)]
     for n in clients:
         if n != 10:
-            rows.append(dict(name=f"inline-{n}", kind="inline", clients=n,
-                             rounds=args.rounds if n < 1000 else args.rounds_1000, rep=1))
+            rounds = args.rounds if n < 1000 else args.rounds_1000 if n < 10000 else args.rounds_10000
+            rows.append(dict(name=f"inline-{n}", kind="inline", clients=n, rounds=rounds, rep=1))
     rows.append(dict(name="ray-10", kind="ray", clients=10, rounds=args.rounds, rep=1))
     if 1000 in clients:  # the same work as inline-1000 without Flower
         rows.append(dict(name="bare-1000", kind="bare", clients=1000, rounds=args.rounds_1000, rep=1))
@@ -108,7 +113,7 @@ def fl_config(clients: int, rounds: int, out_dir: str, backbone: str = ""):
     values = dict(data="synthetic", partition="subject", synthetic_domains=domains, synthetic_subjects=subjects,
                   pretrain_epochs=1, backbone=backbone, mode="lora", rank=8, local_epochs=1, batch_size=64,
                   strategy="fedavg", rounds=rounds, fraction_train=min(1.0, TRAIN_PER_ROUND / clients), seed=0,
-                  out_dir=out_dir, head="shared")  # shared head: plain FedAvg of adapters + head, as bare does
+                  client_eval_every=CLIENT_EVAL_EVERY.get(clients, 1), out_dir=out_dir, head="shared")  # shared head: plain FedAvg of adapters + head, as bare does
     known = {f.name for f in fields(FLConfig)}
     return FLConfig(**{k: v for k, v in values.items() if k in known})
 
@@ -396,7 +401,9 @@ def csv_row(spec: dict, out: dict, outer: dict, commit: str, command: str) -> di
     row = {
         "name": spec["name"], "rep": spec["rep"], "engine": spec["kind"], "clients": spec["clients"],
         "rounds": len(rounds_s), "trained_per_round": out["trained_per_round"],
-        "evaluated_per_round": spec.get("eval_sample") or spec["clients"],
+        "evaluated_per_round": spec.get("eval_sample") or (
+            f"{spec['clients']} every {CLIENT_EVAL_EVERY[spec['clients']]}th round"
+            if spec["clients"] in CLIENT_EVAL_EVERY else spec["clients"]),
         "round1_s": round(rounds_s[0], 4), "steady_round_s": round(median(steady), 4),
         "steady_min_s": round(min(steady), 4), "steady_max_s": round(max(steady), 4),
         "rounds_s": ";".join(f"{s:.3f}" for s in rounds_s),
@@ -608,6 +615,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", default="1,10,30,100,1000")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rounds-1000", type=int, default=2)
+    ap.add_argument("--rounds-10000", type=int, default=10, help="rounds of inline-10000 (clients evaluate in the 10th)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of inline-10 and bare-10")
     ap.add_argument("--only", nargs="*", help="only these configuration names")
     ap.add_argument("--fresh", action="store_true", help="forget the finished rows in the csv")

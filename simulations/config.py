@@ -147,6 +147,8 @@ class FLConfig:
         "epochs of the head-only probe (frozen global encoder) used for held-out data when the head is local or its"
         " labels leave the federation's space")
     server_eval_every: int = option(1, "server-side evaluation every N rounds (and always after the last)")
+    client_eval_every: int = option(1, "every client evaluates the global model every N rounds (and always after "
+                                    "the last); with thousands of clients, evaluation is most of a round")
     out_dir: str = option("", "where the run's tables, checkpoint and model go (default: runs/<time>)")
     resume: bool = option(False, "continue a crashed or stopped run from OUT_DIR/checkpoint.pkl")
     tensorboard: str = option("",
@@ -181,7 +183,7 @@ class FLConfig:
                             if is_folder_item(name) else "")
                     raise FedharError(f"--{flag}: {e}{hint}") from None
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
-                     "server_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
+                     "server_eval_every", "client_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
                      "synthetic_subjects"):
             if getattr(self, name) < 1:
                 raise FedharError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
@@ -353,6 +355,11 @@ class FLConfig:
     def server_evaluates(self, server_round: int) -> bool:
         """Whether the server evaluates after this round (every server_eval_every, and the last)."""
         return server_round % self.server_eval_every == 0 or server_round == self.rounds
+
+    def clients_evaluate(self, server_round: int) -> bool:
+        """Whether the clients evaluate the new global model in this round (every
+        client_eval_every, and the last)."""
+        return server_round % self.client_eval_every == 0 or server_round == self.rounds
 
     def to_run_config(self) -> dict:
         """Flower's run config: flat hyphenated keys, Flower's names where it has one (option's key)."""

@@ -232,6 +232,8 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
         if after_aggregation is not None:
             after_aggregation(server_round, arrays)
         connected, offline = members.split(members.partitions, members.refresh(grid))
+        if not cfg.clients_evaluate(server_round):
+            connected, offline = [], []
         _offline_rows(log, server_round, "evaluate", offline)
         if connected:
             with showing(strategy, len(connected)):

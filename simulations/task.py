@@ -197,8 +197,9 @@ def _federation(cfg_json: str) -> Federation:
             raise FedharError(f"--num-clients {cfg.num_clients} --dirichlet-alpha {cfg.dirichlet_alpha}: {e}") from None
     cfg.check_clients(len(parts))
     splits = []
+    labelled = ws.labels_only()  # no samples read: a large dataset's stay in their file (fedhar.data.mapped)
     for idx in parts.values():
-        train, test = _client_split(ws.subset(idx), cfg)
+        train, test = _client_split(labelled.subset(idx), cfg)
         splits.append((idx[train], idx[test]))
     if cfg.arm == "centralised":  # one client: exactly the union of the clients' own splits
         parts = {"centralised": np.concatenate(list(parts.values()))}
@@ -207,7 +208,7 @@ def _federation(cfg_json: str) -> Federation:
     # of that dataset. That is exactly what one federated round of per-client sums, sums of
     # squares and counts (per dataset and channel) would give the server, so no window
     # leaves its client to compute it; here it is computed directly.
-    norm = Normaliser.fit(ws.subset(np.concatenate([train for train, _ in splits])))
+    norm = Normaliser.fit(ws, rows=np.concatenate([train for train, _ in splits]))
     labels = LabelSpace.from_ids(ws.y)
     client_labels = [LabelSpace.from_ids(ws.y[train]) for train, _ in splits]
     return Federation(ws, parts, labels, splits, norm, server_test, client_labels,

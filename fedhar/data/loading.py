@@ -3,6 +3,8 @@
 The cache key covers the reader (name and version), the window configuration and the
 source files (relative path, size and modification time), so any change to one of them
 prepares the dataset again; an unchanged dataset loads from one .npz in well under a second.
+The .npz is uncompressed: windows larger than ``fedhar.data.mapped.MAP_ABOVE_BYTES`` are not
+read at load but on demand, from the file (a federation of 10,000 subjects).
 
 Integrity: the .json beside each .npz holds the .npz's SHA-256. A cache entry that is
 damaged (truncated, overwritten, its .json missing) is named on stderr and prepared again.
@@ -14,12 +16,14 @@ what the first wrote); each writes under a temporary name of its own, removed on
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ import numpy as np
 from fedhar.data import paths
 from fedhar.data.harmonise import WindowConfig, harmonise
 from fedhar.data.labels import ACTIVITIES, ACTIVITY_ID
+from fedhar.data.mapped import npz_member
 from fedhar.data.registry import SYNTHETIC, get_reader
 from fedhar.data.schema import PrepareReport, WindowSet
 from fedhar.errors import DataFormatError, DatasetNotFoundError, FedharError
@@ -78,17 +83,45 @@ def _files_fingerprint(root: Path, files: list[Path]) -> list:
     return out
 
 
-def _save(path: Path, ws: WindowSet, report: PrepareReport, meta: dict) -> None:
-    """Write the .npz under a unique temporary name, then its .json (with the SHA-256), then
-    rename the .npz into place: a half-written entry is never read."""
+def _save(path: Path, parts: Iterable[WindowSet], report: PrepareReport, meta: dict) -> None:
+    """Write the windows as an uncompressed .npz (what ``np.savez`` writes) under a unique
+    temporary name, then its .json (with the SHA-256), then rename the .npz into place: a
+    half-written entry is never read. ``parts`` are written as they come (their samples
+    through a temporary file), so a dataset larger than memory is never held whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, x=ws.x, y=ws.y, subject=ws.subject, dataset=ws.dataset)
-    data = buffer.getvalue()
-    info = {"report": report.to_dict(), "sha256": hashlib.sha256(data).hexdigest(), **meta}
     try:
-        _write_atomic(path.with_suffix(".json"), json.dumps(info, indent=1).encode())
-        _write_atomic(path, data)
+        with tempfile.TemporaryFile(dir=path.parent) as samples:
+            empty = WindowSet.empty()
+            n, shape, dtype, columns = 0, empty.x.shape[1:], empty.x.dtype, [(empty.y, empty.subject, empty.dataset)]
+            for ws in parts:
+                if len(ws) and not n:
+                    shape, dtype = ws.x.shape[1:], ws.x.dtype
+                np.ascontiguousarray(ws.x, dtype).tofile(samples)
+                columns.append((ws.y, ws.subject, ws.dataset))
+                n += len(ws)
+            report.windows = n
+            y, subject, dataset = (np.concatenate([c[i] for c in columns]) for i in range(3))
+            samples.seek(0)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w+b") as f:
+                    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                        with z.open("x.npy", "w", force_zip64=True) as member:
+                            np.lib.format.write_array_header_1_0(member, {
+                                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                "shape": (n, *shape)})
+                            shutil.copyfileobj(samples, member, 2**24)
+                        for name, column in (("y", y), ("subject", subject), ("dataset", dataset.astype("<U32"))):
+                            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                                np.lib.format.write_array(member, column)
+                    f.seek(0)
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                info = {"report": report.to_dict(), "sha256": digest, **meta}
+                _write_atomic(path.with_suffix(".json"), json.dumps(info, indent=1).encode())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
     except OSError as e:
         raise FedharError(f"{path}: cannot write the window cache ({e.strerror})") from None
 
@@ -109,18 +142,21 @@ class DamagedCache(Exception):
 
 
 def _load(path: Path) -> tuple[WindowSet, PrepareReport]:
+    """The entry's windows, checked against their SHA-256; samples larger than
+    MAP_ABOVE_BYTES stay in the file and are read on demand (``fedhar.data.mapped``)."""
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
     except FileNotFoundError as e:
         raise DamagedCache(f"{path}: {Path(e.filename).name} is missing") from None
     except ValueError:
         raise DamagedCache(f"{path}: {meta_path.name} is not valid JSON") from None
-    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+    if not isinstance(meta, dict) or digest != meta.get("sha256"):
         raise DamagedCache(f"{path}: does not match the checksum in {meta_path.name}")
-    with np.load(io.BytesIO(data)) as z:
-        ws = WindowSet(z["x"], z["y"], z["subject"], z["dataset"])
+    with np.load(path) as z:
+        ws = WindowSet(npz_member(path, z, "x"), z["y"], z["subject"], z["dataset"])
     return ws, PrepareReport.from_dict(meta["report"])
 
 
@@ -167,12 +203,12 @@ def load(
     progress: show a progress bar on stderr while a dataset is prepared (not on cache hits).
     """
 
-    def shown(items, what):
+    def shown(items, what, total=None):
         if not progress:
             return items
         from tqdm import tqdm
 
-        return tqdm(items, desc=f"preparing {what}", unit=" recordings", file=sys.stderr, leave=False)
+        return tqdm(items, desc=f"preparing {what}", unit=" recordings", total=total, file=sys.stderr, leave=False)
 
     t0 = time.perf_counter()
     if name == SYNTHETIC:
@@ -188,12 +224,8 @@ def load(
             report.notes.extend(
                 ", ".join(f"{k} {v}" for k, v in d.items()) for d in synth.domain_summary(cfg)
             )
-            parts = []
-            for domain, recs in synth.generate_recordings(cfg):
-                parts.append(harmonise(shown(recs, domain), window, domain, report))
-            ws = WindowSet.concat(parts)
-            report.windows = len(ws)
-            return ws, report
+            subjects = shown(synth.generate_subjects(cfg), name, cfg.n_domains * cfg.subjects_per_domain)
+            return (harmonise([rec], window, domain, report) for domain, rec in subjects), report
 
     else:
         reader = get_reader(name)
@@ -212,11 +244,13 @@ def load(
 
         def prepare():
             report = PrepareReport(dataset=name)
-            ws = harmonise(shown(reader.read(root, report), name), window, name, report)
-            return ws, report
+            return (harmonise([item], window, name, report) for item in shown(reader.read(root, report), name)), report
 
+    # prepare(): the windows one recording at a time, and the report they fill in
     if not cache:
-        ws, report = prepare()
+        parts, report = prepare()
+        ws = WindowSet.concat(list(parts))
+        report.windows = len(ws)
         return Prepared(ws, report, root, None, False, time.perf_counter() - t0)
     cache_file = paths.window_cache_dir() / f"{name}-{_cache_key(key_parts)}.npz"
     found = None if rebuild else _cached(cache_file)
@@ -224,8 +258,9 @@ def load(
         with cache_lock(cache_file):  # another process may be preparing the same entry
             found = None if rebuild else _cached(cache_file)
             if found is None:
-                ws, report = prepare()
-                _save(cache_file, ws, report, {"key": key_parts})
+                parts, report = prepare()
+                _save(cache_file, parts, report, {"key": key_parts})
+                ws, report = _load(cache_file)  # as every later load gives them (large windows stay in the file)
                 return Prepared(ws, report, root, cache_file, False, time.perf_counter() - t0)
     ws, report = found
     return Prepared(ws, report, root, cache_file, True, time.perf_counter() - t0)

@@ -18,9 +18,15 @@ def by_dataset(ws: WindowSet) -> dict[str, np.ndarray]:
 
 
 def by_subject(ws: WindowSet) -> dict[str, np.ndarray]:
-    """One client per subject, named "dataset/subject"."""
-    keys = ws.subject_keys()
-    return {key: np.flatnonzero(keys == key) for key in sorted(set(keys.tolist()))}
+    """One client per subject, named "dataset/subject", in the order of the names.
+
+    Grouped by sorting once (not one pass over all windows per subject: 10,000 subjects)."""
+    names, dataset = np.unique(ws.dataset, return_inverse=True)
+    pairs, client = np.unique(np.stack([dataset.ravel(), ws.subject]), axis=1, return_inverse=True)
+    client = client.ravel()
+    rows = np.split(np.argsort(client, kind="stable"), np.cumsum(np.bincount(client, minlength=pairs.shape[1]))[:-1])
+    keys = [f"{names[d]}/{s}" for d, s in pairs.T.tolist()]
+    return {key: rows[k] for key, k in sorted(zip(keys, range(len(keys))))}
 
 
 def dirichlet(

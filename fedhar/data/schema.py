@@ -95,7 +95,9 @@ class PrepareReport:
 class WindowSet:
     """Harmonised windows of one or more datasets.
 
-    x:       (N, 6, L) float32, channels first (L = 128 by default).
+    x:       (N, 6, L) float32, channels first (L = 128 by default); for a large dataset
+             a ``fedhar.data.mapped.MappedRows``: read from the cache file on demand, so
+             ``subset`` gives in-memory windows and ``x`` itself holds none.
     y:       (N,) int64 global activity ids.
     subject: (N,) int64 subject id, unique within its dataset.
     dataset: (N,) str dataset name of each window.
@@ -134,12 +136,20 @@ class WindowSet:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
+        if len(parts) == 1:  # as it is: mapped windows stay in their file
+            (p,) = parts
+            return cls(p.x, p.y, p.subject, p.dataset.astype("<U32", copy=False))
         return cls(
             np.concatenate([p.x for p in parts]),
             np.concatenate([p.y for p in parts]),
             np.concatenate([p.subject for p in parts]),
             np.concatenate([p.dataset.astype("<U32") for p in parts]),
         )
+
+    def labels_only(self) -> WindowSet:
+        """The same windows without their samples (x of shape (N, 0, 0)): for splitting and
+        partitioning, which need labels, subjects and datasets only, without reading x."""
+        return WindowSet(np.empty((len(self), 0, 0), np.float32), self.y, self.subject, self.dataset)
 
     def subject_keys(self) -> np.ndarray:
         """Globally unique subject keys, "dataset/subject" (ids repeat across datasets)."""

@@ -53,6 +53,14 @@ def subject_split(
     return ws.subset(~is_test), ws.subset(is_test)
 
 
+FIT_CHUNK_ROWS = 16384  # windows read at a time to fit statistics on windows in a file (~48 MiB)
+
+
+def _scale(std: np.ndarray) -> np.ndarray:
+    """A flat channel (std 0) would divide by zero: leave its scale alone."""
+    return np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Normaliser:
     """Per-dataset, per-channel z-normalisation fitted on training windows only."""
@@ -61,14 +69,39 @@ class Normaliser:
     std: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, train: WindowSet) -> Normaliser:
+    def fit(cls, train: WindowSet, rows: np.ndarray | None = None) -> Normaliser:
+        """Statistics of ``train``'s windows (of its ``rows`` only, if given).
+
+        Windows in memory: numpy's mean and std over all of them (float32). Windows read
+        on demand from a cache file (``fedhar.data.mapped``): read FIT_CHUNK_ROWS at a time
+        and combined in float64 (Chan et al.'s pairwise update), so all of them are never in
+        memory at once; that agrees with the one-pass figures to float32 rounding."""
+        if isinstance(train.x, np.ndarray):
+            return cls._fit(train if rows is None else train.subset(rows))
+        rows = np.arange(len(train)) if rows is None else np.asarray(rows)
+        moments: dict[str, tuple] = {}  # dataset -> (count, mean, sum of squared deviations) per channel
+        for start in range(0, len(rows), FIT_CHUNK_ROWS):
+            chunk = train.subset(np.sort(rows[start:start + FIT_CHUNK_ROWS]))
+            for name in chunk.datasets():
+                x = chunk.x[chunk.dataset == name].astype(np.float64)
+                n, mean = x.shape[0] * x.shape[2], x.mean(axis=(0, 2))
+                m2 = ((x - mean[:, None]) ** 2).sum(axis=(0, 2))
+                if name in moments:
+                    n0, mean0, m20 = moments[name]
+                    delta = mean - mean0
+                    n, mean, m2 = n0 + n, mean0 + delta * n / (n0 + n), m20 + m2 + delta ** 2 * n0 * n / (n0 + n)
+                moments[name] = (n, mean, m2)
+        mean = {name: m.astype(np.float32) for name, (_, m, _) in moments.items()}
+        std = {name: _scale(np.sqrt(m2 / n).astype(np.float32)) for name, (n, _, m2) in moments.items()}
+        return cls(mean, std)
+
+    @classmethod
+    def _fit(cls, train: WindowSet) -> Normaliser:
         mean, std = {}, {}
         for name in train.datasets():
             x = train.x[train.dataset == name]
             mean[name] = x.mean(axis=(0, 2)).astype(np.float32)
-            # a flat channel (std 0) would divide by zero: leave its scale alone
-            s = x.std(axis=(0, 2)).astype(np.float32)
-            std[name] = np.where(s > 1e-8, s, 1.0).astype(np.float32)
+            std[name] = _scale(x.std(axis=(0, 2)).astype(np.float32))
         return cls(mean, std)
 
     def apply(self, ws: WindowSet) -> WindowSet:

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 
 import numpy as np
 
@@ -411,12 +412,19 @@ def _body_frame(lin: np.ndarray, ang: np.ndarray, dang: np.ndarray):
 # ---------------------------------------------------------------- entry point
 
 
-def generate_recordings(cfg: SyntheticConfig) -> Iterator[tuple[str, list[Recording]]]:
-    """(domain name, that domain's recordings at its native rate), domain by domain.
+def generate_subjects(cfg: SyntheticConfig) -> Iterator[tuple[str, Recording]]:
+    """(domain name, one subject's recording at its native rate), subject by subject: a
+    population of any size is generated holding one recording at a time.
 
     Subjects are numbered 1..subjects_per_domain within each domain.
     """
     for k in range(cfg.n_domains):
         dom = make_domain(cfg, k)
-        recs = [generate_subject(cfg, dom, k, s) for s in range(1, cfg.subjects_per_domain + 1)]
-        yield domain_name(k), recs
+        for s in range(1, cfg.subjects_per_domain + 1):
+            yield domain_name(k), generate_subject(cfg, dom, k, s)
+
+
+def generate_recordings(cfg: SyntheticConfig) -> Iterator[tuple[str, list[Recording]]]:
+    """(domain name, that domain's recordings at its native rate), domain by domain."""
+    for name, group in groupby(generate_subjects(cfg), key=lambda item: item[0]):
+        yield name, [rec for _, rec in group]
