@@ -74,7 +74,7 @@ CSV_COLUMNS = [
     "rounds_cpu_s",
     "train_calls_s", "evaluate_calls_s", "train_local_s", "evaluate_local_s", "build_model_s", "client_data_s",
     "clientapp_other_s", "checkpoint_s", "server_rest_s",
-    "peak_rss_tree_mib", "max_processes", "driver_peak_rss_mib", "rss_before_rounds_mib", "rss_after_round1_mib",
+    "peak_rss_tree_mib", "peak_pss_tree_mib", "max_processes", "driver_peak_rss_mib", "rss_before_rounds_mib", "rss_after_round1_mib",
     "rss_end_mib", "data_mib", "grid_bytes_per_node", "state_bytes", "last_accuracy", "setup_s", "total_s",
     "load_start", "load_end", "date", "commit", "command",
 ]
@@ -357,26 +357,28 @@ def run_child(spec: dict, work: Path) -> tuple[dict, dict]:
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        root, peak, most = psutil.Process(proc.pid), 0, 0
+        root, peak, peak_pss, most, tick = psutil.Process(proc.pid), 0, 0, 0, 0
         while proc.poll() is None:
             try:
                 tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 break
-            total = 0
+            total, pss = 0, 0
             for p in tree:
                 try:
                     total += p.memory_info().rss
-                except psutil.NoSuchProcess:
+                    if tick % 20 == 0:  # PSS (shared pages split between the processes sharing them): ~1/s, it is slow
+                        pss += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
-            peak, most = max(peak, total), max(most, len(tree))
+            peak, peak_pss, most, tick = max(peak, total), max(peak_pss, pss), max(most, len(tree)), tick + 1
             time.sleep(0.05)
         proc.wait()
     if proc.returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"{spec['name']} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
     out = json.loads(result_path.read_text())
-    return out, {"peak_rss_tree": peak, "max_processes": most, "total_s": time.perf_counter() - t0,
+    return out, {"peak_rss_tree": peak, "peak_pss_tree": peak_pss, "max_processes": most, "total_s": time.perf_counter() - t0,
                  "load_start": load_start, "load_end": os.getloadavg()[0]}
 
 
@@ -410,7 +412,8 @@ def csv_row(spec: dict, out: dict, outer: dict, commit: str, command: str) -> di
         "round1_cpu_s": round(out["rounds_cpu_s"][0], 4),
         "steady_round_cpu_s": round(median(out["rounds_cpu_s"][1:] or out["rounds_cpu_s"]), 4),
         "rounds_cpu_s": ";".join(f"{s:.3f}" for s in out["rounds_cpu_s"]),
-        "peak_rss_tree_mib": round(outer["peak_rss_tree"] / MIB, 1), "max_processes": outer["max_processes"],
+        "peak_rss_tree_mib": round(outer["peak_rss_tree"] / MIB, 1),
+        "peak_pss_tree_mib": round(outer["peak_pss_tree"] / MIB, 1), "max_processes": outer["max_processes"],
         "driver_peak_rss_mib": round(out["driver_peak_rss"] / MIB, 1),
         "rss_before_rounds_mib": round(out["rss_before_rounds"] / MIB, 1),
         "rss_after_round1_mib": round(out["rss_after_round"][0] / MIB, 1),
@@ -490,7 +493,7 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
         by_name.setdefault(r["name"], []).append(r)
 
     def pooled(name, key):
-        return median([float(r[key]) for r in by_name.get(name, []) if r[key] not in ("", None)])
+        return median([float(r[key]) for r in by_name.get(name, []) if r.get(key) not in ("", None)])
 
     def pooled_steady(name, key="rounds_s"):  # every later round of every rep
         xs = []
@@ -522,15 +525,16 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
         "later rounds, pooled over repetitions; CPU s: CPU seconds of the process per later round "
         "(Ray: of the whole tree), less sensitive than wall time to other processes on the machine. "
         "Peak RSS: whole process tree (Ray: driver, raylet, GCS, workers; shared pages counted in "
-        "every process), sampled every 50 ms; driver: exact peak (VmHWM). Data: the federation's "
+        "every process), sampled every 50 ms; peak PSS: the same tree with each shared page split between the "
+        "processes sharing it (what the tree adds to the machine's memory), sampled about once a second; driver: exact peak (VmHWM). Data: the federation's "
         "windows in memory (float32). Setup: process start to the first round (imports, data, "
         "backbone, Ray start, finding the clients). Load average: the machine's 1-minute load at the "
         "start and end of each row (2 cores; other users' jobs).",
         "",
         "| configuration | clients | train / evaluate per round | round 1 s | s / round | CPU s / round | "
-        "train calls s | evaluate calls s | peak RSS tree MiB | driver peak MiB | RSS before rounds -> "
+        "train calls s | evaluate calls s | peak RSS tree MiB | peak PSS tree MiB | driver peak MiB | RSS before rounds -> "
         "after last MiB | data MiB | processes | setup s | last accuracy | reps | load average |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     order = sorted(by_name, key=lambda n: (by_name[n][0]["engine"] != "inline", int(by_name[n][0]["clients"]), n))
     for name in order:
@@ -543,7 +547,8 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
             f"{median(steady):.2f} ({min(steady):.2f}..{max(steady):.2f}) | "
             f"{median(pooled_steady(name, 'rounds_cpu_s')):.2f} | "
             f"{fnum(pooled(name, 'train_calls_s'))} | {fnum(pooled(name, 'evaluate_calls_s'))} | "
-            f"{fnum(pooled(name, 'peak_rss_tree_mib'), 0)} | {fnum(pooled(name, 'driver_peak_rss_mib'), 0)} | "
+            f"{fnum(pooled(name, 'peak_rss_tree_mib'), 0)} | {fnum(pooled(name, 'peak_pss_tree_mib'), 0)} | "
+            f"{fnum(pooled(name, 'driver_peak_rss_mib'), 0)} | "
             f"{fnum(pooled(name, 'rss_before_rounds_mib'), 0)} -> {fnum(pooled(name, 'rss_end_mib'), 0)} | "
             f"{fnum(pooled(name, 'data_mib'), 1)} | {fnum(pooled(name, 'max_processes'), 0)} | "
             f"{fnum(pooled(name, 'setup_s'), 1)} | "

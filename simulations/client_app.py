@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.model import trainable_state_dict
-from simulations.client_cache import client_model, record_nbytes
+from simulations.client_cache import client_model, record_nbytes, warm
 from simulations.config import FLConfig
 from simulations.export import save_local_parts
 from simulations.task import (
@@ -42,6 +42,7 @@ from simulations.task import (
     ensure_backbone,
     evaluate_local,
     federation,
+    head_size,
     is_head_key,
     load_partial,
     train_local,
@@ -152,8 +153,21 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """Which partition this node holds, so the server can sample clients reproducibly."""
+        """Which partition this node holds, so the server can sample clients reproducibly.
+
+        The server asks every node before round 1, so the process also gets ready then: it
+        loads the federation and builds its model (``client_cache.warm``), start-up work that
+        would otherwise make round 1 several times as long as the others (Ray actors)."""
         pid = int(context.node_config["partition-id"])
+        cfg = fixed or FLConfig.from_run_config(dict(context.run_config))
+        if cfg.backbone:  # (a by-hand `flwr run .` pretrains: its clients learn the backbone in round 1)
+            try:
+                cfg = with_node_data(cfg, context.node_config)
+                fed = federation(cfg)
+                head = head_size(fed.client_labels[pid]) if fed.head == "local" else None
+                warm(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, head_classes=head)
+            except Exception:  # noqa: BLE001  the node's train / evaluate calls meet it again and report it
+                pass
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
     return app

@@ -91,6 +91,13 @@ def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: 
     return model
 
 
+def warm(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, head_classes: int | None = None) -> None:
+    """Build the model now unless this process has it: the first build (peft's import alone is
+    ~8 CPU s, per Ray actor) then happens before the rounds, not in the first one."""
+    if _key(cfg, n_classes, backbone, pid, None, head_classes) not in _models:
+        client_model(cfg, n_classes, backbone, pid, None, head_classes)
+
+
 def clear() -> None:
     _models.clear()
 
