@@ -64,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without `pip install -e`
     sys.path.insert(0, str(ROOT))
 
-SHAPES = {1: (1, 1), 10: (2, 5), 30: (3, 10), 100: (4, 25), 1000: (8, 125), 10000: (8, 1250)}  # clients -> (domains, subjects)
+# clients -> (synthetic domains, subjects per domain)
+SHAPES = {1: (1, 1), 10: (2, 5), 30: (3, 10), 100: (4, 25), 1000: (8, 125), 10000: (8, 1250)}
 TRAIN_PER_ROUND = 10
 CLIENT_EVAL_EVERY = {10000: 10}  # issue 12: 10,000 clients, 10 train per round, all evaluate every 10th round
 OVERHEAD_TARGETS = {10: 1.10, 1000: 1.25}  # inline round time at most this times the bare loop's (issue 12)
@@ -113,7 +114,8 @@ def fl_config(clients: int, rounds: int, out_dir: str, backbone: str = ""):
     values = dict(data="synthetic", partition="subject", synthetic_domains=domains, synthetic_subjects=subjects,
                   pretrain_epochs=1, backbone=backbone, mode="lora", rank=8, local_epochs=1, batch_size=64,
                   strategy="fedavg", rounds=rounds, fraction_train=min(1.0, TRAIN_PER_ROUND / clients), seed=0,
-                  client_eval_every=CLIENT_EVAL_EVERY.get(clients, 1), out_dir=out_dir, head="shared")  # shared head: plain FedAvg of adapters + head, as bare does
+                  client_eval_every=CLIENT_EVAL_EVERY.get(clients, 1), out_dir=out_dir,
+                  head="shared")  # shared head: plain FedAvg of adapters + head, as bare does
     known = {f.name for f in fields(FLConfig)}
     return FLConfig(**{k: v for k, v in values.items() if k in known})
 
@@ -526,8 +528,9 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
         "(Ray: of the whole tree), less sensitive than wall time to other processes on the machine. "
         "Peak RSS: whole process tree (Ray: driver, raylet, GCS, workers; shared pages counted in "
         "every process), sampled every 50 ms; peak PSS: the same tree with each shared page split between the "
-        "processes sharing it (what the tree adds to the machine's memory), sampled about once a second; driver: exact peak (VmHWM). Data: the federation's "
-        "windows in memory (float32). Setup: process start to the first round (imports, data, "
+        "processes sharing it (what the tree adds to the machine's memory), sampled about once a second; "
+        "driver: exact peak (VmHWM). Data: the federation's windows (float32; at 10,000 clients in the "
+        "cache file, read per client). Setup: process start to the first round (imports, data, "
         "backbone, Ray start, finding the clients). Load average: the machine's 1-minute load at the "
         "start and end of each row (2 cores; other users' jobs).",
         "",

@@ -159,15 +159,14 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         loads the federation and builds its model (``client_cache.warm``), start-up work that
         would otherwise make round 1 several times as long as the others (Ray actors)."""
         pid = int(context.node_config["partition-id"])
-        cfg = fixed or FLConfig.from_run_config(dict(context.run_config))
-        if cfg.backbone:  # (a by-hand `flwr run .` pretrains: its clients learn the backbone in round 1)
-            try:
-                cfg = with_node_data(cfg, context.node_config)
+        try:
+            cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
+            if cfg.backbone:  # (a by-hand `flwr run .` pretrains: its clients learn the backbone in round 1)
                 fed = federation(cfg)
                 head = head_size(fed.client_labels[pid]) if fed.head == "local" else None
                 warm(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, head_classes=head)
-            except Exception:  # noqa: BLE001  the node's train / evaluate calls meet it again and report it
-                pass
+        except Exception:  # noqa: BLE001  the node's train / evaluate calls meet it again and report it
+            pass
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
     return app
