@@ -161,8 +161,9 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         try:
             cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
+            # no backbone path yet: a by-hand `flwr run .` pretrains, and its clients learn the path in round 1
             if cfg.backbone:
-                torch.set_num_threads(1)  # as every train / evaluate call: the model is built as there  # (a by-hand `flwr run .` pretrains: its clients learn the backbone in round 1)
+                torch.set_num_threads(1)  # as every train / evaluate call: the model is built as there
                 fed = federation(cfg)
                 head = head_size(fed.client_labels[pid]) if fed.head == "local" else None
                 warm(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, head_classes=head)
