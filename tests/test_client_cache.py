@@ -82,10 +82,25 @@ def test_federations_give_the_reference_tables_bit_for_bit(case, cache, tmp_path
     from simulations import task
 
     task._federation.cache_clear()
-    got = reference_runs.run_case(case, tmp_path / case)
+    assert_reference_tables(case, reference_runs.run_case(case, tmp_path / case))
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_reference_tables_too(cache, tmp_path, monkeypatch):
+    """FedSA (client state kept between rounds in Flower's context) in Ray actors."""
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
+    from simulations import task
+
+    task._federation.cache_clear()
+    got = reference_runs.run_case("fedsa", tmp_path / "fedsa", engine="ray")
+    assert_reference_tables("fedsa", got, ignore=("node_id",))  # Flower's engine draws random node ids
+
+
+def assert_reference_tables(case: str, got: dict, ignore=()) -> None:
     for name, table in got.items():
         expected = pd.read_csv(reference_runs.REFERENCE_DIR / case / f"{name}.csv")
         table = pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False)))  # as written, then read
+        table, expected = (t.drop(columns=[c for c in ignore if c in t.columns]) for t in (table, expected))
         # the server's drift analytics are BLAS reductions whose summation order follows the
         # OpenBLAS thread count (the ServerApp runs on one thread since the fork-deadlock fix,
         # fedhar/blas_threads.py): equal to 1e-12 relative; everything the clients and the
