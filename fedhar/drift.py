@@ -80,18 +80,8 @@ def layer_factors(state: State) -> dict[str, dict[str, np.ndarray]]:
 
     Arrays are returned as they are (no copy). Two adapters on one layer is an error.
     """
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in state.items():
-        if key.endswith(DELTA_SUFFIX):
-            continue
-        split = lm.split_adapter_key(key)
-        if split is None:
-            continue
-        layer, part = split
-        if part in out.setdefault(layer, {}):
-            raise ValueError(f"layer {layer!r} has two lora_{part} tensors")
-        out[layer][part] = value
-    return out
+    keys = lm.factor_keys(key for key in state if not key.endswith(DELTA_SUFFIX))
+    return {layer: {part: state[key] for part, key in parts.items()} for layer, parts in keys.items()}
 
 
 def client_drift(sent: State | Sequence[State], states: Sequence[State], weights: Sequence[float], *,

@@ -49,10 +49,11 @@ def adapter_part(key: str) -> str | None:
     return split[1] if split else None
 
 
-def adapter_keys(state: State) -> dict[str, tuple[str, str]]:
-    """layer -> (name of its A, name of its B); an A without its B (or two adapters) is an error."""
+def factor_keys(keys) -> dict[str, dict[str, str]]:
+    """layer -> {"A": name, "B": name} of the LoRA factors among ``keys`` (either may be
+    missing); two adapters on one layer is an error."""
     found: dict[str, dict[str, str]] = {}
-    for key in state:
+    for key in keys:
         split = split_adapter_key(key)
         if split is None:
             continue
@@ -60,6 +61,12 @@ def adapter_keys(state: State) -> dict[str, tuple[str, str]]:
         if part in found.setdefault(layer, {}):
             raise ValueError(f"layer {layer!r} has two lora_{part} tensors: {found[layer][part]!r}, {key!r}")
         found[layer][part] = key
+    return found
+
+
+def adapter_keys(state: State) -> dict[str, tuple[str, str]]:
+    """layer -> (name of its A, name of its B); an A without its B (or two adapters) is an error."""
+    found = factor_keys(state)
     unpaired = sorted(layer for layer, parts in found.items() if len(parts) != 2)
     if unpaired:
         raise ValueError(f"LoRA layers without both lora_A and lora_B: {unpaired[:5]}")
