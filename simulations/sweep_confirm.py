@@ -31,7 +31,7 @@ from simulations.sweep import MANAGED, Sweep
 CONFIRM = "confirm"
 
 
-def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+def final_rounds(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Each ok trial's last round."""
     ok = df[df["status"] == "ok"]
     if not len(ok) or metric not in ok:
@@ -43,7 +43,7 @@ def select_best(sweep: Sweep, results: pd.DataFrame, params_of) -> dict:
     """Experiment -> {trial_id, score, values (tuned), config (FLConfig fields)};
     ``params_of(experiment, trial_id)``: the trial's config as Tune stored it."""
     s = sweep.settings
-    final = _final(results, s.metric)
+    final = final_rounds(results, s.metric)
     out = {}
     for exp in sweep.experiments():
         mine = final[(final["experiment"] == exp.name)].dropna(subset=[s.metric]) if len(final) else final
@@ -72,7 +72,7 @@ def confirm_space(sweep: Sweep, best: dict) -> dict:
 def comparison_table(sweep: Sweep, results: pd.DataFrame, best: dict) -> pd.DataFrame:
     """Per strategy: test metric over the seeds, and the paired difference to the baseline."""
     c = sweep.confirm
-    final = _final(results[results["experiment"] == CONFIRM], c.metric)
+    final = final_rounds(results[results["experiment"] == CONFIRM], c.metric)
     per_seed = {s: g.set_index("seed")[c.metric] for s, g in final.groupby("strategy")} if len(final) else {}
     base = per_seed.get(c.baseline, pd.Series(dtype=float))
     rows = []

@@ -53,10 +53,10 @@ def test_the_committed_sweep_files_are_valid():
     assert load_sweep(SWEEPS / "headline_precision.toml").experiments()[0].size(1) == 4
     assert load_sweep(SWEEPS / "headline_clients.toml").experiments()[0].grid["fraction_train"] == [0.15, 1.0]
 
-    for name, samples in (("fair_rules.toml", 12), ("fair_rules_smoke.toml", 2)):
+    for name, samples, rules in (("fair_rules.toml", 6, RULES + ("flexlora",)), ("fair_rules_smoke.toml", 2, RULES)):
         sweep = load_sweep(SWEEPS / name)
         exps = {e.name: e for e in sweep.experiments()}
-        assert tuple(exps) == RULES  # one experiment per rule, the same budget each
+        assert tuple(exps) == rules  # one experiment per rule, the same budget each
         assert {e.size(sweep.settings.num_samples) for e in exps.values()} == {samples}
         assert all("lr" in e.search for e in exps.values())
         assert set(exps["fedprox"].search) == {"lr", "proximal_mu"}
@@ -70,6 +70,15 @@ def test_the_committed_sweep_files_are_valid():
         assert sweep.settings.metric == sweep.confirm.metric == "server_accuracy"
         assert len(sweep.confirm.seeds) >= 3
     assert load_sweep(SWEEPS / "fair_rules.toml").base["data"] == "uci-har"
+
+    # the untuned control: the same rules, protocol and seeds as the tuned rules' confirmation
+    tuned, untuned = load_sweep(SWEEPS / "fair_rules.toml"), load_sweep(SWEEPS / "fair_rules_untuned.toml")
+    (control,) = untuned.experiments()
+    assert control.grid["strategy"] == [e.name for e in tuned.experiments()]
+    assert tuple(control.grid["seed"]) == tuple(tuned.confirm.seeds) and not control.search
+    fixed = {"lr", "proximal_mu", "server_lr", "server_momentum"}
+    assert {k: v for k, v in untuned.base.items() if k not in fixed} == {
+        **{k: v for k, v in tuned.base.items() if k != "seed"}, **tuned.confirm.set}
 
 
 def test_grid_and_search_become_a_tune_param_space(tmp_path):
