@@ -59,3 +59,20 @@ def test_paired_interval_is_scipys_paired_t_interval():
     assert d.n == 5 and abs(d.low - ci.low) < 1e-12 and abs(d.high - ci.high) < 1e-12
     assert d.verdict == "no measurable difference"
     assert paired_difference(a, a - 0.01).verdict == "higher"
+
+
+def test_few_label_probes_are_paired_with_the_control_per_labelled_share():
+    base = dict(held_out="uci-har", trainable_params=10, total_params=100, frozen_bytes=1, state_bytes=1,
+                sec_per_epoch=1.0, macro_f1=0.5, rank=0, mode="probe")
+    out = []
+    for seed in range(3):
+        for share, none, other in ((0.1, 0.80, 0.86), (0.3, 0.87, 0.90)):
+            out.append({**base, "train_fraction": share, "backbone_kind": "none", "pretrained_on": "none",
+                        "seed": seed, "accuracy": none + seed / 100})
+            out.append({**base, "train_fraction": share, "backbone_kind": "other", "pretrained_on": "usc-had",
+                        "seed": seed, "accuracy": other + seed / 100})
+    text = comparison(pd.DataFrame(out))
+    assert "| 10% | 0.810 ± 0.010 (n=3) | 0.870 ± 0.010 (n=3) | +6.0 pts [+6.0, +6.0] (n=3) (higher) |" in text
+    assert "| 30% | 0.880 ± 0.010 (n=3) | 0.910 ± 0.010 (n=3) | +3.0 pts [+3.0, +3.0] (n=3) (higher) |" in text
+    # the 70% pretraining table lists no backbone that only has few-label rows
+    assert "### uci-har held out (cpu)\n\n| backbone" not in text
