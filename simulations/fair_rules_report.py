@@ -61,7 +61,7 @@ def markdown(df: pd.DataFrame) -> str:
             f"untuned_vs_{BASELINE}", "tuned_minus_untuned"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        cells = [f"{int(r[c])}" if c.startswith("rank_") and pd.notna(r[c]) else str(r[c]) for c in cols]
+        cells = [(f"{int(r[c])}" if pd.notna(r[c]) else "-") if c.startswith("rank_") else str(r[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
