@@ -20,21 +20,15 @@ from pathlib import Path
 import pandas as pd
 
 from fedhar.stats import mean_std, paired_difference
-from simulations.sweep_confirm import CONFIRM, final_rounds
+from simulations.sweep_confirm import CONFIRM, scores_by_strategy
 
 METRIC = "server_accuracy"
 BASELINE = "fedavg"
 
 
-def per_seed(results: pd.DataFrame, metric: str = METRIC) -> dict[str, pd.Series]:
-    """strategy -> metric after the last round, indexed by seed."""
-    final = final_rounds(results, metric)
-    return {s: g.set_index("seed")[metric].sort_index() for s, g in final.groupby("strategy")}
-
-
 def tuned_vs_untuned(tuned: pd.DataFrame, untuned: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
-    t = per_seed(tuned[tuned["experiment"] == CONFIRM], metric)
-    u = per_seed(untuned, metric)
+    t = scores_by_strategy(tuned[tuned["experiment"] == CONFIRM], metric)
+    u = scores_by_strategy(untuned, metric)
     rules = [r for r in t if r in u] + [r for r in t if r not in u] + [r for r in u if r not in t]
     rows = []
     for rule in rules:

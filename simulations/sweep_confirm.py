@@ -39,6 +39,12 @@ def final_rounds(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ok.loc[ok.groupby(["experiment", "trial_id"])["round"].idxmax()]
 
 
+def scores_by_strategy(results: pd.DataFrame, metric: str) -> dict[str, pd.Series]:
+    """strategy -> ``metric`` after each trial's last round, indexed by seed (for pairing)."""
+    final = final_rounds(results, metric)
+    return {s: g.set_index("seed")[metric].sort_index() for s, g in final.groupby("strategy")} if len(final) else {}
+
+
 def select_best(sweep: Sweep, results: pd.DataFrame, params_of) -> dict:
     """Experiment -> {trial_id, score, values (tuned), config (FLConfig fields)};
     ``params_of(experiment, trial_id)``: the trial's config as Tune stored it."""
@@ -72,8 +78,7 @@ def confirm_space(sweep: Sweep, best: dict) -> dict:
 def comparison_table(sweep: Sweep, results: pd.DataFrame, best: dict) -> pd.DataFrame:
     """Per strategy: test metric over the seeds, and the paired difference to the baseline."""
     c = sweep.confirm
-    final = final_rounds(results[results["experiment"] == CONFIRM], c.metric)
-    per_seed = {s: g.set_index("seed")[c.metric] for s, g in final.groupby("strategy")} if len(final) else {}
+    per_seed = scores_by_strategy(results[results["experiment"] == CONFIRM], c.metric)
     base = per_seed.get(c.baseline, pd.Series(dtype=float))
     rows = []
     for chosen in best.values():
