@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from simulations.two_datasets_report import client_drift, report, run_summary
 
@@ -51,3 +52,21 @@ def test_the_local_arm_scores_each_dataset_alone_on_its_own_test_subjects(tmp_pa
     row = run_summary(run)
     assert row["accuracy uci-har"] == 0.9 and row["accuracy usc-had"] == 0.7
     assert abs(row["server_accuracy"] - (0.9 * 100 + 0.7 * 300) / 400) < 1e-12
+
+
+def test_rules_are_paired_with_fedavg_by_seed(tmp_path):
+    for seed, (base, rule) in enumerate([(0.80, 0.83), (0.70, 0.74), (0.90, 0.92)]):
+        for strategy, acc in (("fedavg", base), ("fedprox", rule)):
+            run = fake_run(tmp_path / f"{strategy}-s{seed}", "dataset", ["uci-har/all", "usc-had/all"], seed=seed)
+            cfg = json.loads((run / "config.json").read_text())
+            cfg["config"]["strategy"] = strategy
+            (run / "config.json").write_text(json.dumps(cfg))
+            pd.DataFrame({"round": [1, 2], "server_accuracy": [0.5, acc], "server_macro_f1": [0.4, acc],
+                          "accuracy": [0.6, acc]}).to_csv(run / "rounds.csv", index=False)
+    text = report(tmp_path)
+    paired = text.split("## Paired differences")[1]
+    row = next(line for line in paired.splitlines() if line.startswith("| dataset | fedprox |"))
+    assert "+3.0 pts [" in row and "(n=3) (higher)" in row  # differences 3, 4, 2 points: mean 3, interval above 0
+    fake_run(tmp_path / "copy-of-fedavg-s0", "dataset", ["uci-har/all", "usc-had/all"])  # the same run twice
+    with pytest.raises(ValueError, match="copy-of-fedavg-s0, fedavg-s0"):
+        report(tmp_path)
