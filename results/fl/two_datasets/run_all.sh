@@ -43,4 +43,12 @@ done
 for rule in ffa fedsa fedprox fedex flora hetlora fedavgm fedadam fedyogi fedadagrad; do
   run datasets-$rule-s0 --partition dataset --strategy $rule --seed 0
 done
+# then the controls at 3 seeds, and the best two rules of seed 0 (comparison.md) at 3 seeds
+for seed in 1 2; do
+  run datasets-centralised-s$seed --partition dataset --arm centralised --seed $seed
+  run datasets-local-s$seed --partition dataset --arm local --seed $seed
+done
+for rule in ${BEST:-BEST_RULES}; do  # BEST="rule1 rule2": the two best at seed 0 (session 7: see results/fl/README.md)
+  for seed in 1 2; do run datasets-$rule-s$seed --partition dataset --strategy $rule --seed $seed; done
+done
 ${PYTHON:-python} -m simulations.two_datasets_report "$runs"
