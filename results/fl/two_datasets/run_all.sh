@@ -48,7 +48,7 @@ for seed in 1 2; do
   run datasets-centralised-s$seed --partition dataset --arm centralised --seed $seed
   run datasets-local-s$seed --partition dataset --arm local --seed $seed
 done
-for rule in ${BEST:-BEST_RULES}; do  # BEST="rule1 rule2": the two best at seed 0 (session 7: see results/fl/README.md)
+for rule in hetlora fedex; do  # the two best rules at seed 0 (comparison.md, session 7); pick yours from its table
   for seed in 1 2; do run datasets-$rule-s$seed --partition dataset --strategy $rule --seed $seed; done
 done
 ${PYTHON:-python} -m simulations.two_datasets_report "$runs"
