@@ -129,12 +129,11 @@ def paired_section(table: pd.DataFrame, per_data: list[str]) -> list[str]:
         for strategy, g in by.items():
             if strategy == BASELINE:
                 continue
-            diffs = [paired_difference(g[c], base[c]) if c in g and c in base else None
-                     for c in ["server_accuracy", *per_data]]
-            cells = [d.text() + (f" ({d.verdict})" if d.n >= 2 else "") if d else "-" for d in diffs]
-            rows.append((diffs[0].mean if diffs[0] and diffs[0].n else float("-inf"), partition, strategy, cells))
-        for _, partition_, strategy, cells in sorted(rows, key=lambda r: -r[0]):
-            lines.append(f"| {partition_} | {strategy} | " + " | ".join(cells) + " |")
+            diffs = [paired_difference(g[c], base[c]) for c in ["server_accuracy", *per_data]]  # all runs' columns
+            cells = [d.text() + (f" ({d.verdict})" if d.n >= 2 else "") for d in diffs]
+            rows.append((diffs[0].mean if diffs[0].n else float("-inf"), strategy, cells))
+        for _, strategy, cells in sorted(rows, key=lambda r: -r[0]):
+            lines.append(f"| {partition} | {strategy} | " + " | ".join(cells) + " |")
     return lines
 
 
