@@ -185,6 +185,15 @@ def test_cli_info_and_errors_name_file_and_line(capsys, tmp_path, monkeypatch):
     assert "Traceback" not in message
 
 
+def test_download_says_why_there_is_none(capsys, tmp_path):
+    from fedhar.cli import main
+
+    assert main(["data", "download", "wisdm", "--dest", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no download for 'wisdm'" in err and "https://archive.ics.uci.edu/dataset/507" in err
+    assert list(tmp_path.iterdir()) == []  # nothing fetched or written
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -224,6 +233,7 @@ def drop_column(lines, column):
         (lambda ls: cell(ls, 11, 1, "D"), 12, "unknown activity 'D' (known: A, B, C, M)"),
         (lambda ls: cell(ls, 11, 0, "1601"), 12, "subject 1601 in the file of subject 1600"),
         (lambda ls: ls[:1], None, "no data rows after the header"),
+        (lambda ls: [*ls[:20], "", *ls[20:]], 21, "blank line between data lines"),
     ],
 )
 def test_malformed_files_name_the_file_and_line(tmp_path, edit, line, words):
@@ -269,11 +279,12 @@ def real():
     files = wisdm.find_subject_files(root)
     tables = {s: wisdm.read_subject_file(p, s) for s, p in files.items()}
     report = PrepareReport("wisdm")
-    recs = list(WisdmReader().read(root, report))
+    recs = list(WisdmReader().read_tables(tables.values(), report))  # each file parsed once
     ws = harmonise(iter(recs), WindowConfig(), "wisdm", report)
     return tables, recs, ws, report
 
 
+@pytest.mark.slow  # the 51 files are read once per module: about 10 s
 def test_real_wisdm_facts(real):
     tables, recs, ws, report = real
     assert sorted(tables) == list(range(1600, 1651))  # 51 subjects
@@ -285,16 +296,17 @@ def test_real_wisdm_facts(real):
     assert len(np.unique(ws.subject)) == 37  # the other 14 logged at 50 Hz only
 
 
+@pytest.mark.slow
 def test_real_wisdm_drops_add_up(real):
     _, recs, _, report = real
     assert report.dropped[wisdm.DROP_DUPLICATE] == 14_264  # 1629's second copy
-    assert report.dropped[wisdm.DROP_50HZ] == 264_982
-    assert report.dropped[wisdm.DROP_SHORT] == 260 and report.dropped[wisdm.DROP_UNCLOCKED] == 30
+    assert report.dropped[wisdm.DROP_50HZ] == 264_957
+    assert report.dropped[wisdm.DROP_SHORT] == 265 and report.dropped[wisdm.DROP_UNCLOCKED] == 58
     kept = sum(len(r.labels) for r in recs)
-    assert kept == 525_113
+    assert kept == 525_105
     row_drops = (wisdm.DROP_DUPLICATE, wisdm.DROP_50HZ, wisdm.DROP_SHORT, wisdm.DROP_UNCLOCKED)
     assert kept + sum(report.dropped[k] for k in row_drops) == 804_649
-    assert report.repairs[wisdm.CUT_GAP] == 10 and report.repairs[wisdm.CUT_RATE] == 13
+    assert report.repairs[wisdm.CUT_GAP] == 13 and report.repairs[wisdm.CUT_RATE] == 19
     assert report.repairs[wisdm.CUT_BACKWARDS] == 0
     rates = sorted({round(r.rate, 1) for r in recs})
     assert rates[0] > 19 and rates[-1] < 26 and {19.9, 20.0, 25.1} <= set(rates)
@@ -309,6 +321,7 @@ def gait_coherence(table, start, stop) -> float:
     return float(c[(f > 0.5) & (f < 6)].max())
 
 
+@pytest.mark.slow
 def test_real_wisdm_gyroscope_follows_the_accelerometer_only_below_50_hz(real):
     """The evidence behind DROP_CLOCKS_HZ: walking and jogging runs of one clock only."""
     tables, _, _, _ = real
@@ -324,13 +337,17 @@ def test_real_wisdm_gyroscope_follows_the_accelerometer_only_below_50_hz(real):
             key = (subject, str(table.labels[start]))
             target = incoherent if segments[0].clock_hz == 50.0 else coherent
             target[key] = gait_coherence(table, start, stop)
-    assert len(coherent) == 64 and min(coherent.values()) > 0.6
-    assert len(incoherent) == 36 and sorted(incoherent.values())[-2] < 0.15
+    assert len(coherent) == 66 and min(coherent.values()) > 0.6
+    assert len(incoherent) == 30 and sorted(incoherent.values())[-2] < 0.15
     assert max(incoherent, key=incoherent.get) == (1626, "B")
 
 
+@pytest.mark.slow
 def test_real_wisdm_orientation_is_kept_and_differs(real):
-    _, _, _, report = real
+    tables, recs, _, report = real
+    first = recs[0]  # 1600's walking: lines 2.. of its file, as published
+    assert first.source.endswith("data_1600_merged.csv (lines 2-3575)")
+    np.testing.assert_array_equal(first.signal, tables[1600].values[:3574])
     (note,) = [n for n in report.notes if "gravity axis" in n]
     assert note.startswith("wisdm: dominant gravity axis of the runs: +x 23, +y 51, -x 10, -y 89;")
     assert "changes between runs for 16 subjects" in note

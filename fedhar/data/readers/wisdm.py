@@ -25,7 +25,7 @@ Clocks. The nominal 20 Hz is not what the timestamps say: phones logged at about
 lag-1 r about -0.4, so the samples lie on a regular grid with a jittered time stamp) or
 50 Hz (20.1 or 19.7 ms), and some recordings change rate or stop for a while. A *run* is
 the contiguous rows of one activity in a subject's file; each run is cut into *segments*:
-- at a non-increasing timestamp (``report.repairs``, "cuts at non-increasing time");
+- at a non-increasing time stamp (none in the real data);
 - at a gap, a step longer than ``GAP_STEPS`` x the local step (below);
 - where the rate changes: every step is classed by the rolling median (``ROLL_STEPS``
   steps) of the mean step over ``SPAN_STEPS`` steps around it (time stamp jitter cancels
@@ -33,27 +33,28 @@ the contiguous rows of one activity in a subject's file; each run is cut into *s
   steps whose level matches none (e.g. the 2.5 ms bursts at the start of 1650's jogging)
   are cut out and their rows dropped, counted; a piece takes the clock of its own mean
   step (a few rows at the edge of a rate change may differ from their steps' class).
-A segment's rate is its mean measured rate, (rows - 1) / (last - first time): about 30
-distinct rates in the real data (19.82 .. 50.56 Hz). Its rows are taken as uniformly
+A segment's rate is its mean measured rate, (rows - 1) / (last - first time): 27 distinct
+rates (to 0.01 Hz) in the real data, 19.82 to 50.56 Hz. Its rows are taken as uniformly
 spaced at that rate (the 25 Hz jitter is in the time stamps, not the samples) and
 fedhar.data.harmonise resamples them to 50 Hz with its anti-aliasing polyphase filter.
 Segments shorter than ``MIN_SEGMENT_S`` (one default window) are dropped and counted.
 
 Accelerometer / gyroscope alignment. The merged file has one time stamp per row (the
 accelerometer's): the two streams were joined row by row by whoever made the subset, so
-the gyroscope's own clock is lost. What the rows allow checking: the gait seen by both
-sensors. In every walking and jogging run logged at 20 or 25 Hz the magnitudes of the two
-sensors are coherent (magnitude-squared coherence peak 0.64-1.00 in 0.5-6 Hz, a constant
-lag over the run): same clock, no drift. In runs logged at 50 Hz they are not (peak
-<= 0.14 in 35 of 36 walking/jogging runs; 1626's jogging 0.52): the gyroscope rows follow
-a slower clock. In subject 1608's 50 Hz walking run the gyroscope's gait peak is at
-2.5 x the accelerometer's (5.04 vs 2.04 Hz) for its first 3,584 rows and then at 7.1 Hz,
-i.e. a 20 Hz gyroscope of walking then jogging joined to a 50 Hz accelerometer: the
-gyroscope of those rows belongs to other times and activities. Hence
-``DROP_CLOCKS_HZ``: segments at the 50 Hz clock are dropped and counted, their gyroscope
-being unusable; this removes every row of the subjects who logged only at 50 Hz (their
-files are still read and checked). ``tests/test_reader_wisdm.py`` recomputes the coherence
-on the real data.
+the gyroscope's own clock is lost. What the rows allow checking is the gait both sensors
+see. In all 66 walking and jogging runs logged at 20 or 25 Hz only, the magnitudes of the
+two sensors are coherent (magnitude-squared coherence peak 0.64-1.00 in 0.5-6 Hz, with a
+constant lag over the run): one clock, no drift. In the 30 logged at 50 Hz only they are
+not (peak <= 0.14 in 29 of them, 0.52 in 1626's jogging). In subject 1608's 50 Hz walking
+run the gyroscope's gait peak is at 2.5 x the accelerometer's (5.0 vs 2.0 Hz) for about
+its first 3,600 rows, then at 7.1 Hz (2.5 x 1608's jogging cadence of 2.8 Hz): a 20 Hz
+gyroscope of walking, then of jogging, joined row by row to a 50 Hz accelerometer, so the
+gyroscope of those rows belongs to other times and activities. Hence ``DROP_CLOCKS_HZ``:
+segments on the 50 Hz clock are dropped and counted (1626's jogging included, for one
+rule). This removes every row of the 14 subjects who logged at 50 Hz only (1608, 1614,
+1627, 1628, 1633, 1635, 1641-1646, 1648, 1650; their files are still read and checked):
+37 subjects keep windows. ``tests/test_reader_wisdm.py`` recomputes the coherences from
+the real data.
 
 Duplicates. Subject 1629's file holds its four runs twice: the second copy (14,264 rows)
 repeats the first's accelerometer values and time stamps with a different gyroscope
@@ -68,16 +69,20 @@ WISDM's own 4-class task is kept. Another of the 18 letters is an error (this su
 only these four).
 
 Orientation. The phone sat in the pocket in different ways: the dominant gravity axis of a
-run (largest |mean| acceleration axis) is -y, +y, +x or -x depending on the subject, and
-changes between runs of 14 subjects (counts in ``report.notes``). No axis is rotated or
-aligned (as for every other reader): the sensor frame is kept, so orientation differences
-stay a property of the clients, not something this reader removes.
+run (the axis of the largest |mean| acceleration) is -y in 89 of the 173 runs, +y in 51,
++x in 23, -x in 10, and it changes between the runs of 16 subjects (``report.notes`` gives
+both). No axis is rotated or aligned, as in every other reader: a gravity alignment would
+fix one axis but leave the heading about it unknown, so frames would still differ; the
+orientation changes between runs of one subject, so no per-subject rotation fits; and
+orientation invariance, if wanted, is a matter for the model or its augmentation. The
+sensor frame is kept, and orientation stays a real difference between clients.
 
 Errors (DataFormatError naming the file, and the line where there is one): a header other
 than the one above (a missing or renamed column), a row with the wrong number of cells, a
-non-integer subject or time stamp, a non-numeric or non-finite (nan, inf) sensor value, a
-subject other than the file name's, an activity letter other than A, B, C, M, a file
-without data rows, a file name not ``data_<subject>_merged.csv``, two files of one subject.
+blank line between rows, a non-integer subject or time stamp, a non-numeric or non-finite
+(nan, inf) sensor value, a subject other than the file name's, an activity letter other
+than A, B, C, M, a file without data rows, a file name other than
+``data_<subject>_merged.csv`` in phone/, two files of one subject.
 """
 
 from __future__ import annotations
@@ -183,6 +188,10 @@ def read_subject_file(path: Path, subject: int) -> SubjectTable:
     if not header or tuple(c.strip() for c in header[0].split(",")) != HEADER:
         got = header[0] if header else ""
         raise DataFormatError(path, f"unexpected header {got!r}; expected {','.join(HEADER)!r}", line=1)
+    lf = data.replace(b"\r\n", b"\n")
+    blank = lf.rstrip(b"\n").find(b"\n\n")
+    if blank >= 0:  # pandas would skip it and shift every later line number
+        raise DataFormatError(path, "blank line between data lines", line=lf[:blank].count(b"\n") + 2)
     dtypes = {HEADER[0]: np.int64, HEADER[1]: str, HEADER[2]: np.int64, **dict.fromkeys(SENSORS, np.float64)}
     try:
         frame = pd.read_csv(io.BytesIO(data), header=None, skiprows=1, names=list(HEADER), dtype=dtypes,
@@ -316,13 +325,18 @@ class WisdmReader(Reader):
 
     def read(self, root: Path, report: PrepareReport) -> Iterator[Recording]:
         files = find_subject_files(root)
+        yield from self.read_tables((read_subject_file(path, subject) for subject, path in files.items()), report)
+
+    def read_tables(self, tables, report: PrepareReport) -> Iterator[Recording]:
+        """The recordings of parsed subject files (``read_subject_file``), in order."""
         rates: Counter = Counter()
         axes: Counter = Counter()
         changing: list[str] = []
-        rows = 0
-        for subject, path in files.items():
-            table = read_subject_file(path, subject)
+        rows = files = 0
+        for table in tables:
+            subject = table.subject
             report.files_read += 1
+            files += 1
             rows += len(table.labels)
             table = drop_duplicates(table, report)
             run_axes = []
@@ -340,7 +354,7 @@ class WisdmReader(Reader):
             if len(set(run_axes)) > 1:
                 changing.append(f"{subject} ({' '.join(run_axes)})")
         report.notes.append(
-            f"wisdm: {len(files)} subject files, {rows} rows; activities A walking, B jogging -> running, "
+            f"wisdm: {files} subject files, {rows} rows; activities A walking, B jogging -> running, "
             "C stairs, M kicking; no axis rotated"
         )
         listed = ", ".join(f"{r:g}" for r in sorted(rates))
