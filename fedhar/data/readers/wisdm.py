@@ -122,7 +122,7 @@ CLOCKS_HZ = (20.0, 25.0, 50.0)  # the phones' logging rates seen in the timestam
 CLOCK_TOLERANCE = 0.10  # a step level within 10% of a clock's step belongs to it
 ROLL_STEPS = 15  # steps in the rolling median that classes a step
 SPAN_STEPS = 5  # ... of mean steps over this many steps
-GAP_STEPS = 3.0  # a step longer than 3 nominal steps is a gap
+GAP_STEPS = 3.0  # a step longer than 3 local steps (step_levels) is a gap
 MIN_SEGMENT_S = 128 / 50.0  # shorter segments cannot hold one default window
 DROP_CLOCKS_HZ = (50.0,)  # gyroscope not on the accelerometer's clock (module docstring)
 NS = 1e9
@@ -334,7 +334,6 @@ class WisdmReader(Reader):
         changing: list[str] = []
         rows = files = 0
         for table in tables:
-            subject = table.subject
             report.files_read += 1
             files += 1
             rows += len(table.labels)
@@ -352,7 +351,7 @@ class WisdmReader(Reader):
                         yield self.recording(table, Segment(start + seg.start, start + seg.stop, seg.clock_hz, seg.rate_hz))
             axes.update(run_axes)
             if len(set(run_axes)) > 1:
-                changing.append(f"{subject} ({' '.join(run_axes)})")
+                changing.append(f"{table.subject} ({' '.join(run_axes)})")
         report.notes.append(
             f"wisdm: {files} subject files, {rows} rows; activities A walking, B jogging -> running, "
             "C stairs, M kicking; no axis rotated"
