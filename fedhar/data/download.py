@@ -29,6 +29,9 @@ own folder ``<dest>/<name>``, which is, or holds, the root its reader locates:
 | realworld   | proband1/ ... proband15/                 | realworld                      |
 | usc-had     | Subject1/ ... Subject14/, Readme.txt     | usc-had                        |
 
+Not downloadable (``NOT_DOWNLOADABLE``): wisdm, whose merged subset is not what UCI 507
+publishes (its archive has the full dataset in another layout).
+
 The archive keeps the name a browser gives it (``Source.filename``, e.g.
 ``human+activity+recognition+using+smartphones.zip`` for uci-har), so a file fetched by hand
 needs no renaming.
@@ -211,7 +214,18 @@ SOURCES: dict[str, Source] = {
 }
 
 
+#: datasets fedhar reads but cannot fetch in the form it reads, and why
+NOT_DOWNLOADABLE: dict[str, str] = {
+    "wisdm": "fedhar reads a merged subset (wisdm/phone/data_<subject>_merged.csv, one acc+gyro CSV per "
+    "subject) that UCI does not publish: UCI 507 (https://archive.ics.uci.edu/dataset/507) holds the full "
+    "dataset in another layout (raw/phone/accel and raw/phone/gyro, separate files, checksum unknown). "
+    "Put the merged files under <data dir>/wisdm/phone/",
+}
+
+
 def get_source(name: str) -> Source:
+    if name in NOT_DOWNLOADABLE:
+        raise FedharError(f"no download for {name!r}: {NOT_DOWNLOADABLE[name]}")
     try:
         return SOURCES[name]
     except KeyError:

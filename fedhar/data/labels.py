@@ -11,7 +11,9 @@ walking up/downstairs = upstairs/downstairs; laying = lying; USC-HAD's sleeping 
 bed) = lying. Kept apart on purpose so USC-HAD's own 12-class task survives: its walking
 left / right (walking while turning left / right) and elevator up / down
 (standing in a moving lift), appended as walking_left, walking_right, elevator_up,
-elevator_down; its walking forward is walking.
+elevator_down; its walking forward is walking. WISDM's jogging = running; its stairs (up and
+down not told apart) and kicking (a soccer ball) match no class here and are appended as
+stairs and kicking: a stairs window is never counted as up- or downstairs.
 
 Datasets from outside the package may bring activities of their own
 (``fedhar.data.registry.register_reader``): ``add_activities`` appends them after the
@@ -50,6 +52,8 @@ ACTIVITIES: tuple[str, ...] = (
     "walking_right",
     "elevator_up",
     "elevator_down",
+    "stairs",
+    "kicking",
 )
 ACTIVITY_ID: dict[str, int] = {name: i for i, name in enumerate(ACTIVITIES)}  # grows in place
 UNLABELLED = -1

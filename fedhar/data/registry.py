@@ -45,6 +45,7 @@ _READERS: dict[str, str | type[Reader]] = {
     "realworld": "fedhar.data.readers.realworld:RealWorldReader",
     "pamap2": "fedhar.data.readers.pamap2:Pamap2Reader",
     "usc-had": "fedhar.data.readers.usc_had:UscHadReader",
+    "wisdm": "fedhar.data.readers.wisdm:WisdmReader",
 }
 _BUILTIN = tuple(_READERS)
 _entry_points_loaded = False

@@ -12,10 +12,10 @@ from fedhar.errors import DataFormatError
 
 
 def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], header_lines: int = 1,
-                         numeric: tuple[str, ...] | None = None):
+                         numeric: tuple[str, ...] | None = None, integers: tuple[str, ...] = ()):
     """Raise a DataFormatError naming the first line with the wrong cell count or a
     non-numeric / non-finite cell; ``columns`` names every expected cell, ``numeric`` those
-    that must be numbers (default: all)."""
+    that must be numbers (default: all), ``integers`` those of them that must be integers."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     n = len(columns)
     numeric = set(columns if numeric is None else numeric)
@@ -28,6 +28,12 @@ def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], head
             raise DataFormatError(where, f"expected {n} comma-separated cells, found {len(cells)}{hint}", line=lineno)
         for name, cell in zip(columns, cells):
             if name not in numeric:
+                continue
+            if name in integers:
+                try:
+                    int(cell)
+                except ValueError:
+                    raise DataFormatError(where, f"not an integer in column {name}: {cell!r}", line=lineno) from None
                 continue
             try:
                 value = float(cell)
