@@ -118,3 +118,14 @@ def refused_section(refused: list[str]) -> list[str]:
             "These seeds' rows differ in code, device, threads, epochs or backbone file (fedhar.pairing), so they "
             "are not paired; re-run both arms of the comparison in one batch to use them.", "",
             *[f"- {r}" for r in refused], ""]
+
+
+def run_batch(run_dir, meta: dict) -> dict:
+    """The batch fields of a ``fedhar fl`` run folder from its config.json (``meta``): code and
+    threads as recorded (older runs record no threads, the local arm before this no code),
+    the backbone file's name, and epochs as rounds x local epochs; ``source`` the folder."""
+    cfg = meta.get("config", {})
+    backbone = str(cfg.get("backbone") or "")
+    return {"source": str(run_dir), "code": meta.get("code"), "threads": meta.get("threads"),
+            "device": meta.get("device"), "backbone": backbone.rsplit("/", 1)[-1] or None,
+            "epochs": f"{cfg.get('rounds')} x {cfg.get('local-epochs')}"}
