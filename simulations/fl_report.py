@@ -7,7 +7,9 @@ as ``fedhar fl`` writes them). A run made with ``--server-test-fraction 0.3`` ke
 dataset, exactly the test subjects of the centralised LODO run with the same seed; its
 ``server:<dataset>`` rows are the global model on them, so the federated and centralised
 numbers below are measured on the same windows. The centralised row is the LODO run of that
-dataset with the same mode, rank (LoRA/QLoRA) and seed at 70% training subjects.
+dataset with the same mode, rank (LoRA/QLoRA) and seed at 70% training subjects; the gap is
+given only where the two come from one batch (fedhar.pairing: same code, device, threads and
+backbone file; epochs are counted differently by the two protocols), else the row says why not.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedhar.errors import FedharError
+from fedhar.pairing import pair, run_batch
 from simulations.config import WHERE_FIELDS, FLConfig
 
 
@@ -67,6 +70,7 @@ def load_run(run_dir: Path) -> dict:
         "mb_per_round": bytes_per_round.mean() / 2**20,
         "mb_total": bytes_per_round.sum() / 2**20,
         "command": command_of(cfg),
+        "batch": run_batch(run_dir, meta),
     }
     for dataset_row in server.itertuples():
         row.setdefault("per_dataset", {})[dataset_row.client.removeprefix("server:")] = {
@@ -84,7 +88,8 @@ def load_runs(fl_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def load_lodo(lodo_dir: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(lodo_dir.glob("*/runs.csv"))]
+    frames = [pd.read_csv(p).pipe(lambda f, p=p: f.assign(source=[f"{p}:{i + 2}" for i in range(len(f))]))
+              for p in sorted(lodo_dir.glob("*/runs.csv"))]
     if not frames:
         return pd.DataFrame(columns=["held_out", "mode", "rank", "seed", "train_fraction", "accuracy", "macro_f1"])
     rows = pd.concat(frames, ignore_index=True)
@@ -112,6 +117,12 @@ def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
                        mb_per_round=run["mb_per_round"], mb_total=run["mb_total"], failed=run["failed"],
                        run=run["run"])
             row["gap_points"] = 100 * (row["fl_accuracy"] - row["central_accuracy"])
+            row["not_one_batch"] = ""
+            if central is not None:  # one batch, or no gap (fedhar.pairing)
+                fed_row = pd.DataFrame([{**run["batch"], "seed": run["seed"], "accuracy": fed["accuracy"]}])
+                checked = pair(fed_row, central.to_frame().T, "accuracy", exempt=("epochs",))
+                if checked.refused:
+                    row["gap_points"], row["not_one_batch"] = float("nan"), checked.refused[0]
             out.append(row)
     return pd.DataFrame(out)
 
@@ -143,6 +154,10 @@ def markdown(runs: list[dict], table: pd.DataFrame, fl_dir: Path, unfinished: li
                          f"{_fmt(r.client_accuracy)} | "
                          f"{_fmt(r.mb_per_round, 2)} | {_fmt(r.mb_total, 1)} | {r.failed} |")
         lines.append("")
+    refused = [f"- {r.run} ({r.dataset}): {r.not_one_batch}" for r in table.itertuples() if r.not_one_batch]
+    if refused:
+        lines += ["Gaps not given (–): the federated run and the LODO row are not one batch (fedhar.pairing):", "",
+                  *refused, ""]
     short = [f"{r['run']} ({r['rounds']}/{r['rounds_planned']} rounds)" for r in runs
              if r["rounds"] < r["rounds_planned"]] + list(unfinished)
     if short:
@@ -155,7 +170,7 @@ def markdown(runs: list[dict], table: pd.DataFrame, fl_dir: Path, unfinished: li
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.fl_report", description=__doc__.splitlines()[0])
     parser.add_argument("fl_dir", type=Path, help="results/fl (holds runs/)")
     parser.add_argument("--lodo", type=Path, default=Path("results/lodo"), help="the LODO results folder")
     args = parser.parse_args(argv)
