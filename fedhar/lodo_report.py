@@ -128,7 +128,7 @@ def few_labels_section(rows: pd.DataFrame, refused: list[str]) -> list[str]:
         shares = []
         for share, g in h.groupby("train_fraction"):
             by = {k: g[g["backbone_kind"] == k] for k in ["none", *kinds]}
-            for k, arm in by.items():
+            for arm in by.values():
                 check_unique(arm, ["seed"], "LODO rows")
             compared = [_compare(by[k], by["none"], "accuracy", refused, f"{held} ({device}) probe {share:.0%}: {k} - none",
                                  exempt=("backbone",)) for k in kinds]

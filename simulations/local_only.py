@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 
 from fedhar.lodo import code_version
-
 from simulations.config import FLConfig
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, client_data, ensure_backbone, evaluate_local, federation, get_trainable, train_local

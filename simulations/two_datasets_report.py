@@ -96,7 +96,8 @@ def report(folder: Path) -> str:
            "last round on the server's test subjects (30% of each dataset's subjects), overall and per dataset; "
            "mean ± std over seeds where a configuration has several. Local: each dataset's client alone, scored "
            "on all the server's test windows (both datasets, the 12-class task the global model is scored on; the mean "
-           "over the two local models) and, apart, on its own dataset's test windows only (told the dataset). Macro-F1 is over the classes present in the test windows or "
+           "over the two local models) and, apart, on its own dataset's test windows only (told the dataset). "
+           "Macro-F1 is over the classes present in the test windows or "
            "predicted, so a UCI-HAR window predicted as a USC-HAD-only class lowers it.", "",
            "| partition | strategy | seeds | server accuracy | server macro-F1 | " + " | ".join(per_data) + " |",
            "|---|---|---|---|---|" + "---|" * len(per_data)]

@@ -322,7 +322,7 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
     assert table.loc["fedprox", "test_server_accuracy_mean"] == pytest.approx(0.7767, abs=1e-4)
     # paired differences 0.05, 0.06, 0.06: mean 0.0567, t(0.975, 2) = 4.303, sd 0.00577
     assert table.loc["fedprox", "diff_low"] == pytest.approx(0.0567 - 4.303 * 0.00577 / 3 ** 0.5, abs=1e-3)
-    assert table.loc["fedprox", "verdict"] == "higher"
+    assert table.loc["fedprox", "verdict"] == "difference"
 
 
 # --------------------------------------------------------------------------- on Ray Tune
