@@ -90,28 +90,51 @@ def select_best(sweep: Sweep, results: pd.DataFrame, params_of) -> dict:
     s = sweep.settings
     final = final_rounds(results, s.metric)
     out = {}
+
+    def best_of(exp, trials: pd.DataFrame) -> dict:
+        best = trials.loc[trials[s.metric].idxmax() if s.mode == "max" else trials[s.metric].idxmin()]
+        config = params_of(exp.name, best["trial_id"])
+        config = {k: v for k, v in config.items() if k not in MANAGED}
+        tuned = [k for k in [*exp.grid, *exp.search] if not (sweep.tunes_per_seed and k == "seed")]
+        return {"trial_id": best["trial_id"], "score": float(best[s.metric]), "metric": s.metric,
+                "values": {k: config.get(k) for k in tuned}, "config": config,
+                "trials": int(trials["trial_id"].nunique())}
+
     for exp in sweep.experiments():
         mine = final[(final["experiment"] == exp.name)].dropna(subset=[s.metric]) if len(final) else final
         if not len(mine):
             continue
-        best = mine.loc[mine[s.metric].idxmax() if s.mode == "max" else mine[s.metric].idxmin()]
-        config = params_of(exp.name, best["trial_id"])
-        config = {k: v for k, v in config.items() if k not in MANAGED}
-        tuned = [*exp.grid, *exp.search]
-        out[exp.name] = {"trial_id": best["trial_id"], "score": float(best[s.metric]), "metric": s.metric,
-                         "values": {k: config.get(k) for k in tuned}, "config": config,
-                         "trials": int(mine["trial_id"].nunique())}
+        if not sweep.tunes_per_seed:
+            out[exp.name] = best_of(exp, mine)
+            continue
+        # each confirmation seed's own selection, on its own validation subjects (Sweep.tunes_per_seed)
+        by_seed = {str(int(seed)): best_of(exp, g) for seed, g in mine.groupby("seed")}
+        first = next(iter(by_seed.values()))
+        out[exp.name] = {"trial_id": ",".join(b["trial_id"] for b in by_seed.values()),
+                         "score": sum(b["score"] for b in by_seed.values()) / len(by_seed), "metric": s.metric,
+                         "values": {seed: b["values"] for seed, b in by_seed.items()}, "config": first["config"],
+                         "trials": int(mine["trial_id"].nunique()), "by_seed": by_seed}
     return out
 
 
 def confirm_space(sweep: Sweep, best: dict) -> dict:
     from ray import tune
 
+    return {"fl": tune.grid_search(confirm_cases(sweep, best))}
+
+
+def confirm_cases(sweep: Sweep, best: dict) -> list[dict]:
+    """The confirmation runs: per experiment and [confirm] seed, the selected configuration (of
+    that seed, when each seed was tuned on its own validation subjects) with [confirm] set."""
     cases = []
     for name in sorted(best, key=lambda n: [e.name for e in sweep.experiments()].index(n)):
         for seed in sweep.confirm.seeds:
-            cases.append({**best[name]["config"], **sweep.confirm.set, "seed": seed})
-    return {"fl": tune.grid_search(cases)}
+            by_seed = best[name].get("by_seed")
+            if by_seed is not None and str(seed) not in by_seed:
+                continue  # no finished tuning trial at this seed: nothing selected for it
+            chosen = by_seed[str(seed)] if by_seed is not None else best[name]
+            cases.append({**chosen["config"], **sweep.confirm.set, "seed": seed})
+    return cases
 
 
 def _verdict(diff, p) -> str:
@@ -157,8 +180,13 @@ def comparison_markdown(df: pd.DataFrame, sweep: Sweep) -> str:
     cols = ["strategy", "tuned", "trials_searched", f"validation_{sweep.settings.metric}", f"test_{c.metric}",
             f"diff_vs_{c.baseline}", "verdict"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    def values(tuned: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in tuned.items())
+
     for r in df.to_dict("records"):
-        tuned = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in json.loads(r["tuned"]).items())
+        tuned = json.loads(r["tuned"])
+        per_seed = tuned and all(isinstance(v, dict) for v in tuned.values())  # each seed tuned alone
+        tuned = "; ".join(f"seed {k}: {values(v)}" for k, v in tuned.items()) if per_seed else values(tuned)
         cells = [tuned if k == "tuned" else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
