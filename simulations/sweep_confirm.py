@@ -167,8 +167,9 @@ def comparison_table(sweep: Sweep, results: pd.DataFrame, best: dict, sweep_dir:
             f"test_{c.metric}_std": scores.std() if len(scores) > 1 else math.nan, "seeds": len(scores),
             f"test_{c.metric}": mean_std(scores),
             f"diff_vs_{c.baseline}": "(baseline)" if strategy == c.baseline else diff.text(),
-            "diff_low": diff.low, "diff_high": diff.high, "p_holm": diff.p, "p_equivalent_holm": diff.p_equivalent,
-            "mdd": diff.mdd,
+            "diff_low": diff.low, "diff_high": diff.high,
+            **{k: math.nan if strategy == c.baseline else v  # the baseline against itself: no test
+               for k, v in (("p_holm", diff.p), ("p_equivalent_holm", diff.p_equivalent), ("mdd", diff.mdd))},
             "verdict": "" if strategy == c.baseline else _verdict(diff, p),
             "refused": "; ".join(p.refused),
         })
