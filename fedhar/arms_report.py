@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedhar.errors import FedharError
+from fedhar.lodo_report import number_tables
 from fedhar.pairing import cell, check_unique, pair, refused_section, run_batch
 from fedhar.stats import VERDICT_NOTE, holm, mean_std, paired_difference
 
@@ -128,7 +129,7 @@ def markdown(scores: pd.DataFrame, unfinished: list[str]) -> str:
     out += refused_section(refused)
     if unfinished:
         out += ["Unfinished runs (not in the tables):", ""] + [f"- {u}" for u in unfinished] + [""]
-    return "\n".join(out)
+    return "\n".join(number_tables(out))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,7 +227,18 @@ def comparison(rows: pd.DataFrame) -> str:
                    f"{r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
     out += ["", "Paper: LoRA/QLoRA 428,832 trainable of 2,636,105; frozen weights 10.06 MB (LoRA) vs 6.22 MB (QLoRA).", ""]
     out += refused_section(refused)
-    return "\n".join(out).rstrip("\n") + "\n"
+    return "\n".join(number_tables(out)).rstrip("\n") + "\n"
+
+
+def number_tables(lines: list[str]) -> list[str]:
+    """"**Table N.**" above each markdown table, so that a README sentence can name its table."""
+    out, n = [], 0
+    for i, line in enumerate(lines):
+        if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            n += 1
+            out += [f"**Table {n}.**", ""]
+        out.append(line)
+    return out
 
 
 def read_rows(folder: Path) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from fedhar.arms_report import local_scores
 from fedhar.errors import FedharError
+from fedhar.lodo_report import number_tables
 from fedhar.pairing import cell, check_unique, pair, refused_section, run_batch
 from fedhar.stats import VERDICT_NOTE, holm, mean_std, paired_difference
 
@@ -120,7 +121,7 @@ def report(folder: Path) -> str:
             out.append(f"| one per {cfg['partition']} | {dataset} | {g['client'].nunique()} | "
                        f"{g['rel_drift'].mean():.2f} | {g['cosine'].mean():.2f} |")
     out += [""] + refused_section(refused)
-    return "\n".join(out).rstrip("\n") + "\n"
+    return "\n".join(number_tables(out)).rstrip("\n") + "\n"
 
 
 def paired_section(table: pd.DataFrame, per_data: list[str], refused: list[str]) -> list[str]:
