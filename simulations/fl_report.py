@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -96,10 +97,19 @@ def load_lodo(lodo_dir: Path) -> pd.DataFrame:
     return rows[(rows["train_fraction"] == 0.7) & (rows["split"] == "random")]
 
 
-def centralised(lodo: pd.DataFrame, dataset: str, mode: str, rank: int, seed: int) -> pd.Series | None:
+def centralised(lodo: pd.DataFrame, dataset: str, mode: str, rank: int, seed: int, backbone: str | None = None
+                ) -> pd.Series | None:
+    """The LODO row of this dataset, mode, rank and seed, on the same backbone file where the rows
+    record one; None when there is none, and an error when there are several."""
     match = lodo[(lodo["held_out"] == dataset) & (lodo["mode"] == mode) & (lodo["seed"] == seed)
                  & (lodo["rank"] == (0 if mode == "full" else rank))]
-    return None if match.empty else match.iloc[-1]
+    if backbone and "backbone" in match:
+        match = match[match["backbone"] == backbone]
+    if len(match) > 1:
+        raise FedharError(f"two LODO rows for {dataset} {mode} seed {seed} on {backbone or 'one backbone'}: "
+                          f"{match['source'].iloc[0]} and {match['source'].iloc[1]}" if "source" in match else
+                          f"two LODO rows for {dataset} {mode} seed {seed}")
+    return None if match.empty else match.iloc[0]
 
 
 def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +117,7 @@ def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
     out = []
     for run in runs:
         for dataset, fed in run.get("per_dataset", {}).items():
-            central = centralised(lodo, dataset, run["mode"], run["rank"], run["seed"])
+            central = centralised(lodo, dataset, run["mode"], run["rank"], run["seed"], run["batch"]["backbone"])
             row = {k: run[k] for k in ("data", "partition", "clients", "strategy", "mode", "rank", "seed",
                                        "rounds", "local_epochs")}
             row.update(dataset=dataset, fl_accuracy=fed["accuracy"], fl_macro_f1=fed["macro_f1"],
@@ -174,8 +184,12 @@ def main(argv=None) -> int:
     parser.add_argument("fl_dir", type=Path, help="results/fl (holds runs/)")
     parser.add_argument("--lodo", type=Path, default=Path("results/lodo"), help="the LODO results folder")
     args = parser.parse_args(argv)
-    runs, unfinished = load_runs(args.fl_dir)
-    table = comparison_table(runs, load_lodo(args.lodo))
+    try:
+        runs, unfinished = load_runs(args.fl_dir)
+        table = comparison_table(runs, load_lodo(args.lodo))
+    except FedharError as e:
+        print(f"fl_report: error: {e}", file=sys.stderr)
+        return 2
     table.to_csv(args.fl_dir / "comparison.csv", index=False)
     (args.fl_dir / "comparison.md").write_text(markdown(runs, table, args.fl_dir, unfinished))
     print(f"wrote {args.fl_dir / 'comparison.md'} and comparison.csv ({len(table)} rows from {len(runs)} runs)")
