@@ -79,7 +79,12 @@ def register(commands) -> None:
                    help="read NAME's windows from this prepared cache file (with its .json; checksum checked) "
                    "instead of the raw recordings")
     p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
-    p.add_argument("--out-dir", type=Path, required=True, help="folder for runs.csv, table.md, plan.json")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="folder of the study: runs.csv gets one row per finished run (with its code, device, threads), "
+                   "appended as runs finish; table.md summarises it and plan.json keeps the commands. Re-running the "
+                   "same command with the same folder resumes; a wider one extends the table. python -m "
+                   "fedhar.lodo_report reads every runs.csv under a folder and pairs only rows of one batch (same code, "
+                   "device, threads, epochs, backbone): run all arms of a comparison together")
     p.set_defaults(run=cmd_lodo)
 
 

@@ -6,18 +6,27 @@ Reads every ``runs.csv`` under the folder (at any depth). Sections: pretraining 
 against the random-init control, paired by seed), the main table (the "other" backbone:
 pretrained on the other real data) beside the paper's Table II with the paired differences
 LoRA - full and QLoRA - LoRA, then rank ablation and training share where such rows exist.
-Mean ± std over seeds; differences are paired by seed with a 95% t interval (fedhar.stats).
+Mean ± std over seeds; differences are paired by seed with a 95% t interval and a verdict
+(fedhar.stats: difference / equivalent within ±1 point / inconclusive with the minimum detectable
+difference, Holm-corrected per table), and only within one batch (fedhar.pairing: same code,
+device, threads, epochs and backbone file); refused pairs are listed at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from fedhar.errors import FedharError
 from fedhar.lodo import BACKBONES
-from fedhar.stats import mean_std, paired_difference
+from fedhar.pairing import cell, check_unique, pair, refused_section
+from fedhar.stats import VERDICT_NOTE, holm, mean_std, paired_difference
+
+#: what makes two LODO rows the same configuration (with the seed: the same run)
+CONFIG_KEYS = ["held_out", "backbone_kind", "mode", "rank", "train_fraction", "split", "epochs", "device", "seed"]
 
 # Table II: accuracy / macro-F1 per held-out dataset (our dataset names)
 PAPER_TABLE_II = {
@@ -47,15 +56,30 @@ def _main_rank(rows: pd.DataFrame) -> int:
     return int(ranks.iloc[0]) if len(ranks) else 16
 
 
-def _arm(rows: pd.DataFrame, rank: int, metric: str = "accuracy", **where) -> pd.Series:
-    """``metric`` by seed for the 70% protocol rows matching ``where`` (LoRA/QLoRA at ``rank``)."""
+def _arm(rows: pd.DataFrame, rank: int, **where) -> pd.DataFrame:
+    """The 70% protocol rows matching ``where`` (LoRA/QLoRA at ``rank``), one per seed: a repeated
+    seed is an error naming both rows (fedhar.pairing.check_unique), never averaged."""
     sel = rows[(rows["train_fraction"] == 0.7) & ((~rows["mode"].isin(["lora", "qlora"])) | (rows["rank"] == rank))]
     for k, v in where.items():
         sel = sel[sel[k] == v]
-    return sel.groupby("seed")[metric].mean()
+    check_unique(sel, ["seed"], "LODO rows")
+    return sel
 
 
-def pretraining_section(rows: pd.DataFrame, rank: int) -> list[str]:
+def _compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, refused: list[str], what: str, exempt=()):
+    """Paired difference of two arms' rows within one batch; refused pairs go to ``refused``."""
+    p = pair(a, b, metric, exempt=exempt, what=what)
+    refused += p.refused
+    return paired_difference(p.a, p.b), p
+
+
+def _cells(compared: list) -> list[str]:
+    """Table cells of one family of comparisons [(diff, pairing)], Holm-corrected together."""
+    diffs = holm([d for d, _ in compared])
+    return [cell(d, p) for d, (_, p) in zip(diffs, compared)]
+
+
+def pretraining_section(rows: pd.DataFrame, rank: int, refused: list[str]) -> list[str]:
     out = ["## Pretraining, tested: each backbone against the random-init control", "",
            "Same held-out split per seed across backbones; 'probe' = the head alone on the frozen, "
            "unadapted backbone (what its features carry). Accuracy, mean ± std over seeds.", ""]
@@ -69,25 +93,23 @@ def pretraining_section(rows: pd.DataFrame, rank: int) -> list[str]:
                 "| backbone | pretrained on | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
         for kind in kinds:
             k = h[h["backbone_kind"] == kind]
-            cells = [_pm(_arm(h, rank, backbone_kind=kind, mode=m)) for m in modes]
+            cells = [_pm(_arm(h, rank, backbone_kind=kind, mode=m)["accuracy"]) for m in modes]
             out.append(f"| {kind} | {k['pretrained_on'].iloc[0]} | " + " | ".join(cells) + " |")
         out += ["", "Paired difference in accuracy, backbone minus the random-init control (points, 95% interval):", "",
                 "| mode | " + " | ".join(f"{k} - none" for k in kinds if k != "none") + " |",
                 "|---|" + "---|" * (len(kinds) - 1)]
-        for m in modes:
-            control = _arm(h, rank, backbone_kind="none", mode=m)
-            cells = []
-            for kind in kinds:
-                if kind == "none":
-                    continue
-                d = paired_difference(_arm(h, rank, backbone_kind=kind, mode=m), control)
-                cells.append(f"{d.text()} {'' if d.n < 2 else '(' + d.verdict + ')'}".strip())
-            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        others = [k for k in kinds if k != "none"]
+        compared = [_compare(_arm(h, rank, backbone_kind=kind, mode=m), _arm(h, rank, backbone_kind="none", mode=m),
+                             "accuracy", refused, f"{held} ({device}) {m}: {kind} - none", exempt=("backbone",))
+                    for m in modes for kind in others]
+        cells = _cells(compared)
+        for i, m in enumerate(modes):
+            out.append(f"| {m} | " + " | ".join(cells[i * len(others):(i + 1) * len(others)]) + " |")
         out.append("")
     return out
 
 
-def few_labels_section(rows: pd.DataFrame) -> list[str]:
+def few_labels_section(rows: pd.DataFrame, refused: list[str]) -> list[str]:
     """The probe with a smaller labelled share of the subjects: where the features must carry
     the task, does pretraining show more? Each backbone paired with the random-init control."""
     few = rows[(rows["mode"] == "probe") & (rows["train_fraction"] < 0.7)]
@@ -103,16 +125,24 @@ def few_labels_section(rows: pd.DataFrame) -> list[str]:
                 "| labelled subjects | none | " + " | ".join(kinds) + " | "
                 + " | ".join(f"{k} - none" for k in kinds) + " |",
                 "|---|---|" + "---|" * (2 * len(kinds))]
+        shares = []
         for share, g in h.groupby("train_fraction"):
-            by = {k: g[g["backbone_kind"] == k].groupby("seed")["accuracy"].mean() for k in ["none", *kinds]}
-            diffs = [paired_difference(by[k], by["none"]) for k in kinds]
-            out.append(f"| {share:.0%} | {_pm(by['none'])} | " + " | ".join(_pm(by[k]) for k in kinds) + " | "
-                       + " | ".join(d.text() + ("" if d.n < 2 else f" ({d.verdict})") for d in diffs) + " |")
+            by = {k: g[g["backbone_kind"] == k] for k in ["none", *kinds]}
+            for arm in by.values():
+                check_unique(arm, ["seed"], "LODO rows")
+            compared = [_compare(by[k], by["none"], "accuracy", refused, f"{held} ({device}) probe {share:.0%}: {k} - none",
+                                 exempt=("backbone",)) for k in kinds]
+            shares.append((share, by, compared))
+        cells = _cells([c for _, _, compared in shares for c in compared])
+        for i, (share, by, _) in enumerate(shares):
+            mine = cells[i * len(kinds):(i + 1) * len(kinds)]
+            out.append(f"| {share:.0%} | {_pm(by['none']['accuracy'])} | " + " | ".join(_pm(by[k]["accuracy"]) for k in kinds)
+                       + " | " + " | ".join(mine) + " |")
         out.append("")
     return out
 
 
-def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
+def main_section(rows: pd.DataFrame, rank: int, refused: list[str]) -> list[str]:
     main = rows[(rows["backbone_kind"] == MAIN_BACKBONE) & rows["mode"].isin(["full", "lora", "qlora"])]
     out = [f"## Main table: backbone pretrained on the other real data; LoRA/QLoRA rank {rank} (paper Table II)", "",
            "Rows of different devices are never averaged together or paired (float results differ by device).", "",
@@ -120,7 +150,8 @@ def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
            "|---|---|---|---|---|---|---|---|"]
     for (held, device), h in main.groupby(["held_out", "device"], sort=True):
         for mode in ("full", "lora", "qlora"):
-            acc, f1 = _arm(h, rank, mode=mode), _arm(h, rank, "macro_f1", mode=mode)
+            arm = _arm(h, rank, mode=mode)
+            acc, f1 = arm["accuracy"], arm["macro_f1"]
             if not len(acc):
                 continue
             paper = PAPER_TABLE_II.get(held, {}).get(mode)
@@ -130,16 +161,19 @@ def main_section(rows: pd.DataFrame, rank: int) -> list[str]:
             "| held out | device | LoRA - full: accuracy | LoRA - full: macro-F1 | QLoRA - LoRA: accuracy | QLoRA - LoRA: macro-F1 "
             "| paper LoRA - full | paper QLoRA - LoRA |",
             "|---|---|---|---|---|---|---|---|"]
-    for (held, device), h in main.groupby(["held_out", "device"], sort=True):
-        cells = []
-        for a, b in (("lora", "full"), ("qlora", "lora")):
-            for metric in ("accuracy", "macro_f1"):
-                d = paired_difference(_arm(h, rank, metric, mode=a), _arm(h, rank, metric, mode=b))
-                cells.append(f"{d.text()}" + ("" if d.n < 2 else f" ({d.verdict})"))
+    groups = list(main.groupby(["held_out", "device"], sort=True))
+    compared = [_compare(_arm(h, rank, mode=a), _arm(h, rank, mode=b), metric, refused,
+                         f"{held} ({device}) {a} - {b} {metric}")
+                for (held, device), h in groups for a, b in (("lora", "full"), ("qlora", "lora"))
+                for metric in ("accuracy", "macro_f1")]
+    # one Holm family per metric: accuracy and macro-F1 measure the same comparisons twice
+    by_metric = [_cells(compared[j::2]) for j in (0, 1)]
+    cells = [c for pair_ in zip(*by_metric) for c in pair_]
+    for i, ((held, device), _) in enumerate(groups):
         paper = PAPER_TABLE_II.get(held)
         paper_cells = [f"{(paper[a][0] - paper[b][0]) * 100:+.1f} pts" if paper else "-"
                        for a, b in (("lora", "full"), ("qlora", "lora"))]
-        out.append(f"| {held} | {device} | " + " | ".join(cells + paper_cells) + " |")
+        out.append(f"| {held} | {device} | " + " | ".join(cells[4 * i:4 * i + 4] + paper_cells) + " |")
     return out + [""]
 
 
@@ -148,12 +182,16 @@ def comparison(rows: pd.DataFrame) -> str:
         rows = rows.assign(backbone_kind=MAIN_BACKBONE)
     rows = rows.assign(backbone_kind=rows["backbone_kind"].fillna(MAIN_BACKBONE),
                        device=rows["device"].fillna("cpu") if "device" in rows else "cpu")  # older rows: CPU
+    check_unique(rows, CONFIG_KEYS, "LODO rows")
     rank = _main_rank(rows)
+    refused: list[str] = []
     out = ["# LODO: fedhar beside arXiv 2512.17983", "",
-           "Generated by `python -m fedhar.lodo_report results/lodo` from the runs.csv files here.", ""]
-    out += pretraining_section(rows, rank)
-    out += few_labels_section(rows)
-    out += main_section(rows, rank)
+           "Generated by `python -m fedhar.lodo_report results/lodo` from the runs.csv files here.", "",
+           "Differences are paired by seed within one batch (same code, device, threads, epochs and backbone file; "
+           "pairs that are not are listed under \"Pairs refused\"). " + VERDICT_NOTE, ""]
+    out += pretraining_section(rows, rank, refused)
+    out += few_labels_section(rows, refused)
+    out += main_section(rows, rank, refused)
     main = rows[(rows["backbone_kind"] == MAIN_BACKBONE) & (rows["device"] == "cpu")]  # ablations: CPU rows
     uci = main[main["held_out"] == "uci-har"]
     ranks = uci[(uci["mode"] == "lora") & (uci["train_fraction"] == 0.7)]
@@ -187,17 +225,44 @@ def comparison(rows: pd.DataFrame) -> str:
     for (device, mode), r in cost.iterrows():
         out.append(f"| {device} | {mode} | {int(r.trainable):,} / {int(r.total):,} | {r.frozen / 2**20:.2f} MiB | "
                    f"{r.state / 2**20:.1f} MiB | {r.sec:.1f} |")
-    out += ["", "Paper: LoRA/QLoRA 428,832 trainable of 2,636,105; frozen weights 10.06 MB (LoRA) vs 6.22 MB (QLoRA)."]
-    return "\n".join(out) + "\n"
+    out += ["", "Paper: LoRA/QLoRA 428,832 trainable of 2,636,105; frozen weights 10.06 MB (LoRA) vs 6.22 MB (QLoRA).", ""]
+    out += refused_section(refused)
+    return "\n".join(number_tables(out)).rstrip("\n") + "\n"
+
+
+def number_tables(lines: list[str]) -> list[str]:
+    """"**Table N.**" above each markdown table, so that a README sentence can name its table."""
+    out, n = [], 0
+    for i, line in enumerate(lines):
+        if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            n += 1
+            out += [f"**Table {n}.**", ""]
+        out.append(line)
+    return out
+
+
+def read_rows(folder: Path) -> pd.DataFrame:
+    """Every runs.csv under ``folder``, each row's ``source`` its file and line."""
+    frames = []
+    for path in sorted(folder.glob("**/runs.csv")):
+        frame = pd.read_csv(path)
+        frames.append(frame.assign(source=[f"{path}:{i + 2}" for i in range(len(frame))]))
+    if not frames:
+        raise FedharError(f"{folder}: no runs.csv under it (fedhar lodo --out-dir writes one)")
+    return pd.concat(frames, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    folder = Path((argv or sys.argv[1:] or ["results/lodo"])[0])
-    frames = [pd.read_csv(p) for p in sorted(folder.glob("**/runs.csv"))]
-    if not frames:
-        print(f"no */runs.csv under {folder}", file=sys.stderr)
-        return 1
-    text = comparison(pd.concat(frames, ignore_index=True))
+    parser = argparse.ArgumentParser(prog="python -m fedhar.lodo_report", description=__doc__.splitlines()[0],
+                                     epilog="Writes FOLDER/comparison.md and prints it.")
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("results/lodo"),
+                        help="a folder with runs.csv files at any depth, as fedhar lodo writes them (default results/lodo)")
+    folder = parser.parse_args(argv).folder
+    try:
+        text = comparison(read_rows(folder))
+    except FedharError as e:
+        print(f"lodo_report: error: {e}", file=sys.stderr)
+        return 2
     (folder / "comparison.md").write_text(text)
     print(text)
     return 0

@@ -7,18 +7,22 @@ as ``fedhar fl`` writes them). A run made with ``--server-test-fraction 0.3`` ke
 dataset, exactly the test subjects of the centralised LODO run with the same seed; its
 ``server:<dataset>`` rows are the global model on them, so the federated and centralised
 numbers below are measured on the same windows. The centralised row is the LODO run of that
-dataset with the same mode, rank (LoRA/QLoRA) and seed at 70% training subjects.
+dataset with the same mode, rank (LoRA/QLoRA) and seed at 70% training subjects; the gap is
+given only where the two come from one batch (fedhar.pairing: same code, device, threads and
+backbone file; epochs are counted differently by the two protocols), else the row says why not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from fedhar.errors import FedharError
+from fedhar.pairing import pair, run_batch
 from simulations.config import WHERE_FIELDS, FLConfig
 
 
@@ -67,6 +71,7 @@ def load_run(run_dir: Path) -> dict:
         "mb_per_round": bytes_per_round.mean() / 2**20,
         "mb_total": bytes_per_round.sum() / 2**20,
         "command": command_of(cfg),
+        "batch": run_batch(run_dir, meta),
     }
     for dataset_row in server.itertuples():
         row.setdefault("per_dataset", {})[dataset_row.client.removeprefix("server:")] = {
@@ -84,17 +89,27 @@ def load_runs(fl_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def load_lodo(lodo_dir: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(lodo_dir.glob("*/runs.csv"))]
+    frames = [pd.read_csv(p).pipe(lambda f, p=p: f.assign(source=[f"{p}:{i + 2}" for i in range(len(f))]))
+              for p in sorted(lodo_dir.glob("*/runs.csv"))]
     if not frames:
         return pd.DataFrame(columns=["held_out", "mode", "rank", "seed", "train_fraction", "accuracy", "macro_f1"])
     rows = pd.concat(frames, ignore_index=True)
     return rows[(rows["train_fraction"] == 0.7) & (rows["split"] == "random")]
 
 
-def centralised(lodo: pd.DataFrame, dataset: str, mode: str, rank: int, seed: int) -> pd.Series | None:
+def centralised(lodo: pd.DataFrame, dataset: str, mode: str, rank: int, seed: int, backbone: str | None = None
+                ) -> pd.Series | None:
+    """The LODO row of this dataset, mode, rank and seed, on the same backbone file where the rows
+    record one; None when there is none, and an error when there are several."""
     match = lodo[(lodo["held_out"] == dataset) & (lodo["mode"] == mode) & (lodo["seed"] == seed)
                  & (lodo["rank"] == (0 if mode == "full" else rank))]
-    return None if match.empty else match.iloc[-1]
+    if backbone and "backbone" in match:
+        match = match[match["backbone"] == backbone]
+    if len(match) > 1:
+        raise FedharError(f"two LODO rows for {dataset} {mode} seed {seed} on {backbone or 'one backbone'}: "
+                          f"{match['source'].iloc[0]} and {match['source'].iloc[1]}" if "source" in match else
+                          f"two LODO rows for {dataset} {mode} seed {seed}")
+    return None if match.empty else match.iloc[0]
 
 
 def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +117,7 @@ def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
     out = []
     for run in runs:
         for dataset, fed in run.get("per_dataset", {}).items():
-            central = centralised(lodo, dataset, run["mode"], run["rank"], run["seed"])
+            central = centralised(lodo, dataset, run["mode"], run["rank"], run["seed"], run["batch"]["backbone"])
             row = {k: run[k] for k in ("data", "partition", "clients", "strategy", "mode", "rank", "seed",
                                        "rounds", "local_epochs")}
             row.update(dataset=dataset, fl_accuracy=fed["accuracy"], fl_macro_f1=fed["macro_f1"],
@@ -112,6 +127,12 @@ def comparison_table(runs: list[dict], lodo: pd.DataFrame) -> pd.DataFrame:
                        mb_per_round=run["mb_per_round"], mb_total=run["mb_total"], failed=run["failed"],
                        run=run["run"])
             row["gap_points"] = 100 * (row["fl_accuracy"] - row["central_accuracy"])
+            row["not_one_batch"] = ""
+            if central is not None:  # one batch, or no gap (fedhar.pairing)
+                fed_row = pd.DataFrame([{**run["batch"], "seed": run["seed"], "accuracy": fed["accuracy"]}])
+                checked = pair(fed_row, central.to_frame().T, "accuracy", exempt=("epochs",))
+                if checked.refused:
+                    row["gap_points"], row["not_one_batch"] = float("nan"), checked.refused[0]
             out.append(row)
     return pd.DataFrame(out)
 
@@ -143,6 +164,10 @@ def markdown(runs: list[dict], table: pd.DataFrame, fl_dir: Path, unfinished: li
                          f"{_fmt(r.client_accuracy)} | "
                          f"{_fmt(r.mb_per_round, 2)} | {_fmt(r.mb_total, 1)} | {r.failed} |")
         lines.append("")
+    refused = [f"- {r.run} ({r.dataset}): {r.not_one_batch}" for r in table.itertuples() if r.not_one_batch]
+    if refused:
+        lines += ["Gaps not given (–): the federated run and the LODO row are not one batch (fedhar.pairing):", "",
+                  *refused, ""]
     short = [f"{r['run']} ({r['rounds']}/{r['rounds_planned']} rounds)" for r in runs
              if r["rounds"] < r["rounds_planned"]] + list(unfinished)
     if short:
@@ -155,12 +180,16 @@ def markdown(runs: list[dict], table: pd.DataFrame, fl_dir: Path, unfinished: li
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.fl_report", description=__doc__.splitlines()[0])
     parser.add_argument("fl_dir", type=Path, help="results/fl (holds runs/)")
     parser.add_argument("--lodo", type=Path, default=Path("results/lodo"), help="the LODO results folder")
     args = parser.parse_args(argv)
-    runs, unfinished = load_runs(args.fl_dir)
-    table = comparison_table(runs, load_lodo(args.lodo))
+    try:
+        runs, unfinished = load_runs(args.fl_dir)
+        table = comparison_table(runs, load_lodo(args.lodo))
+    except FedharError as e:
+        print(f"fl_report: error: {e}", file=sys.stderr)
+        return 2
     table.to_csv(args.fl_dir / "comparison.csv", index=False)
     (args.fl_dir / "comparison.md").write_text(markdown(runs, table, args.fl_dir, unfinished))
     print(f"wrote {args.fl_dir / 'comparison.md'} and comparison.csv ({len(table)} rows from {len(runs)} runs)")

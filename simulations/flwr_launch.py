@@ -232,6 +232,17 @@ def sync_pyproject(pyproject: Path) -> bool:
     return new != text
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m simulations.flwr_launch",
+                            description="Rewrite pyproject.toml's [tool.flwr.app.config] from FLConfig's defaults (after "
+                                        "a new FLConfig option), so that flwr run --run-config accepts every option."
+                            ).parse_args(argv)
     changed = sync_pyproject(project_dir() / "pyproject.toml")
     print("pyproject.toml [tool.flwr.app.config] " + ("updated" if changed else "already in sync"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from fedhar.lodo import code_version
 from simulations.config import FLConfig
 from simulations.server_eval import ServerEvaluator
 from simulations.task import build_model, client_data, ensure_backbone, evaluate_local, federation, get_trainable, train_local
@@ -39,7 +41,8 @@ def run_local_only(cfg: FLConfig, out_dir: Path, log=None) -> pd.DataFrame:
     csv_path = out_dir / "local.csv"
     done = set(pd.read_csv(csv_path)["client"]) if csv_path.exists() else set()
     (out_dir / "config.json").write_text(json.dumps(
-        {"config": json.loads(cfg.to_json()), "clients": fed.client_names, "head": fed.head,
+        {"config": json.loads(cfg.to_json()), "code": code_version(), "threads": torch.get_num_threads(),
+         "clients": fed.client_names, "head": fed.head,
          "server_evaluation": evaluator.describe()}, indent=1))
     local_head = fed.head == "local"
     for pid, name in enumerate(fed.client_names):

@@ -183,6 +183,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.settings(),
             "code": code_version(),
+            "threads": torch.get_num_threads(),  # with code: what a report checks before pairing runs (fedhar.pairing)
             "data_read": data_sources(cfg),  # where each dataset was actually read from
             "clients": fed.client_names,
             "label_space": list(fed.labels.names),

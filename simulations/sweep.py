@@ -31,6 +31,8 @@ A sweep file names the runs::
     proximal_mu = { loguniform = [1e-3, 1.0] }   # strategy of the grid, each with the same budget
 
     [confirm]                   # optional: then re-run each experiment's best trial on these seeds
+                                #   (tuned on validation subjects, [base] server_val_fraction > 0:
+                                #   each seed is tuned and confirmed alone, Sweep.tunes_per_seed)
     seeds = [0, 1, 2]           #   with `set` applied (e.g. server_val_fraction = 0: the test
     set = { server_val_fraction = 0.0 }   # subjects), and compare every strategy with `baseline`
     baseline = "fedavg"         #   (paired t intervals over the seeds: simulations/sweep_confirm.py)
@@ -148,13 +150,30 @@ class Sweep:
     per_strategy: dict = field(default_factory=dict)  # strategy -> {field -> Distribution}
     confirm: Confirm | None = None
 
+    @property
+    def tunes_per_seed(self) -> bool:
+        """Tuning on validation subjects ahead of a [confirm] stage: every confirmation seed is
+        tuned on its own validation subjects. A seed draws its test subjects, and its validation
+        subjects from the rest (simulations/task.py), so a configuration selected at one seed
+        would have been selected on subjects another confirmation seed tests on (the leak of
+        the first fair comparison, results/sweeps/README.md). The tuning experiments therefore
+        run each draw at every [confirm] seed, and the confirmation of seed s re-runs the best
+        trial of seed s (sweep_confirm.select_best)."""
+        return (self.confirm is not None and float(self.base.get("server_val_fraction", 0.0)) > 0
+                and "seed" not in self.grid)
+
     def experiments(self) -> list[Experiment]:
-        """One experiment; or, with per-strategy search tables, one per strategy (same budget each)."""
+        """One experiment; or, with per-strategy search tables, one per strategy (same budget each).
+        With ``tunes_per_seed``, the [confirm] seeds are a grid of every experiment."""
+        base, grid = dict(self.base), dict(self.grid)
+        if self.tunes_per_seed:
+            base.pop("seed", None)
+            grid["seed"] = list(self.confirm.seeds)
         if not self.per_strategy:
-            return [Experiment("all", dict(self.base), dict(self.grid), dict(self.search))]
-        strategies = self.grid.get("strategy") or [self.base.get("strategy", FLConfig.strategy)]
-        grid = {k: v for k, v in self.grid.items() if k != "strategy"}
-        return [Experiment(s, {**self.base, "strategy": s}, grid, {**self.search, **self.per_strategy.get(s, {})})
+            return [Experiment("all", base, grid, dict(self.search))]
+        strategies = grid.get("strategy") or [base.get("strategy", FLConfig.strategy)]
+        grid = {k: v for k, v in grid.items() if k != "strategy"}
+        return [Experiment(s, {**base, "strategy": s}, grid, {**self.search, **self.per_strategy.get(s, {})})
                 for s in strategies]
 
     def config_columns(self) -> list[str]:

@@ -384,7 +384,7 @@ def confirm_stage(sweep: Sweep, sweep_dir: Path, max_concurrent: int, log) -> pd
     run_experiment(sweep, sweep_dir, exp, confirm_space(sweep, best), scheduler="fifo", num_samples=1,
                    max_concurrent=max_concurrent, log=log)
     results = write_results(sweep, sweep_dir)
-    table = comparison_table(sweep, results, best)
+    table = comparison_table(sweep, results, best, sweep_dir)
     table.to_csv(sweep_dir / "comparison.csv", index=False)
     (sweep_dir / "comparison.md").write_text(comparison_markdown(table, sweep))
     log(f"sweep {sweep.settings.name}: comparison -> {sweep_dir / 'comparison.csv'}")

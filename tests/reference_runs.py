@@ -12,7 +12,6 @@ equality is tested on one machine only, by running twice in the same test."""
 from __future__ import annotations
 
 import os
-import sys
 from io import StringIO
 from pathlib import Path
 
@@ -153,4 +152,14 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.reference_runs",
+                                     description="Regenerate the committed reference tables (tests/fixtures/reference_runs/) "
+                                                 "by running each case's short seeded federation.")
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to regenerate (default: all): {', '.join(CASES)}")
+    cases = parser.parse_args().cases
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+    main(cases)

@@ -48,3 +48,27 @@ def test_with_one_client_federated_and_local_only_are_the_same_training(tmp_path
     assert len(server) == len(local) == 1
     assert local["accuracy"].iloc[0] == pytest.approx(server["accuracy"].iloc[0], abs=1e-12)
     assert local["macro_f1"].iloc[0] == pytest.approx(server["macro_f1"].iloc[0], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_each_local_model_is_scored_on_every_test_window_of_the_label_space(tmp_path):
+    """Local-only on the federation's task: every client's model on all the server's test sets
+    (each dataset's), so that local vs federated asks the same question; its own dataset apart.
+    config.json records the code and threads the reports check before pairing."""
+    import json
+
+    from fedhar.arms_report import final_scores, local_scores
+
+    two = replace(SMALL, partition="dataset", synthetic_domains=2, synthetic_subjects=4, server_test_fraction=0.25,
+                  arm="local", out_dir=str(tmp_path / "local"))
+    run_inprocess(two, engine="inline")
+    meta = json.loads((tmp_path / "local" / "config.json").read_text())
+    assert meta["code"] and meta["threads"] >= 1
+    rows = pd.read_csv(tmp_path / "local" / "local.csv")
+    server = rows[rows["phase"] == "server"]
+    sets = {"server:synthetic-d0", "server:synthetic-d1"}
+    assert {c: set(g["set"]) for c, g in server.groupby("client")} == {"synthetic-d0": sets, "synthetic-d1": sets}
+    every, own = local_scores(server), local_scores(server, own_only=True)
+    assert final_scores(tmp_path / "local")["accuracy"] == pytest.approx(every["accuracy"])
+    mine = server[server["set"] == "server:" + server["client"]]
+    assert own["accuracy"] == pytest.approx(mine.groupby("client")["accuracy"].mean().mean())

@@ -40,7 +40,7 @@ def test_arms_are_paired_by_seed_and_local_is_the_mean_of_the_clients(tmp_path):
     assert unfinished and "half-done" in unfinished[0]
     text = markdown(scores, unfinished)
     assert "| centralised | 3 | 0.950 ± 0.010 (n=3) |" in text
-    assert "| centralised - federated (fedavg) | +2.3 pts [" in text and "(higher)" in text
+    assert "| centralised - federated (fedavg) | +2.3 pts [" in text and "(difference)" in text
     assert "| federated (fedavg) - local | +14.2 pts [" in text
 
 

@@ -57,7 +57,8 @@ def test_the_committed_sweep_files_are_valid():
         sweep = load_sweep(SWEEPS / name)
         exps = {e.name: e for e in sweep.experiments()}
         assert tuple(exps) == rules  # one experiment per rule, the same budget each
-        assert {e.size(sweep.settings.num_samples) for e in exps.values()} == {samples}
+        # each draw at every confirmation seed: each seed is tuned on its own validation subjects
+        assert {e.size(sweep.settings.num_samples) for e in exps.values()} == {samples * len(sweep.confirm.seeds)}
         assert all("lr" in e.search for e in exps.values())
         assert set(exps["fedprox"].search) == {"lr", "proximal_mu"}
         assert set(exps["fedavgm"].search) == {"lr", "server_momentum"}
@@ -303,7 +304,8 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
     base = {**sweep.base}
     for rule, scores in (("fedavg", (0.6, 0.7)), ("fedprox", (0.8, 0.5))):
         for i, score in enumerate(scores):
-            fake_trial(tmp_path / "tune" / rule, f"{rule}_{i}", {**base, "strategy": rule, "lr": 10.0 ** -(i + 2)},
+            fake_trial(tmp_path / "tune" / rule, f"{rule}_{i}", {**base, "strategy": rule, "lr": 10.0 ** -(i + 2),
+                                                                  "seed": 0},
                        [{"round": 1, "server_accuracy": 0.1}, {"round": 2, "server_accuracy": score}])
     for rule, scores in (("fedavg", (0.70, 0.72, 0.74)), ("fedprox", (0.75, 0.78, 0.80))):
         for seed, score in enumerate(scores):
@@ -313,7 +315,7 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
     results = results_table(sweep, tmp_path)
     best = select_best(sweep, results, lambda exp, tid: _params(tmp_path / "tune" / exp / tid))
     assert set(best) == {"fedavg", "fedprox"}  # only rules with finished trials
-    assert best["fedavg"]["trial_id"] == "fedavg_1" and best["fedavg"]["values"] == {"lr": 0.001}
+    assert best["fedavg"]["trial_id"] == "fedavg_1" and best["fedavg"]["values"] == {"0": {"lr": 0.001}}
     assert best["fedprox"]["trial_id"] == "fedprox_0" and best["fedprox"]["score"] == 0.8
     assert best["fedprox"]["config"]["strategy"] == "fedprox" and best["fedavg"]["trials"] == 2
     table = comparison_table(sweep, results, best).set_index("strategy")
@@ -322,7 +324,39 @@ def test_the_best_trial_per_rule_is_confirmed_and_compared_by_paired_differences
     assert table.loc["fedprox", "test_server_accuracy_mean"] == pytest.approx(0.7767, abs=1e-4)
     # paired differences 0.05, 0.06, 0.06: mean 0.0567, t(0.975, 2) = 4.303, sd 0.00577
     assert table.loc["fedprox", "diff_low"] == pytest.approx(0.0567 - 4.303 * 0.00577 / 3 ** 0.5, abs=1e-3)
-    assert table.loc["fedprox", "verdict"] == "higher"
+    assert table.loc["fedprox", "verdict"] == "difference"
+
+
+def test_each_confirmation_seed_is_tuned_on_its_own_validation_subjects(tmp_path):
+    """The fair comparison's leak: tuned at seed 0 only, its validation subjects were test
+    subjects of seeds 1 and 2. Now every [confirm] seed is tuned on validation subjects drawn
+    from that seed's training subjects, and confirmed with its own selection."""
+    from simulations.sweep_confirm import confirm_cases
+    from simulations.task import federation
+
+    sweep = load_sweep(SWEEPS / "fair_rules_smoke.toml")
+    assert sweep.tunes_per_seed
+    for exp in sweep.experiments():
+        assert exp.grid["seed"] == list(sweep.confirm.seeds) and "seed" not in exp.base
+        assert exp.size(sweep.settings.num_samples) == sweep.settings.num_samples * len(sweep.confirm.seeds)
+    fedavg = sweep.experiments()[0]
+    for seed in sweep.confirm.seeds:  # the subjects a tuning trial of this seed validates on
+        tuning = federation(FLConfig(**{**fedavg.base, "seed": seed}))
+        testing = federation(FLConfig(**{**fedavg.base, **sweep.confirm.set, "seed": seed}))
+        val, test = set(tuning.server_test.subject), set(testing.server_test.subject)
+        assert val and test and not val & test  # never this seed's test subjects
+        assert val <= set(testing.windows.subject)  # drawn from its training subjects
+
+    # selection per seed, and each seed confirmed with its own configuration
+    base = {k: v for k, v in sweep.base.items() if k != "seed"}
+    for seed, lrs in ((0, (1e-3, 1e-2)), (1, (2e-3, 2e-2)), (2, (3e-3, 3e-2))):
+        for i, (lr, score) in enumerate(zip(lrs, (0.9, 0.5) if seed != 1 else (0.5, 0.9))):
+            fake_trial(tmp_path / "tune" / "fedavg", f"s{seed}_{i}", {**base, "strategy": "fedavg", "lr": lr, "seed": seed},
+                       [{"round": 1, "server_accuracy": 0.1}, {"round": 2, "server_accuracy": score}])
+    best = select_best(sweep, results_table(sweep, tmp_path), lambda exp, tid: _params(tmp_path / "tune" / exp / tid))
+    assert {s: b["values"]["lr"] for s, b in best["fedavg"]["by_seed"].items()} == {"0": 1e-3, "1": 2e-2, "2": 3e-3}
+    cases = confirm_cases(sweep, best)
+    assert [(c["seed"], c["lr"], c["server_val_fraction"]) for c in cases] == [(0, 1e-3, 0.0), (1, 2e-2, 0.0), (2, 3e-3, 0.0)]
 
 
 # --------------------------------------------------------------------------- on Ray Tune

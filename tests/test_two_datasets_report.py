@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from fedhar.errors import FedharError
 from simulations.two_datasets_report import client_drift, report, run_summary
 
 
@@ -49,9 +50,17 @@ def test_the_local_arm_scores_each_dataset_alone_on_its_own_test_subjects(tmp_pa
             for c, d, a, n in (("uci-har", "uci-har", 0.9, 100), ("uci-har", "usc-had", 0.2, 300),
                                ("usc-had", "uci-har", 0.3, 100), ("usc-had", "usc-had", 0.7, 300))]
     pd.DataFrame(rows).to_csv(run / "local.csv", index=False)
-    row = run_summary(run)
-    assert row["accuracy uci-har"] == 0.9 and row["accuracy usc-had"] == 0.7
-    assert abs(row["server_accuracy"] - (0.9 * 100 + 0.7 * 300) / 400) < 1e-12
+    own = run_summary(run, own_only=True)  # each dataset's model on its own dataset only: told the dataset
+    assert own["accuracy uci-har"] == 0.9 and own["accuracy usc-had"] == 0.7
+    assert abs(own["server_accuracy"] - (0.9 + 0.7) / 2) < 1e-12  # the mean over the two local models
+    task = run_summary(run)  # the global task: every model on all the test windows (12 classes)
+    assert abs(task["accuracy uci-har"] - (0.9 + 0.3) / 2) < 1e-12 and abs(task["accuracy usc-had"] - (0.2 + 0.7) / 2) < 1e-12
+    uci_model, usc_model = (0.9 * 100 + 0.2 * 300) / 400, (0.3 * 100 + 0.7 * 300) / 400
+    assert abs(task["server_accuracy"] - (uci_model + usc_model) / 2) < 1e-12
+    (run / "done").touch()
+    text = report(tmp_path)
+    assert f"| dataset | local (each client alone), all test windows | 1 | {(uci_model + usc_model) / 2:.3f} (n=1) |" in text
+    assert "| dataset | local (each client alone), own dataset only | 1 | 0.800 (n=1) |" in text
 
 
 def test_rules_are_paired_with_fedavg_by_seed(tmp_path):
@@ -66,7 +75,7 @@ def test_rules_are_paired_with_fedavg_by_seed(tmp_path):
     text = report(tmp_path)
     paired = text.split("## Paired differences")[1]
     row = next(line for line in paired.splitlines() if line.startswith("| dataset | fedprox |"))
-    assert "+3.0 pts [" in row and "(n=3) (higher)" in row  # differences 3, 4, 2 points: mean 3, interval above 0
+    assert "+3.0 pts [" in row and "(n=3) (difference)" in row  # differences 3, 4, 2 points: mean 3, interval above 0
     fake_run(tmp_path / "copy-of-fedavg-s0", "dataset", ["uci-har/all", "usc-had/all"])  # the same run twice
-    with pytest.raises(ValueError, match="copy-of-fedavg-s0, fedavg-s0"):
+    with pytest.raises(FedharError, match="copy-of-fedavg-s0 and .*fedavg-s0"):
         report(tmp_path)
