@@ -16,13 +16,8 @@ from tests import reference_runs
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FEDHAR_CACHE_DIR", str(path))
-    reference_runs.fill_cache(path)
-    yield path
-    mp.undo()
+def cache(reference_cache):
+    return reference_cache  # tests/conftest.py: the session's, filled with the reference entries
 
 
 def state(model):

@@ -221,8 +221,8 @@ def tiny(out_dir, **changes) -> FLConfig:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(session_cache):
+    return session_cache  # tests/conftest.py
 
 
 @pytest.mark.slow

@@ -172,8 +172,9 @@ def tiny(out_dir, **changes) -> FLConfig:  # as tests/test_fl_strategies.py
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A window and backbone cache, filled before any run, then read from disk by every run.
+def cache(reference_cache):
+    """The session's window and backbone cache (tests/conftest.py), filled before any run,
+    then read from disk by every run.
 
     Why: fedhar.data prepares windows as a transposed (non-C-contiguous) view and caches
     them C-contiguous, and numpy's float32 means over the two layouts differ in the last
@@ -181,17 +182,10 @@ def cache(tmp_path_factory):
     rounds. With Ray every actor reads the cache, while the inline engine's clients share
     the driver's in-memory windows, so a run that prepared them in-process would differ
     from a Ray run at that level. Read from the same cache, the engines agree exactly."""
-    path = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FEDHAR_CACHE_DIR", str(path))
     from simulations import task
 
-    cfg = tiny(path / "unused")
-    task.ensure_backbone(cfg)
-    task.federation(cfg)
-    task._federation.cache_clear()
-    mp.undo()
-    return path
+    task._federation.cache_clear()  # nothing prepared in memory by an earlier module
+    return reference_cache
 
 
 def tables(out):

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(reference_cache):
+    return reference_cache  # tests/conftest.py: the tiny synthetic windows and backbone, shared
 
 
 def tiny(out_dir, **changes) -> FLConfig:
@@ -81,5 +81,5 @@ def test_resume_continues_with_identical_results(tmp_path, cache, monkeypatch):
     def ordered(df):  # replies arrive in any order; compare per (round, phase, client)
         return df[cols].sort_values(["round", "phase", "partition_id"]).reset_index(drop=True)
 
-    pd.testing.assert_frame_equal(ordered(a), ordered(b))
+    pd.testing.assert_frame_equal(ordered(a), ordered(b), check_exact=True)  # one machine: bit for bit
     assert (tables(straight)[0]["clients_trained"] == 2).all()  # 2 of 3 clients sampled per round
