@@ -40,6 +40,13 @@ def deviations(case: str, got: dict[str, pd.DataFrame]) -> list[dict]:
     return rows
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main(out: str, cases: list[str]) -> None:
     import torch
 
@@ -48,7 +55,7 @@ def main(out: str, cases: list[str]) -> None:
         rr.fill_cache(Path(tmp) / "cache")
         for case in cases or list(rr.CASES):
             rows += deviations(case, rr.run_case(case, Path(tmp) / case))
-    env = dict(cpu=platform.processor() or platform.machine(), torch_threads=torch.get_num_threads(),
+    env = dict(cpu=cpu_model(), torch_threads=torch.get_num_threads(),
                aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "(auto)"),
                torch_capability=torch.backends.cpu.get_cpu_capability())
     pd.DataFrame(rows).assign(**env).to_csv(out, index=False)

@@ -37,13 +37,15 @@ CASES = {
 # columns that hold times, not results
 TIMING = {"seconds", "train_seconds", "round_seconds", "wall_seconds", "eval_seconds"}
 
-# Tolerances against the committed tables, from a measurement (results/bench/reproducibility/):
-# the 9 cases re-run on an AMD EPYC at 1 and 2 threads and with torch's portable kernels
-# (ATEN_CPU_CAPABILITY=default) moved losses by at most 2.1e-3 relative, drift/cosine metrics
-# by 7e-4 relative, and accuracies by at most 2 windows of a client's evaluated set.
-# Each bound is about 5x (3 windows: 1.5x) the largest deviation measured.
+# Tolerances against the committed tables, from a measurement (results/bench/reproducibility/,
+# benchmarks/bench_reference_drift.py): the 9 cases re-run on an AMD EPYC at 1 and 2 threads,
+# with AVX-512, AVX2 and torch's portable kernels (ATEN_CPU_CAPABILITY), moved losses by at most
+# 2.1e-3 relative, drift/cosine metrics by 7e-4 relative, and an accuracy by at most 3 windows
+# of a client's evaluated set (2 rounds of training amplify a last-bit difference into a few
+# flipped predictions). Losses get ~5x the largest deviation, accuracies 5 windows; a
+# one-client change in aggregation moves them by 2-3% and 15+ windows (tests/test_client_cache.py).
 LOSS_RTOL = 1e-2
-WINDOWS = 3
+WINDOWS = 5
 # one evaluated window more or less moves a rare class's precision by 1/(its predictions):
 # up to 0.17 measured; these follow the predictions that ACCURACY bounds, and are not compared
 PREDICTION_DERIVED = {"precision", "recall"}
@@ -112,7 +114,7 @@ def mismatches(case: str, name: str, got: pd.DataFrame, expected: pd.DataFrame, 
                 tol = pd.Series(F1_ATOL, index=b.index)
             else:  # bytes, counts, out_of_space ...: exact
                 tol = pd.Series(0.0, index=b.index)
-            bad = ~(((a - b).abs() <= tol) | (a.isna() & b.isna()))
+            bad = ~(((a - b).abs() <= tol + 1e-12) | (a.isna() & b.isna()))  # 1e-12: k/n computed two ways
         for i in bad[bad].index[:3]:
             problems.append(f"{case}/{name}.csv row {i} {col}: {got[col][i]!r} vs committed {expected[col][i]!r}")
     return problems
