@@ -56,6 +56,7 @@ def refused(capsys, argv, *names: str) -> str:
     (["--strategy", "fedavg", "--client-ranks", "4,8"], "--client-ranks"),
     (["--rank", "100000"], "--rank"),
     (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**64)], "--seed"),  # issue 27: was a traceback after pretraining
     (["--lr", "nan"], "--lr"),
     (["--lora-alpha", "nan"], "--lora-alpha"),
     (["--round-timeout", "inf"], "--round-timeout"),
@@ -77,6 +78,8 @@ def test_a_bad_option_is_refused_before_any_work(capsys, tmp_path, argv, named):
     (["--partition", "dirichlet", "--num-clients", "100000"], "--num-clients"),
     (["--strategy", "hetlora", "--client-ranks", "4,8,16"], "--client-ranks"),  # 2 clients
     (["--inject-failure", "5:1"], "--inject-failure"),
+    (["--min-train-replies", "1000"], "--min-train-replies"),  # issue 27: every round aggregated nothing
+    (["--min-train-replies", "2", "--fraction-train", "0.5"], "--min-train-replies"),
 ])
 def test_an_option_that_does_not_fit_the_data_is_refused_before_training(capsys, tmp_path, argv, named):
     refused(capsys, ["fl", *argv, *SMALL, "--out-dir", tmp_path / "run"], named)

@@ -87,7 +87,7 @@ def interrupt(tmp_path: Path, cache: Path, engine: str, sig: int, moment: str, p
 def assert_stopped(code: int, stopped_in: float, output: str) -> None:
     assert code == 130, output
     assert stopped_in < STOP_WITHIN_S, f"{stopped_in:.1f} s\n{output}"
-    assert output.rstrip().endswith("fedhar: interrupted"), output
+    assert "fedhar: interrupted" in output, output  # (Ray may log a line of its own shutdown after it)
     assert "Traceback" not in output, output
 
 
