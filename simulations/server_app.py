@@ -4,7 +4,7 @@ Outputs in the run's out-dir: ``config.json`` (the resolved configuration, the h
 what the server evaluates on), ``clients.csv`` (one row per client, round and phase: train
 loss, accuracy, macro-F1, bytes sent and received, failures; plus the server's own
 evaluations, phases "server" and "heldout", see simulations/server_eval.py),
-``rounds.csv`` (aggregated per round).
+``rounds.csv`` (aggregated per round, rewritten after every round).
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         def after_round(server_round: int) -> None:
             log.flush()
             table = summarise(out_dir / "clients.csv")
+            write_rounds(table, out_dir)  # every round: a killed run keeps the rounds it finished
             live.update(table[table["round"] == server_round].iloc[0].to_dict())
 
         try:
@@ -211,9 +212,17 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             strategy.observe_global(arrays)
             arrays = strategy.downlink(arrays)
         save_global_model(cfg, fed, {k: v.numpy() for k, v in arrays.items()}, out_dir, cfg.rounds)
-        summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
+        write_rounds(summarise(out_dir / "clients.csv"), out_dir)
 
     return app
+
+
+def write_rounds(table: pd.DataFrame, out_dir: Path) -> None:
+    """rounds.csv, atomically (a reader never sees half a table)."""
+    from fedhar.model.checkpoint import atomic_path
+
+    with atomic_path(out_dir / "rounds.csv") as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def log_info(message: str) -> None:

@@ -108,6 +108,10 @@ def test_sigterm_mid_round_inline_then_resume(tmp_path, cache):
     code, stopped_in, output, out = interrupt(tmp_path, cache, "inline", signal.SIGTERM, "mid-round")
     assert_stopped(code, stopped_in, output)
     finished = assert_checkpoint_of_finished_rounds(out)
+    import pandas as pd
+
+    kept = pd.read_csv(out / "rounds.csv")["round"].tolist()  # written every round: a stopped run keeps its rounds
+    assert kept and kept == list(range(1, len(kept) + 1)) and len(kept) <= finished
     resumed = subprocess.run([sys.executable, "-m", "fedhar", "fl", *TINY, "--pretrain-epochs", "1",
                               "--rounds", str(finished + 1), "--engine", "inline", "--out-dir", str(out), "--resume"],
                              cwd=ROOT, capture_output=True, text=True, timeout=240,
