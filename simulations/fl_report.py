@@ -74,21 +74,12 @@ def load_run(run_dir: Path) -> dict:
     return row
 
 
-def finished(run_dir: Path) -> bool:
-    """rounds.csv is written after every round: a run is finished once it holds the last one."""
-    try:
-        rounds = json.loads((run_dir / "config.json").read_text())["config"]["rounds"]
-        return int(pd.read_csv(run_dir / "rounds.csv")["round"].max()) >= int(rounds)
-    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
-        return False
-
-
 def load_runs(fl_dir: Path) -> tuple[list[dict], list[str]]:
-    """Finished runs (rounds.csv holds every round), and the names of unfinished ones."""
+    """Finished runs (rounds.csv written at the end of a run), and the names of unfinished ones."""
     run_dirs = sorted(p.parent for p in (fl_dir / "runs").glob("*/config.json"))
     if not run_dirs:
         raise FedharError(f"{fl_dir / 'runs'}: no run directories (each needs config.json)")
-    unfinished = [d.name for d in run_dirs if not finished(d)]
+    unfinished = [d.name for d in run_dirs if not (d / "rounds.csv").exists()]
     return [load_run(d) for d in run_dirs if d.name not in unfinished], unfinished
 
 

@@ -430,3 +430,13 @@ def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
 def test_resume_where_nothing_ran_yet_starts_at_round_one(tmp_path):
     claim(tmp_path / "new", resume=True, overwrite=False)  # (scripts pass --resume on every run)
     assert (tmp_path / "new").is_dir()
+
+
+def test_run_lodo_takes_every_list_option_as_a_comma_string():
+    """issue 27: backbones="none,other" was split into characters ("unknown backbone 'n'")."""
+    from fedhar.api import _listed
+
+    assert _listed("none,other", ("other",)) == ("none", "other")
+    assert _listed("4, 8", (16,)) == (4, 8) and _listed("0.5", (0.7,)) == (0.5,)
+    with pytest.raises(FedharError, match="'4,x' is not a comma-separated list of int"):
+        _listed("4,x", (16,))
