@@ -440,3 +440,13 @@ def test_run_lodo_takes_every_list_option_as_a_comma_string():
     assert _listed("4, 8", (16,)) == (4, 8) and _listed("0.5", (0.7,)) == (0.5,)
     with pytest.raises(FedharError, match="'4,x' is not a comma-separated list of int"):
         _listed("4,x", (16,))
+
+
+def test_fedhar_data_is_reachable_after_import_fedhar_alone():
+    """issue 27: README's `import fedhar; fedhar.data.activities()` raised AttributeError."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import fedhar; print(len(fedhar.data.activities()) > 0)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
