@@ -84,9 +84,9 @@ def interrupt(tmp_path: Path, cache: Path, engine: str, sig: int, moment: str, p
     return code, stopped_in, log.read_text(), out
 
 
-def assert_stopped(code: int, stopped_in: float, output: str) -> None:
+def assert_stopped(code: int, stopped_in: float, output: str, within_s: float = STOP_WITHIN_S) -> None:
     assert code == 130, output
-    assert stopped_in < STOP_WITHIN_S, f"{stopped_in:.1f} s\n{output}"
+    assert stopped_in < within_s, f"{stopped_in:.1f} s\n{output}"
     assert "fedhar: interrupted" in output, output  # (Ray may log a line of its own shutdown after it)
     assert "Traceback" not in output, output
 
@@ -140,5 +140,5 @@ def test_signals_on_the_ray_engine(tmp_path, cache, sig, moment):
 @pytest.mark.slow
 def test_sigterm_mid_round_flwr(tmp_path, cache):
     code, stopped_in, output, out = interrupt(tmp_path, cache, "flwr", signal.SIGTERM, "mid-round")
-    assert_stopped(code, stopped_in, output)
+    assert_stopped(code, stopped_in, output, within_s=40)  # its SuperLink and app processes: ~15 s when busy
     assert_checkpoint_of_finished_rounds(out)
