@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from fedhar import api
 
         return getattr(api, name)
+    if name in ("data", "model"):  # `import fedhar; fedhar.data.activities()`, as README writes it
+        import importlib
+
+        return importlib.import_module(f"fedhar.{name}")
     raise AttributeError(f"module 'fedhar' has no attribute {name!r}")

@@ -32,10 +32,22 @@ def run_lodo(data, out_dir, heldout_data=(), fresh_process: bool = False, **opti
 
     names = [f.name for f in fields(LodoPlan)]
     check_keys(options, [n for n in names if n not in ("datasets", "held_out", "fresh_process")], "fedhar.run_lodo")
-    listed = {k: tuple(split_names(v)) if k == "modes" and isinstance(v, str) else v for k, v in options.items()}
+    defaults = {f.name: f.default for f in fields(LodoPlan)}
+    # a list option may be given as a comma string, as on the command line: "lora,qlora", "none,other", "4,8"
+    listed = {k: _listed(v, defaults[k]) if isinstance(defaults[k], tuple) and isinstance(v, str) else v
+              for k, v in options.items()}
     plan = LodoPlan(datasets=tuple(_names(data)), held_out=tuple(_names(heldout_data)), fresh_process=fresh_process,
                     **listed)
     return run(plan, Path(out_dir), command="fedhar.run_lodo(...)")
+
+
+def _listed(text: str, default: tuple) -> tuple:
+    """"a,b" -> ("a", "b"), each converted as the option's default values are (int, float, str)."""
+    kind = type(default[0]) if default else str
+    try:
+        return tuple(kind(item) for item in split_names(text))
+    except ValueError:
+        raise FedharError(f"fedhar.run_lodo: {text!r} is not a comma-separated list of {kind.__name__}") from None
 
 
 def evaluate(model_dir, data: str, client: str | None = None, data_dir=None, synthetic=None) -> dict:

@@ -80,8 +80,9 @@ def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedhar.interrupt import interrupt_on_sigterm
+    from fedhar.interrupt import interrupt_on_sigterm, leave
 
+    command_line = argv is None  # the process's own command (not a call from Python): it may end the process
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser()  # (its help texts name cache folders: FEDHAR_CACHE_DIR is checked)
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("fedhar: interrupted", file=sys.stderr)
+        if command_line:
+            leave(130)
         return 130
 
 

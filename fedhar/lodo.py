@@ -252,6 +252,9 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
                "threads": torch.get_num_threads(), "pretrained_on": described, "backbone": path.name, "lr": cfg.effective_lr,
                "alpha": cfg.effective_alpha if run["mode"] in ("lora", "qlora") else 0, **result.row(),
                "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if not plan.fresh_process and not plan.device.startswith("cuda"):
+            # RSS growth in a process that already holds earlier runs' memory is not this run's peak: left empty
+            row["peak_mem_mb"] = float("nan")
         append_row(csv_path, row)
         n_done += 1
         rate = (time.perf_counter() - t_start) / n_done

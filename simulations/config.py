@@ -187,8 +187,8 @@ class FLConfig:
                      "synthetic_subjects"):
             if getattr(self, name) < 1:
                 raise FedharError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise FedharError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # numpy's and torch's generators take it whole
+            raise FedharError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         for f in fields(self):  # nan/inf never make sense as a setting
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -231,11 +231,19 @@ class FLConfig:
         self._check_datasets()
         self._check_heldout()
 
+    def clients_per_round(self, n_clients: int) -> int:
+        """How many clients are sampled to train each round."""
+        return max(1, int(round(self.fraction_train * n_clients)))
+
     def check_clients(self, n_clients: int) -> None:
         """What needs the number of clients (known once the data is partitioned)."""
         for flag, values in (("client-ranks", self.rank_list), ("client-modes", self.mode_list)):
             if len(values) > n_clients:
                 raise FedharError(f"--{flag} gives {len(values)} values for {n_clients} clients")
+        per_round = self.clients_per_round(n_clients)
+        if self.min_train_replies > per_round:  # every round would aggregate nothing
+            raise FedharError(f"--min-train-replies {self.min_train_replies}: only {per_round} of {n_clients} clients "
+                              f"train each round (--fraction-train {self.fraction_train})")
         for pid, _ in self.faults:
             if pid >= n_clients:
                 raise FedharError(f"--inject-failure names client {pid}, but the run has {n_clients} clients "

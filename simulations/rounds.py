@@ -198,7 +198,7 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
     new global arrays before the clients evaluate them (server-side evaluation);
     ``after_round(round)`` is called once the round is recorded (progress, tracking)."""
     members = Membership(node_of, log, cfg.round_timeout)
-    n_train = max(1, int(round(cfg.fraction_train * len(members.partitions))))
+    n_train = cfg.clients_per_round(len(members.partitions))
     for server_round in range(first_round, cfg.rounds + 1):
         _check_stop(server_round)
         flwr_log(INFO, "")

@@ -12,8 +12,10 @@ Two engines deliver the ServerApp's messages to the ClientApp:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,32 +63,53 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
 
         run_inline(server_app, client_app, n_clients, cfg.to_run_config())
     else:
-        from flwr.simulation import run_simulation
-
-        from simulations.rounds import STOP
-
-        quiet_flower()
-        ray_init = {"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}
-        STOP.clear()
-        try:
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=n_clients,
-                backend_config={
-                    "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                    "init_args": {**ray_init, "include_dashboard": False,
-                                  # actors' output (library noise) only with --verbose: failures are rows
-                                  "log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "ERROR"},
-                },
-            )
-        except KeyboardInterrupt:  # the ServerApp runs in a thread of its own: tell it to stop
-            STOP.set()
-            raise
-        except SystemExit:  # ray.init replaces our SIGTERM handler with one that calls sys.exit
-            STOP.set()
-            raise KeyboardInterrupt("SIGTERM") from None
+        run_on_ray(server_app, client_app, n_clients, cpus_per_client, address)
     return report(cfg, out_dir, time.perf_counter() - t0)
+
+
+def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, address: str) -> None:
+    """Flower's simulation engine, stoppable: Ray is started here, in the main thread (this run's
+    own instance unless ``address``) and always shut down on the way out; Flower runs in a thread
+    of its own while the main thread only waits, so Ctrl-C / SIGTERM reach fedhar's code, set
+    ``rounds.STOP`` for the ServerApp and leave. (Flower's worker threads may stay blocked in
+    ``ray.get`` after Ray is stopped: ``fedhar.interrupt.leave`` ends the command without them.)"""
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedhar.interrupt import reclaim_sigterm
+    from simulations.rounds import POLL_SECONDS, STOP
+
+    quiet_flower()
+    STOP.clear()
+    failed: list[BaseException] = []
+
+    def simulate() -> None:
+        try:
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_clients,
+                           backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}})
+        except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+            failed.append(e)
+
+    try:
+        # Flower's RayBackend skips ray.init when Ray is up; its actors need this checkout on their path, as it passes it
+        ray.init(**({"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}),
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}, include_dashboard=False,
+                 # actors' output (library noise) only with --verbose: failures are rows
+                 log_to_driver=verbose(), logging_level="INFO" if verbose() else "ERROR")
+        reclaim_sigterm()  # ray.init put its own SIGTERM handler (sys.exit) in place of fedhar's
+        runner = threading.Thread(target=simulate, name="fedhar-ray-engine", daemon=True)
+        runner.start()
+        while runner.is_alive():
+            runner.join(0.2)
+    except KeyboardInterrupt:
+        STOP.set()  # the ServerApp leaves at its next poll; the round in flight leaves no checkpoint
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)  # its threads' errors while Ray stops under them
+        time.sleep(2 * POLL_SECONDS)
+        raise
+    finally:
+        ray.shutdown()
+    if failed:
+        raise failed[0]
 
 
 def report(cfg: FLConfig, out_dir: Path, seconds: float, name: str = "fedhar fl", stream=None,

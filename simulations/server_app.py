@@ -4,7 +4,7 @@ Outputs in the run's out-dir: ``config.json`` (the resolved configuration, the h
 what the server evaluates on), ``clients.csv`` (one row per client, round and phase: train
 loss, accuracy, macro-F1, bytes sent and received, failures; plus the server's own
 evaluations, phases "server" and "heldout", see simulations/server_eval.py),
-``rounds.csv`` (aggregated per round).
+``rounds.csv`` (aggregated per round, rewritten after every round).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
         params = count_parameters(model)
         n_clients = len(fed.parts)
-        n_train = max(1, int(round(cfg.fraction_train * n_clients)))
+        n_train = cfg.clients_per_round(n_clients)
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
         strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
         initial = trainable_state_dict(model)
@@ -200,6 +200,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         def after_round(server_round: int) -> None:
             log.flush()
             table = summarise(out_dir / "clients.csv")
+            write_rounds(table, out_dir)  # every round: a killed run keeps the rounds it finished
             live.update(table[table["round"] == server_round].iloc[0].to_dict())
 
         try:
@@ -212,9 +213,17 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             strategy.observe_global(arrays)
             arrays = strategy.downlink(arrays)
         save_global_model(cfg, fed, {k: v.numpy() for k, v in arrays.items()}, out_dir, cfg.rounds)
-        summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
+        write_rounds(summarise(out_dir / "clients.csv"), out_dir)
 
     return app
+
+
+def write_rounds(table: pd.DataFrame, out_dir: Path) -> None:
+    """rounds.csv, atomically (a reader never sees half a table)."""
+    from fedhar.model.checkpoint import atomic_path
+
+    with atomic_path(out_dir / "rounds.csv") as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def log_info(message: str) -> None:

@@ -56,6 +56,7 @@ def refused(capsys, argv, *names: str) -> str:
     (["--strategy", "fedavg", "--client-ranks", "4,8"], "--client-ranks"),
     (["--rank", "100000"], "--rank"),
     (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**64)], "--seed"),  # issue 27: was a traceback after pretraining
     (["--lr", "nan"], "--lr"),
     (["--lora-alpha", "nan"], "--lora-alpha"),
     (["--round-timeout", "inf"], "--round-timeout"),
@@ -77,6 +78,8 @@ def test_a_bad_option_is_refused_before_any_work(capsys, tmp_path, argv, named):
     (["--partition", "dirichlet", "--num-clients", "100000"], "--num-clients"),
     (["--strategy", "hetlora", "--client-ranks", "4,8,16"], "--client-ranks"),  # 2 clients
     (["--inject-failure", "5:1"], "--inject-failure"),
+    (["--min-train-replies", "1000"], "--min-train-replies"),  # issue 27: every round aggregated nothing
+    (["--min-train-replies", "2", "--fraction-train", "0.5"], "--min-train-replies"),
 ])
 def test_an_option_that_does_not_fit_the_data_is_refused_before_training(capsys, tmp_path, argv, named):
     refused(capsys, ["fl", *argv, *SMALL, "--out-dir", tmp_path / "run"], named)
@@ -319,6 +322,65 @@ def test_a_backbone_with_nan_weights_is_named(tmp_path):
         load_mae(path)
 
 
+def _saved_model(tmp_path: Path, mode: str = "lora") -> Path:
+    from fedhar.model import Classifier
+    from fedhar.model.adapters import prepare_for_finetune
+    from fedhar.model.saved import save_model
+
+    backbone = _backbone(tmp_path / "mae.safetensors")
+    model = prepare_for_finetune(Classifier.from_mae(load_mae(backbone), 3), mode, rank=4, alpha=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01)  # trained-looking: every saved part non-zero
+    return save_model(model, tmp_path / "model", backbone, ["sitting", "standing", "walking"], 4, 8.0)
+
+
+@pytest.mark.parametrize("part", ["adapter_model.safetensors", "head.safetensors", "backbone.safetensors",
+                                  "encoder.safetensors"])
+def test_every_saved_model_part_with_bytes_overwritten_is_named(capsys, tmp_path, part):
+    """256 bytes of 0xff in any part: `fedhar evaluate` refuses the model, naming the file
+    (issue 27: a damaged adapter was scored as if intact)."""
+    from fedhar.model.saved import load_model
+
+    model_dir = _saved_model(tmp_path, mode="full" if part == "encoder.safetensors" else "lora")
+    load_model(model_dir)  # intact: loads
+    path = model_dir / part
+    data = bytearray(path.read_bytes())
+    data[-300:-44] = b"\xff" * 256  # inside the tensors, past the header
+    path.write_bytes(bytes(data))
+    refused(capsys, ["evaluate", model_dir, "--data", "synthetic"], str(path), "damaged")
+
+
+def test_a_damaged_model_description_is_named(capsys, tmp_path):
+    model_dir = _saved_model(tmp_path)
+    meta = model_dir / "fedhar_model.json"
+    meta.write_bytes(meta.read_bytes()[:20] + b"\xff" * 256)
+    refused(capsys, ["evaluate", model_dir, "--data", "synthetic"], str(meta), "damaged")
+
+
+def test_a_full_disk_while_saving_a_model_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The backbone copy goes to a temporary name first: a failed copy leaves nothing, and the
+    error names the file being written."""
+    import shutil as shutil_module
+
+    from fedhar.model.saved import copy_atomically
+
+    source = _backbone(tmp_path / "mae.safetensors")
+    target = tmp_path / "model" / "backbone.safetensors"
+    target.parent.mkdir()
+
+    def full(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil_module, "copyfile", full)
+    with pytest.raises(OSError) as raised:
+        copy_atomically(source, target)
+    assert raised.value.filename == str(target) and raised.value.errno == 28
+    assert list(target.parent.iterdir()) == []
+
+
 def test_a_truncated_partial_pretraining_is_named_and_started_again(tmp_path, capsys):
     from fedhar.pretrain import _read_partial
 
@@ -368,3 +430,23 @@ def test_plotting_a_run_without_finished_rounds_names_its_table(tmp_path):
 def test_resume_where_nothing_ran_yet_starts_at_round_one(tmp_path):
     claim(tmp_path / "new", resume=True, overwrite=False)  # (scripts pass --resume on every run)
     assert (tmp_path / "new").is_dir()
+
+
+def test_run_lodo_takes_every_list_option_as_a_comma_string():
+    """issue 27: backbones="none,other" was split into characters ("unknown backbone 'n'")."""
+    from fedhar.api import _listed
+
+    assert _listed("none,other", ("other",)) == ("none", "other")
+    assert _listed("4, 8", (16,)) == (4, 8) and _listed("0.5", (0.7,)) == (0.5,)
+    with pytest.raises(FedharError, match="'4,x' is not a comma-separated list of int"):
+        _listed("4,x", (16,))
+
+
+def test_fedhar_data_is_reachable_after_import_fedhar_alone():
+    """issue 27: README's `import fedhar; fedhar.data.activities()` raised AttributeError."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import fedhar; print(len(fedhar.data.activities()) > 0)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

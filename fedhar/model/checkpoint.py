@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,22 +51,37 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _write(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
-    """Atomically (a unique temporary name, then a rename), with the tensors' hash."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """A unique temporary name beside ``path`` to write, renamed to ``path`` when the block
+    succeeds and removed when it fails: a reader never sees half a file, a full disk leaves
+    none. A failure of the file system names ``path`` (not the temporary name)."""
     path = Path(path)
-    state = _contiguous(state)
-    metadata = {**metadata, "sha256": tensors_sha256(state)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=metadata)
+        yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    except SafetensorError as e:  # safetensors' own wrapping of a failed write
+        raise CheckpointError(f"{path}: cannot be written ({e})") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def write_tensors(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Atomically (``atomic_path``), with the tensors' hash in the metadata (``sha256``)."""
+    state = _contiguous(state)
+    metadata = {**metadata, "sha256": tensors_sha256(state)}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata=metadata)
+
+
+def read_tensors(path: str | Path, expected_format: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a damaged one (unreadable, not matching its
+    ``sha256``, non-finite weights) or one of another ``format`` is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -74,7 +91,7 @@ def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tenso
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    if metadata.get("format") != expected_format:
+    if expected_format is not None and metadata.get("format") != expected_format:
         raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {expected_format!r}")
     if "sha256" in metadata and tensors_sha256(tensors) != metadata["sha256"]:
         raise CheckpointError(f"{path}: the checkpoint is damaged (its weights do not match their checksum)")
@@ -88,7 +105,7 @@ def save_mae(mae: MaskedAutoencoder, path: str | Path, extra: dict[str, str] | N
     """Save the MAE; ``extra`` string metadata (e.g. the data fingerprint) is stored beside its config."""
     metadata = {str(k): str(v) for k, v in (extra or {}).items()}
     metadata.update({"format": MAE_FORMAT, "config": json.dumps(mae.config.to_dict(), sort_keys=True)})
-    _write(mae.state_dict(), path, metadata)
+    write_tensors(mae.state_dict(), path, metadata)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -101,7 +118,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_mae(path: str | Path) -> MaskedAutoencoder:
-    tensors, metadata = _read(path, MAE_FORMAT)
+    tensors, metadata = read_tensors(path, MAE_FORMAT)
     try:
         config = MAEConfig.from_dict(json.loads(metadata["config"]))
     except (KeyError, ValueError, TypeError) as e:
@@ -118,8 +135,8 @@ def save_trainable(state: dict[str, torch.Tensor], path: str | Path,
                    metadata: dict[str, str] | None = None) -> None:
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["format"] = TRAINABLE_FORMAT
-    _write(state, path, meta)
+    write_tensors(state, path, meta)
 
 
 def load_trainable(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    return _read(path, TRAINABLE_FORMAT)
+    return read_tensors(path, TRAINABLE_FORMAT)

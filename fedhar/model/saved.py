@@ -12,6 +12,10 @@ MODEL_DIR/
                       the frozen MAE backbone the adapters belong to (a copy: the folder stands alone)
   fedhar_model.json   mode, rank, alpha, n_classes, label space (the head's outputs, in order), ...
 
+Every .safetensors file carries a SHA-256 of its tensors in its metadata (``sha256``, beside
+peft's ``format``), checked with finiteness on loading: a damaged file is an error naming it,
+never a model scored as if intact. Files are written atomically (a temporary name, then a rename).
+
 Federated runs add their own files (simulations/export.py): dense base updates, clients' local parts.
 Inputs are z-normalised per dataset and channel before the model (``score`` does it).
 """
@@ -19,24 +23,41 @@ Inputs are z-normalised per dataset and channel before the model (``score`` does
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from fedhar.errors import FedharError
+from fedhar.model.checkpoint import atomic_path, read_tensors, write_tensors
 
 META = "fedhar_model.json"
 PEFT_PREFIX = "base_model.model."  # PeftModel wraps the encoder: its keys start with this
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = Path(path).with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    """Atomically, with the tensors' SHA-256 (``load_tensors`` checks it)."""
+    write_tensors({k: v.detach().cpu() for k, v in tensors.items()}, path, {"format": "pt"})
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A saved part's tensors; a damaged file is an error naming it (files saved before the
+    checksum was added are checked for finiteness only)."""
+    return read_tensors(path)[0]
+
+
+def read_json(path: Path):
+    """A model folder's JSON file; an unreadable or damaged one is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FedharError(f"{path}: damaged ({e})") from None
+
+
+def copy_atomically(source: Path, path: Path) -> None:
+    """``shutil.copyfile`` to a temporary name, then a rename: a full disk leaves no partial copy."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def save_model(model, model_dir: str | Path, backbone: str | Path, label_space, rank: int, alpha: float,
@@ -55,7 +76,7 @@ def save_model(model, model_dir: str | Path, backbone: str | Path, label_space, 
         adapters = get_peft_model_state_dict(model.encoder)
         save_tensors({PEFT_PREFIX + k: v for k, v in adapters.items()}, model_dir / "adapter_model.safetensors")
         model.encoder.peft_config["default"].save_pretrained(str(model_dir))
-    shutil.copyfile(backbone, model_dir / "backbone.safetensors")
+    copy_atomically(backbone, model_dir / "backbone.safetensors")
     (model_dir / META).write_text(json.dumps({
         "mode": mode, "rank": rank, "lora_alpha": alpha, "n_classes": model.head.n_classes,
         "label_space": list(label_space), "head": "shared" if head else "local", **meta}, indent=1))
@@ -75,23 +96,23 @@ def load_model(model_dir: str | Path, client: str | None = None):
     model_dir = Path(model_dir)
     if not (model_dir / META).exists():
         raise FedharError(f"{model_dir}: not a fedhar model folder (no {META}; a run writes OUT_DIR/model)")
-    meta = json.loads((model_dir / META).read_text())
+    meta = read_json(model_dir / META)
     model = Classifier.from_mae(load_mae(model_dir / "backbone.safetensors"), meta["n_classes"])
     if meta["mode"] != "probe":
         prepare_for_finetune(model, meta["mode"], rank=meta["rank"], alpha=meta["lora_alpha"])
     if meta["mode"] == "full":
-        model.encoder.load_state_dict(load_file(str(model_dir / "encoder.safetensors")))
+        model.encoder.load_state_dict(load_tensors(model_dir / "encoder.safetensors"))
     elif meta["mode"] != "probe":
         from peft import set_peft_model_state_dict
 
-        adapters = load_file(str(model_dir / "adapter_model.safetensors"))
+        adapters = load_tensors(model_dir / "adapter_model.safetensors")
         result = set_peft_model_state_dict(model.encoder, {k.removeprefix(PEFT_PREFIX): v for k, v in adapters.items()})
         if getattr(result, "unexpected_keys", None):
             raise FedharError(f"{model_dir / 'adapter_model.safetensors'}: tensors the model does not have: "
                               f"{result.unexpected_keys[:3]}")
     clients = sorted(p.name for p in (model_dir / "clients").glob("*")) if (model_dir / "clients").is_dir() else []
     if meta["head"] == "shared":
-        model.head.load_state_dict(load_file(str(model_dir / "head.safetensors")))
+        model.head.load_state_dict(load_tensors(model_dir / "head.safetensors"))
     elif client is None:
         raise FedharError(f"{model_dir}: heads are local to each client; name one with --client "
                           f"({', '.join(clients)})")
@@ -99,12 +120,12 @@ def load_model(model_dir: str | Path, client: str | None = None):
         from fedhar.options import check_name
 
         folder = model_dir / "clients" / check_name("client", client.replace("/", "_").replace(":", "_"), clients)
-        local = load_file(str(folder / "local.safetensors"))
+        local = load_tensors(folder / "local.safetensors")
         if any(k.startswith("head.") for k in local):
-            meta = {**meta, "label_space": json.loads((folder / "labels.json").read_text())}
+            meta = {**meta, "label_space": read_json(folder / "labels.json")}
         _load_local(model, local)
     if (model_dir / "base_deltas.safetensors").exists():
-        add_base_deltas(model, {k: v.numpy() for k, v in load_file(str(model_dir / "base_deltas.safetensors")).items()})
+        add_base_deltas(model, {k: v.numpy() for k, v in load_tensors(model_dir / "base_deltas.safetensors").items()})
     model.eval()
     return model, meta
 
