@@ -34,7 +34,7 @@ import psutil
 from fedhar.data import paths
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.startup import prepare_run
+from simulations.startup import gpus_per_client, prepare_run
 
 COMPLETED = "finished:completed"
 
@@ -181,6 +181,8 @@ def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
     flwr_home.mkdir(exist_ok=True)
     env = app_environment(flwr_home, free_port(), free_port())
     federation_config = f"num-supernodes={n_clients} client-resources-num-cpus={int(cpus_per_client)}"
+    if gpus_per_client(cfg, n_clients):
+        federation_config += f" client-resources-num-gpus={gpus_per_client(cfg, n_clients)}"
     with local_superlink(env, flwr_home):
         command = ["flwr", "run", str(project_dir()), "local", "--stream",
                    "--federation-config", federation_config, "--run-config", str(run_config)]

@@ -22,7 +22,7 @@ import pandas as pd
 from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.startup import prepare_run
+from simulations.startup import gpus_per_client, prepare_run
 
 ENGINES = ("ray", "inline")
 
@@ -74,7 +74,7 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
                 client_app=client_app,
                 num_supernodes=n_clients,
                 backend_config={
-                    "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                    "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client(cfg, n_clients)},
                     "init_args": {**ray_init, "include_dashboard": False,
                                   # actors' output (library noise) only with --verbose: failures are rows
                                   "log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "ERROR"},

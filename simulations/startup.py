@@ -43,3 +43,9 @@ def prepare_run(cfg: FLConfig) -> tuple[FLConfig, int]:
     claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)
     return replace(cfg, backbone=str(ensure_backbone(cfg).resolve())), n_clients
+
+
+def gpus_per_client(cfg: FLConfig, n_clients: int) -> float:
+    """The share of a GPU each client's Ray actor reserves: the clients share one GPU when
+    --device is cuda (without a share Ray hides the GPU from the actor), none on the CPU."""
+    return 0.0 if cfg.device == "cpu" else 1.0 / max(1, n_clients)
