@@ -150,7 +150,7 @@ def run_one(cfg: FLConfig, engine: str, address: str) -> None:
         from simulations.run import report
 
         t0 = time.perf_counter()
-        report(cfg, launch(cfg), time.perf_counter() - t0, live=False)
+        report(cfg, launch(cfg), time.perf_counter() - t0)  # launch printed the round lines
         return
     from simulations.run import run_inprocess
 

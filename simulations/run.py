@@ -22,7 +22,7 @@ import pandas as pd
 from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.startup import gpus_per_client, prepare_run
+from simulations.startup import announce, gpus_per_client, prepare_run
 
 ENGINES = ("ray", "inline")
 
@@ -51,9 +51,7 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         print(f"\nfedhar fl --arm local: each client's own model, mean over clients:\n{summary.to_string()}\n"
               f"Table: {out_dir / 'local.csv'}", flush=True)
         return out_dir
-    print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
-          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {out_dir}",
-          flush=True)
+    announce(cfg, n_clients, engine)
     t0 = time.perf_counter()
     server_app, client_app = build_server_app(cfg), build_client_app(cfg)
     if engine == "inline":
