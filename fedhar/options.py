@@ -8,6 +8,7 @@ Every sub-command uses these, so `--out-dir`, `--data a,b`, `--heldout-data`, `-
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import re
 import sys
@@ -110,6 +111,12 @@ def number_list(kind: type):
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown once and only when there is one; descriptions with line breaks kept as
     written, others wrapped."""
+
+    def _format_action(self, action):
+        if callable(action.help):  # computed only when help is shown (--strategy's imports every rule)
+            action = copy.copy(action)
+            action.help = action.help()
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
         help_text = action.help or ""

@@ -61,7 +61,7 @@ def add_config_options(parser) -> None:
             parser.add_argument(*flags, type=type(f.default), default=f.default, help=argparse.SUPPRESS)
         elif f.name == "strategy":
             parser.add_argument(*flags, type=strategy_name, default=f.default, metavar="NAME|MODULE:CLASS",
-                                help=strategy_help(f.default))
+                                help=lambda default=f.default: strategy_help(default))  # on --help only
         elif isinstance(f.default, bool):
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f.metadata["help"])
