@@ -9,17 +9,13 @@ client reply (strategies.recording).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from strategies.base import ClientSide, Rule
+from strategies.recording import RoundLog, recording
 from strategies.registry import BUILTIN, get_rule, rule_class, rule_names
-
-if TYPE_CHECKING:
-    from strategies.recording import RoundLog
 
 
 def __getattr__(name: str):
-    """The rules and Flower are imported on first use, not with the package: a command that
+    """The rules are imported on first use, not with the package: a command that
     only needs the names (every ``fedhar`` command builds ``fl``'s options) stays quick.
     STRATEGIES: built-in name -> its Flower strategy class; HETEROGENEOUS_RANKS: the built-in
     strategies whose clients may have different LoRA ranks."""
@@ -27,10 +23,6 @@ def __getattr__(name: str):
         return {n: rule_class(n).server_class for n in BUILTIN}
     if name == "HETEROGENEOUS_RANKS":
         return tuple(n for n in BUILTIN if get_rule(n).heterogeneous_ranks)
-    if name in ("RoundLog", "recording"):
-        from strategies import recording as module
-
-        return getattr(module, name)
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")
 
 
@@ -38,8 +30,6 @@ def make_strategy(name: str, n_train: int, n_clients: int, log: RoundLog, **opti
     """A recording strategy of rule ``name`` that trains the nodes it is shown (the round
     loop samples them) and evaluates every node. ``options``: the rule's own keywords
     (``get_rule(name).server_options(cfg)``)."""
-    from strategies.recording import recording
-
     return recording(get_rule(name).server_class)(
         fraction_train=1.0,
         fraction_evaluate=1.0,
