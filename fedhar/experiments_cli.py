@@ -9,7 +9,7 @@ from pathlib import Path
 from fedhar.data.cli import add_synthetic_options, synthetic_config
 from fedhar.data.registry import SYNTHETIC, dataset_names
 from fedhar.errors import FedharError
-from fedhar.options import MAX_RANK, name_list, number_list
+from fedhar.options import MAX_RANK, check_device, name_list, number_list
 
 
 def _lodo():  # imported when an option needs its names: torch makes `fedhar --help` slow
@@ -69,7 +69,7 @@ def register(commands) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=30, help="MAE pretraining epochs (cached)")
     p.add_argument("--split", choices=("random", "published"), default="random",
                    help="subject split: seeded random, or the dataset's published one")
-    add_synthetic_options(p, domains=4, subjects=8)
+    add_synthetic_options(p)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default) or cuda[:N]")
     p.add_argument("--backbone-file", action="append", default=[], metavar="HELD_OUT=PATH",
@@ -160,12 +160,7 @@ def cmd_lodo(args) -> int:
         raise FedharError(f"--windows-file {bad_windows[0]}: expected NAME=PATH.npz with NAME among --data")
     if bad:
         raise FedharError(f"--backbone-file {bad[0]}: expected HELD_OUT=PATH with HELD_OUT among the held-out datasets")
-    if args.device != "cpu":
-        import torch
-
-        if not args.device.startswith("cuda") or not torch.cuda.is_available():
-            raise FedharError(f"--device {args.device}: only cpu or cuda[:N] on a machine with a CUDA GPU "
-                              f"(this one has {'one' if torch.cuda.is_available() else 'none'})")
+    check_device(args.device)
     try:
         run_lodo(plan, args.out_dir, command="fedhar " + shlex.join(sys.argv[1:]))
     except ValueError as e:

@@ -38,6 +38,7 @@ from fedhar.data.splits import lodo_split
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
+from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS
 from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
 #: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
@@ -61,9 +62,9 @@ class LodoPlan:
     pretrain_epochs: int = 30
     split: str = "random"  # "random" (seeded, subject-disjoint) | "published" where a dataset has one
     data_dir: str = ""
-    synthetic_domains: int = 4
-    synthetic_subjects: int = 8
-    synthetic_seed: int = 0
+    synthetic_domains: int = SYNTHETIC_DOMAINS  # fedhar.options: every command's synthetic defaults
+    synthetic_subjects: int = SYNTHETIC_SUBJECTS
+    synthetic_seed: int = SYNTHETIC_SEED
     fresh_process: bool = True  # each run in a new process: clean peak-memory numbers
     threads: int = 0  # torch threads (0 = torch's default); 1 keeps runs steady on a shared machine
     device: str = "cpu"  # "cuda": fine-tune on the GPU (rows say which device; compare within one)

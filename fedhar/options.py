@@ -8,6 +8,7 @@ Every sub-command uses these, so `--out-dir`, `--data a,b`, `--heldout-data`, `-
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import re
 import sys
@@ -18,6 +19,28 @@ from fedhar.errors import FedharError
 #: LoRA ranks every command accepts: 1..the MAE's width (fedhar.model.mae.MAEConfig.dim; a
 #: higher rank adds nothing). Here, not in the model, so that option checks do not import torch.
 MAX_RANK = 192
+
+#: The synthetic data every sub-command generates unless told otherwise (``--synthetic-*``;
+#: fedhar.data.synthetic.SyntheticConfig, fedhar.lodo.LodoPlan and simulations.config.FLConfig
+#: take their defaults from here): the README's main job, 3 domains (so 3 clients, one per
+#: domain) of 6 subjects, generator seed 0.
+SYNTHETIC_DOMAINS = 3
+SYNTHETIC_SUBJECTS = 6
+SYNTHETIC_SEED = 0
+
+DEVICE_HELP = "where to train: cpu or cuda[:N]"
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """device if this machine has it ("cpu", or "cuda[:N]" with a CUDA GPU), else a FedharError."""
+    if device == "cpu":
+        return device
+    import torch  # only for a non-default device: option checks stay quick
+
+    if not re.fullmatch(r"cuda(:\d+)?", device) or not torch.cuda.is_available():
+        raise FedharError(f"{option} {device}: only cpu or cuda[:N] on a machine with a CUDA GPU "
+                          f"(this one has {'one' if torch.cuda.is_available() else 'none'})")
+    return device
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -89,6 +112,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown once and only when there is one; descriptions with line breaks kept as
     written, others wrapped."""
 
+    def _format_action(self, action):
+        if callable(action.help):  # computed only when help is shown (--strategy's imports every rule)
+            action = copy.copy(action)
+            action.help = action.help()
+        return super()._format_action(action)
+
     def _get_help_string(self, action):
         help_text = action.help or ""
         default = action.default
@@ -100,6 +129,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             default = ",".join(map(str, default))
         shown = str(default).replace("%", "%%")
         return f"{help_text} (default: {shown})"
+
+    def _split_lines(self, text, width):  # an option's help written as lines (a table) keeps them
+        if "\n" in text:
+            return text.splitlines()
+        return super()._split_lines(text, width)
 
     def _fill_text(self, text, width, indent):
         if "\n" in text:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from fedhar.data.cli import add_synthetic_options
 from fedhar.data.registry import dataset_names
-from fedhar.options import choice, name_list
+from fedhar.options import choice, name_list, number_list
 from simulations.config import FLConfig, run_config_key
+
+#: FLConfig fields that work as options but stay out of --help (they exist for the tests)
+HIDDEN = ("inject_failure",)
 
 
 def _choices() -> dict:
@@ -22,12 +25,16 @@ def _choices() -> dict:
             "data": dataset_names, "heldout_data": dataset_names, "pretrain_data": dataset_names}
 
 
-def strategy_help() -> str:
-    """--strategy's help: every named rule with its summary (strategies/registry.py)."""
+def strategy_help(default: str = "fedavg") -> str:
+    """--strategy's help: one line per named rule with its summary (strategies/registry.py)."""
     from strategies.registry import describe
 
-    rules = "; ".join(f"{name}: {summary}" for name, summary in describe())
-    return f"aggregation rule, by name or as module:Class (a strategies.base.Rule subclass). {rules}"
+    rules = describe()
+    width = max(len(name) for name, _ in rules)
+    lines = [f"  {name:<{width}}  {summary}" for name, summary in rules]
+    return "\n".join([f"aggregation rule (default: {default}): a name below, or module:Class (a strategies.base.Rule "
+                      "subclass)",
+                      *lines])
 
 
 def strategy_name(text: str) -> str:
@@ -50,9 +57,11 @@ def add_config_options(parser) -> None:
     choices = _choices()
     for f in fields(FLConfig):
         flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{run_config_key(f)}"])
-        if f.name == "strategy":
+        if f.name in HIDDEN:
+            parser.add_argument(*flags, type=type(f.default), default=f.default, help=argparse.SUPPRESS)
+        elif f.name == "strategy":
             parser.add_argument(*flags, type=strategy_name, default=f.default, metavar="NAME|MODULE:CLASS",
-                                help=strategy_help())
+                                help=lambda default=f.default: strategy_help(default))  # on --help only
         elif isinstance(f.default, bool):
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f.metadata["help"])
@@ -73,7 +82,7 @@ def config_from_args(args) -> FLConfig:
 def register(commands) -> None:
     p = commands.add_parser(
         "fl",
-        help="run a federated LoRA/QLoRA simulation (Flower, in-process)",
+        help="run a federated LoRA/QLoRA simulation (Flower; default engine: Ray)",
         description="Federated fine-tuning of adapters on a frozen MAE backbone. Defaults are the "
         "embedded default: synthetic data, one client per synthetic domain, LoRA rank 8, FedAvg.",
     )
@@ -82,6 +91,8 @@ def register(commands) -> None:
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
                    "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
+    p.add_argument("--seeds", type=number_list(int), metavar="SEED[,SEED...]",
+                   help="one run per seed, each in OUT_DIR/seed-N (instead of --seed)")
     p.add_argument("--address", default="",
                    help="ray engine: the Ray cluster to run on (e.g. auto, host:6379); default: a Ray instance "
                    "of this run's own, never one already running on the machine")
@@ -113,23 +124,34 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_fl(args) -> int:
-    from simulations.run import run_inprocess
+    from fedhar.errors import FedharError
 
     cfg = config_from_args(args)
     if cfg.resume and not cfg.out_dir:
-        from fedhar.errors import FedharError
-
         raise FedharError("--resume needs the --out-dir of the run to continue")
-    if args.engine == "flwr":
+    if args.address and args.engine != "ray":
+        raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
+    if args.seeds is None:
+        run_one(cfg, args.engine, args.address)
+        return 0
+    if not args.seeds or min(args.seeds) < 0:
+        raise FedharError(f"--seeds must be one or more seeds >= 0, got {','.join(map(str, args.seeds))}")
+    from simulations.startup import default_out_dir
+
+    root = Path(cfg.out_dir or default_out_dir())
+    for seed in args.seeds:  # one federation per seed, as `fedhar lodo --seeds` runs one per seed
+        run_one(replace(cfg, seed=seed, out_dir=str(root / f"seed-{seed}")), args.engine, args.address)
+    return 0
+
+
+def run_one(cfg: FLConfig, engine: str, address: str) -> None:
+    if engine == "flwr":
         from simulations.flwr_launch import launch
         from simulations.run import report
 
         t0 = time.perf_counter()
-        report(cfg, launch(cfg), time.perf_counter() - t0, live=False)
-        return 0
-    if args.address and args.engine != "ray":
-        from fedhar.errors import FedharError
+        report(cfg, launch(cfg), time.perf_counter() - t0)  # launch printed the round lines
+        return
+    from simulations.run import run_inprocess
 
-        raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
-    run_inprocess(cfg, engine=args.engine, address=args.address)
-    return 0
+    run_inprocess(cfg, engine=engine, address=address)

@@ -80,6 +80,13 @@ def load_client_data(cfg: FLConfig, pid: int):
                           f"{type(e).__name__}: {e}") from e
 
 
+def set_threads(cfg: FLConfig) -> None:
+    """torch threads of this client's work (--threads; default 1: one CPU per simulated client,
+    no oversubscription; 0 leaves torch's default)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 class InjectedFailure(RuntimeError):
     """Raised on purpose by a client named in the inject-failure config (fault tests)."""
 
@@ -89,8 +96,8 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
     app = ClientApp()
 
     def setup(msg: Message, context: Context):
-        torch.set_num_threads(1)  # one CPU per simulated client: no oversubscription
         cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
+        set_threads(cfg)
         pid = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
         sent_backbone = str(msg.content["config"].get(BACKBONE_KEY, ""))
@@ -128,14 +135,14 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         # the locally trained model on the client's own test windows (drift analytics: the gap
         # between it and the global model the client evaluates after aggregation)
         metrics["local_accuracy"] = evaluate_local(model, data)["accuracy"]
-        state = trainable_state_dict(model)
-        state = rule.send(state, client)
+        trained = {k: v.cpu() for k, v in trainable_state_dict(model).items()}  # (cfg.device may be a GPU)
+        state = rule.send(dict(trained), client)
         fed = federation(cfg)
         if fed.head == "local":
             head = {k: v for k, v in state.items() if is_head_key(k)}
             context.state[LOCAL_HEAD] = ArrayRecord(head)
             state = {k: v for k, v in state.items() if k not in head}  # nor does a local head
-        kept = {k: v for k, v in trainable_state_dict(model).items() if k not in state}
+        kept = {k: v for k, v in trained.items() if k not in state}
         save_local_parts(cfg.out_dir, fed.client_names[pid], kept, list(data.labels.names) if data.labels else [])  # for fedhar evaluate
         if fault == "nan":  # a corrupted update: the server must reject it, not average it
             state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
@@ -163,7 +170,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
             cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
             # no backbone path yet: a by-hand `flwr run .` pretrains, and its clients learn the path in round 1
             if cfg.backbone:
-                torch.set_num_threads(1)  # as every train / evaluate call: the model is built as there
+                set_threads(cfg)  # as every train / evaluate call: the model is built as there
                 fed = federation(cfg)
                 head = head_size(fed.client_labels[pid]) if fed.head == "local" else None
                 warm(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, head_classes=head)

@@ -49,7 +49,7 @@ _models: OrderedDict[tuple, _Built] = OrderedDict()
 
 def _key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None,
          head_classes: int | None) -> tuple:
-    return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.fused_lora, cfg.strategy,
+    return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.fused_lora, cfg.strategy, cfg.device,
             cfg.seed if seed is None else seed, n_classes, head_classes, str(Path(backbone).resolve()))
 
 
@@ -70,7 +70,7 @@ def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: 
     key = _key(cfg, n_classes, backbone, pid, seed, head_classes)
     built = _models.get(key)
     if built is None:
-        model = build_model(cfg, n_classes, backbone, pid, seed, head_classes)
+        model = build_model(cfg, n_classes, backbone, pid, seed, head_classes, device=cfg.device)
         built = _models[key] = _built(model)
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)

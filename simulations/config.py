@@ -46,7 +46,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fedhar.errors import FedharError
-from fedhar.options import MAX_RANK, check_name, split_names
+from fedhar.options import (
+    MAX_RANK,
+    SYNTHETIC_DOMAINS,
+    SYNTHETIC_SEED,
+    SYNTHETIC_SUBJECTS,
+    check_device,
+    check_name,
+    split_names,
+)
 from strategies.names import STRATEGY_NAMES  # noqa: F401 (the built-in names, for callers)
 
 PARTITIONS = ("dataset", "subject", "dirichlet")
@@ -102,8 +110,11 @@ class FLConfig:
         "on this share of the remaining subjects (validation subjects no client holds)")
     normalise: str = option("dataset",
         "z-normalisation statistics: each dataset's training windows over all clients, or each client's own")
-    synthetic_domains: int = option(3, "synthetic data: domains (each like a dataset, its own sampling rate)")
-    synthetic_subjects: int = option(6, "synthetic data: subjects per domain")
+    synthetic_domains: int = option(SYNTHETIC_DOMAINS, "synthetic data: domains (each like a dataset, its own sampling rate)")
+    synthetic_subjects: int = option(SYNTHETIC_SUBJECTS, "synthetic data: subjects per domain")
+    synthetic_seed: int = option(SYNTHETIC_SEED,
+        "synthetic data: generator seed (the clients' population is drawn with this + --seed, so each --seed is its "
+        "own draw)")
     # backbone
     pretrain_data: str = option("synthetic",
         "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets, comma-separated")
@@ -117,6 +128,10 @@ class FLConfig:
         "compute each LoRA layer as one fused addmm (faster; equal to peft's within float rounding, not bit for "
         "bit)")
     local_epochs: int = option(1, "epochs each client trains per round")
+    threads: int = option(1, "torch threads of each client (0: torch's own choice); on the ray and flwr engines "
+                          "every client is a process of its own")
+    device: str = option("cpu", "where the clients train and evaluate: cpu or cuda[:N] (the server's evaluation "
+                         "stays on the CPU)")
     batch_size: int = option(64, "training batch size on each client")
     lr: float = option(2e-3, "client learning rate (AdamW)")
     client_ranks: str = option("",
@@ -187,8 +202,12 @@ class FLConfig:
                      "synthetic_subjects"):
             if getattr(self, name) < 1:
                 raise FedharError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.seed < 2**32:  # numpy's and torch's generators take it whole
-            raise FedharError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("seed", "synthetic_seed"):  # numpy's and torch's generators take them whole
+            if not 0 <= getattr(self, name) < 2**32:
+                raise FedharError(f"--{_flag(name)} must be in 0..{2**32 - 1}, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise FedharError(f"--threads must be >= 0, got {self.threads}")
+        check_device(self.device)
         for f in fields(self):  # nan/inf never make sense as a setting
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

@@ -34,7 +34,7 @@ import psutil
 from fedhar.data import paths
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.startup import prepare_run
+from simulations.startup import gpus_per_client, prepare_run
 
 COMPLETED = "finished:completed"
 
@@ -172,46 +172,86 @@ def run_status(env: dict, run_id: str, connection: str | None = None) -> dict:
 
 
 def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
-    """Run ``cfg`` through ``flwr run``; returns the out-dir, raises FedharError unless it completed."""
+    """Run ``cfg`` through ``flwr run``; returns the out-dir, raises FedharError unless it completed.
+
+    What it prints is what the other engines print: the run's line, then one line per round
+    as the ServerApp finishes it. Flower's own output (its INFO / WARNING log, Ray's actor
+    lines, the SuperLink's notes) goes to ``<out-dir>/.flwr/flwr_run.log``, which an error
+    names; ``--verbose`` shows it as it comes, with the ``flwr run`` command and the run id."""
+    from fedhar.console import verbose
+    from simulations.startup import announce
+
     stream = stream or sys.stdout
     cfg, n_clients = prepare_run(cfg)  # one simulated SuperNode per client; the backbone's path in the run config
     out_dir = Path(cfg.out_dir)
     run_config = write_run_config(cfg, out_dir / "run_config.toml")
     flwr_home = out_dir / ".flwr"
     flwr_home.mkdir(exist_ok=True)
+    log_path = flwr_home / "flwr_run.log"
     env = app_environment(flwr_home, free_port(), free_port())
     federation_config = f"num-supernodes={n_clients} client-resources-num-cpus={int(cpus_per_client)}"
+    if gpus_per_client(cfg, n_clients):
+        federation_config += f" client-resources-num-gpus={gpus_per_client(cfg, n_clients)}"
+    announce(cfg, n_clients, "flwr", stream)
     with local_superlink(env, flwr_home):
         command = ["flwr", "run", str(project_dir()), "local", "--stream",
                    "--federation-config", federation_config, "--run-config", str(run_config)]
-        print("fedhar: " + " ".join(command), file=stream, flush=True)
-        output = _run_streaming(command, env, stream)
+        if verbose():
+            print("fedhar: " + " ".join(command), file=stream, flush=True)
+        output, shown = _run_streaming(command, env, stream, log_path, show_all=verbose())
         match = re.search(r"started run (\d+)", output)
         if not match:
-            raise FedharError(f"`flwr run` did not start a run:\n{output[-2000:]}")
+            raise FedharError(f"`flwr run` did not start a run; its output is in {log_path}:\n{output[-2000:]}")
         status = run_status(env, match.group(1))
     if status["status"] != COMPLETED:
         raise FedharError(f"flwr run {match.group(1)} ended {status['status']} ({status.get('status-details')}); "
-                          f"see {flwr_home / 'superlink.log'}")
-    print(f"fedhar: run {match.group(1)} {status['status']} in {status['elapsed']:.0f} s -> {out_dir}",
-          file=stream, flush=True)
+                          f"see {log_path} and {flwr_home / 'superlink.log'}")
+    _rounds_not_shown(cfg, out_dir, shown, stream)
+    if verbose():
+        print(f"fedhar: run {match.group(1)} {status['status']} in {status['elapsed']:.0f} s -> {out_dir}",
+              file=stream, flush=True)
     return out_dir
 
 
-def _run_streaming(command: list[str], env: dict, stream) -> str:
-    """Run a command, echoing its output as it comes, and return all of it."""
+ROUND_LINE = re.compile(r"^round (\d+)/\d+ ")  # simulations.progress.round_line, printed by the ServerApp
+
+
+def _run_streaming(command: list[str], env: dict, stream, log_path: Path, show_all: bool = False
+                   ) -> tuple[str, set[int]]:
+    """Run a command, writing all its output to ``log_path`` and echoing its round lines (every
+    line if show_all) as they come; returns all of the output and the rounds echoed."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
+    seen, shown = [], set()
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            stream.write(line)
-            stream.flush()
+        with open(log_path, "a") as log:
+            for line in proc.stdout:
+                seen.append(line)
+                log.write(line)
+                log.flush()
+                match = ROUND_LINE.match(line)
+                if match:
+                    shown.add(int(match.group(1)))
+                if show_all or match:
+                    stream.write(line)
+                    stream.flush()
         proc.wait()
     finally:
         if proc.poll() is None:
             stop_tree(proc)
-    return "".join(seen)
+    return "".join(seen), shown
+
+
+def _rounds_not_shown(cfg: FLConfig, out_dir: Path, shown: set[int], stream) -> None:
+    """The line of every finished round whose line did not come through the stream (from rounds.csv)."""
+    import pandas as pd
+
+    from simulations.progress import round_line
+
+    rounds_csv = out_dir / "rounds.csv"
+    if rounds_csv.exists():
+        for row in pd.read_csv(rounds_csv).to_dict("records"):
+            if int(row["round"]) not in shown:
+                print(round_line(row, cfg.rounds), file=stream, flush=True)
 
 
 APP_CONFIG_HEADER = "[tool.flwr.app.config]"

@@ -22,23 +22,24 @@ KINDS = {
               "Mean relative drift (or 1 - cosine) of the clients' BA updates over clients and LoRA layers, per "
               "round; from a sweep's drift_mean column, else each trial's drift.csv. Lines per strategy (--by), "
               "shaded min-max over the trials (seeds) they average."),
-    "inexactness": ("aggregation inexactness vs local epochs and vs clients per round", "SWEEP",
-                    "Mean aggregation inexactness of each trial (inexactness_mean, else trials/<id>/inexactness.csv) "
-                    "against local epochs and against the clients aggregated per round; each panel holds the other "
-                    "factor at its most common value."),
+    "inexactness": ("each rule's aggregation error vs local epochs and vs clients per round", "SWEEP",
+                    "Each trial's rule's own aggregation error, mean over rounds and layers: 0 for the exact rules "
+                    "(FFA, FedEx, FLoRA), else the logged inexactness (inexactness_mean, else "
+                    "trials/<id>/inexactness.csv); against local epochs and against the clients aggregated per round; "
+                    "each panel holds the other factor at its most common value."),
     "clients": ("one run: accuracy per round for every client (+ server, held out)", "RUN_DIR",
                 "Each client's test accuracy per round from clients.csv (phase evaluate), the example-weighted "
                 "mean, and the server and held-out curves (thicker) when the run has them."),
     "pareto": ("final accuracy vs communicated MB, Pareto front", "SWEEP_OR_RUN",
-               "One point per configuration (mean over seeds): accuracy after the last round against the "
-               "cumulative bytes_up + bytes_down in MB; colour strategy, marker mode, labels strategy / rank; "
-               "the Pareto front drawn."),
+               "One point per configuration (mean over seeds): the global model's server-side accuracy after the "
+               "last round (the clients' accuracy where there is none, personalised rules marked) against the "
+               "cumulative bytes_up + bytes_down in MB; the Pareto front ringed."),
     "rank": ("accuracy and macro-F1 vs LoRA rank (sweep and/or LODO)", "SWEEP_OR_LODO",
              "Final accuracy and macro-F1 against LoRA rank: federated lines from a sweep, centralised ones from "
              "LODO runs.csv (one training share: 0.7 unless --train-fraction), full fine-tuning as a dotted level."),
-    "memory": ("LoRA vs QLoRA: memory against accuracy (sweep and/or LODO)", "SWEEP_OR_LODO",
-               "LoRA beside QLoRA: a sweep's peak_rss_mb against final accuracy, and/or LODO's frozen-weight bytes "
-               "as stored against held-out accuracy."),
+    "memory": ("LoRA vs QLoRA: frozen-weight bytes against accuracy (LODO)", "LODO",
+               "LoRA beside QLoRA: LODO's frozen-weight bytes as stored against held-out accuracy, the "
+               "configurations run in both modes (--where backbone_kind=other picks one backbone)."),
 }
 FUNCTIONS = {"drift": "drift_vs_round", "inexactness": "inexactness_scaling", "clients": "accuracy_per_client",
              "pareto": "accuracy_vs_bytes", "rank": "rank_ablation", "memory": "lora_vs_qlora"}
@@ -89,9 +90,10 @@ def register(commands) -> None:
             p.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy",
                            help="the score on the y axis")
         if kind == "pareto":
-            p.add_argument("--metric", default="accuracy", choices=(
+            p.add_argument("--metric", choices=(
                 "accuracy", "macro_f1", "server_accuracy", "server_macro_f1", "heldout_accuracy", "heldout_macro_f1"),
-                help="the score on the y axis (clients' weighted test accuracy, or the server-side ones)")
+                help="the score on the y axis (default: server_accuracy, the global model on the server's test "
+                "subjects; accuracy where a run has none); accuracy, macro_f1: the clients' own test windows")
         if kind in ("drift", "inexactness"):
             p.add_argument("--by", type=_columns, default=("strategy",),
                            help="setting column(s) that make one line each, comma-separated")

@@ -24,7 +24,7 @@ import pandas as pd
 from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
-from simulations.startup import prepare_run
+from simulations.startup import announce, gpus_per_client, prepare_run
 
 ENGINES = ("ray", "inline")
 
@@ -53,9 +53,7 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         print(f"\nfedhar fl --arm local: each client's own model, mean over clients:\n{summary.to_string()}\n"
               f"Table: {out_dir / 'local.csv'}", flush=True)
         return out_dir
-    print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
-          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {out_dir}",
-          flush=True)
+    announce(cfg, n_clients, engine)
     t0 = time.perf_counter()
     server_app, client_app = build_server_app(cfg), build_client_app(cfg)
     if engine == "inline":
@@ -63,11 +61,12 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
 
         run_inline(server_app, client_app, n_clients, cfg.to_run_config())
     else:
-        run_on_ray(server_app, client_app, n_clients, cpus_per_client, address)
+        run_on_ray(server_app, client_app, n_clients, cpus_per_client, address, gpus_per_client(cfg, n_clients))
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 
-def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, address: str) -> None:
+def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, address: str,
+               gpus_each: float = 0.0) -> None:
     """Flower's simulation engine, stoppable: Ray is started here, in the main thread (this run's
     own instance unless ``address``) and always shut down on the way out; Flower runs in a thread
     of its own while the main thread only waits, so Ctrl-C / SIGTERM reach fedhar's code, set
@@ -86,7 +85,8 @@ def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, a
     def simulate() -> None:
         try:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_clients,
-                           backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}})
+                           backend_config={"client_resources": {"num_cpus": cpus_per_client,
+                                                                 "num_gpus": gpus_each}})
         except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
             failed.append(e)
 

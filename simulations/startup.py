@@ -43,3 +43,18 @@ def prepare_run(cfg: FLConfig) -> tuple[FLConfig, int]:
     claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)
     return replace(cfg, backbone=str(ensure_backbone(cfg).resolve())), n_clients
+
+
+def announce(cfg: FLConfig, n_clients: int, engine: str, stream=None) -> None:
+    """The line every engine prints before its rounds: what runs, and where its tables go."""
+    import sys
+
+    print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
+          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {cfg.out_dir}",
+          file=stream or sys.stdout, flush=True)
+
+
+def gpus_per_client(cfg: FLConfig, n_clients: int) -> float:
+    """The share of a GPU each client's Ray actor reserves: the clients share one GPU when
+    --device is cuda (without a share Ray hides the GPU from the actor), none on the CPU."""
+    return 0.0 if cfg.device == "cpu" else 1.0 / max(1, n_clients)

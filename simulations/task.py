@@ -51,7 +51,7 @@ BACKBONE_KEY = "backbone"  # in every train / evaluate message's config: the ser
 
 
 def synthetic_config(cfg: FLConfig, pretraining: bool = False, heldout: bool = False) -> SyntheticConfig:
-    seed = cfg.seed + (PRETRAIN_SEED_OFFSET if pretraining else HELDOUT_SEED_OFFSET if heldout else 0)
+    seed = cfg.synthetic_seed + cfg.seed + (PRETRAIN_SEED_OFFSET if pretraining else HELDOUT_SEED_OFFSET if heldout else 0)
     return SyntheticConfig(n_domains=cfg.synthetic_domains, subjects_per_domain=cfg.synthetic_subjects, seed=seed)
 
 
@@ -250,7 +250,7 @@ def client_data(cfg: FLConfig, partition_id: int) -> ClientData:
 
 
 def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None = None,
-                seed: int | None = None, head_classes: int | None = None) -> Classifier:
+                seed: int | None = None, head_classes: int | None = None, device: str = "cpu") -> Classifier:
     """Classifier on the frozen backbone, set up for client ``pid``'s mode and rank (the
     server's model: cfg.mode at the largest rank). Seeded, so every side builds the same
     head and the same initial A; FLoRA passes a per-round seed for its fresh adapters.
@@ -258,7 +258,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
     head_classes: a local head of that many outputs instead of the n_classes one. The
     model is built with n_classes first, so the adapters' initial A is the same as on
     every other side (FFA-LoRA's frozen A must be), then the head is replaced by a fresh
-    one, seeded too."""
+    one, seeded too. device: where it lives (a client's ``cfg.device``; the server's stays on the CPU)."""
     mode = cfg.client_mode(pid) if pid is not None else cfg.mode
     rank = cfg.client_rank(pid) if pid is not None else cfg.max_rank
     mae = _mae(str(backbone))  # loading builds (randomly initialised) modules: before seeding
@@ -269,7 +269,7 @@ def build_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int | None =
         torch.manual_seed((cfg.seed if seed is None else seed) + 1)
         model.head = ClassificationHead(model.encoder.config.dim, head_classes)  # trainable, as the old
     get_rule(cfg.strategy).prepare_model(model)  # what the rule freezes (FFA-LoRA: A) never travels
-    return model
+    return model if device == "cpu" else model.to(device)  # built on the CPU first: the same values everywhere
 
 
 def load_partial(model: Classifier, state: dict[str, np.ndarray]) -> None:
@@ -307,7 +307,7 @@ def evaluate_local(model: Classifier, data: ClientData) -> dict:
 
 
 def get_trainable(model: Classifier) -> dict[str, np.ndarray]:
-    return {k: v.float().numpy() for k, v in trainable_state_dict(model).items()}
+    return {k: v.detach().float().cpu().numpy() for k, v in trainable_state_dict(model).items()}
 
 
 def set_trainable(model: Classifier, arrays: dict[str, np.ndarray]) -> None:

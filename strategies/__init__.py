@@ -13,10 +13,17 @@ from strategies.base import ClientSide, Rule
 from strategies.recording import RoundLog, recording
 from strategies.registry import BUILTIN, get_rule, rule_class, rule_names
 
-#: built-in name -> its Flower strategy class
-STRATEGIES = {name: rule_class(name).server_class for name in BUILTIN}
-#: built-in strategies whose clients may have different LoRA ranks
-HETEROGENEOUS_RANKS = tuple(name for name in BUILTIN if get_rule(name).heterogeneous_ranks)
+
+def __getattr__(name: str):
+    """The rules are imported on first use, not with the package: a command that
+    only needs the names (every ``fedhar`` command builds ``fl``'s options) stays quick.
+    STRATEGIES: built-in name -> its Flower strategy class; HETEROGENEOUS_RANKS: the built-in
+    strategies whose clients may have different LoRA ranks."""
+    if name == "STRATEGIES":
+        return {n: rule_class(n).server_class for n in BUILTIN}
+    if name == "HETEROGENEOUS_RANKS":
+        return tuple(n for n in BUILTIN if get_rule(n).heterogeneous_ranks)
+    raise AttributeError(f"module 'strategies' has no attribute {name!r}")
 
 
 def make_strategy(name: str, n_train: int, n_clients: int, log: RoundLog, **options):

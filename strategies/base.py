@@ -53,6 +53,12 @@ class Rule:
     name: str = ""  # set by the registry: the name it was looked up by
     summary: str = ""  # one line for --help and the README's table
     server_class: type = None  # type: ignore[assignment]  # a Flower Message-API strategy
+    #: its aggregate of the clients' updates is sum_k p_k s_k B_k A_k itself (fedhar/lora_math.py):
+    #: no aggregation error (FFA-LoRA, FedEx-LoRA, FLoRA)
+    exact: bool = False
+    #: each client keeps part of the model (FedSA-LoRA's B): the clients' own test scores are
+    #: those of personalised models, not of one global model
+    personalised: bool = False
 
     @property
     def heterogeneous_ranks(self) -> bool:

@@ -52,6 +52,7 @@ class FedExLoRA(FedIT):
 
 class FedExRule(Rule):
     summary = "FedEx-LoRA: FedIT + the exact residual on the base (exact)"
+    exact = True
     server_class = FedExLoRA
 
     def server_options(self, cfg) -> dict:

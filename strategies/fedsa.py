@@ -44,6 +44,7 @@ class FedSALoRA(FedIT):
 
 class FedSARule(Rule):
     summary = "FedSA-LoRA: A averaged, each B stays on its client (personalised)"
+    personalised = True
     server_class = FedSALoRA
 
     def receive(self, state: dict, client: ClientSide) -> dict:

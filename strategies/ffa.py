@@ -64,6 +64,7 @@ class FFALoRA(FedIT):
 
 class FFARule(Rule):
     summary = "FFA-LoRA: A frozen and shared, only B averaged (exact)"
+    exact = True
     server_class = FFALoRA
 
     def prepare_model(self, model) -> None:

@@ -66,6 +66,7 @@ class FLoRA(FedIT):
 
 class FLoRARule(Rule):
     summary = "FLoRA: stacked adapters merged into the base (exact, any ranks)"
+    exact = True
     server_class = FLoRA
 
     def server_options(self, cfg) -> dict:

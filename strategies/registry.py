@@ -88,8 +88,18 @@ def check_strategy(name: str) -> str:
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, summary) of every named rule, for help texts."""
-    return [(name, rule_class(name).summary) for name in rule_names()]
+    """(name, summary) of every named rule, for help texts; a second name of the same rule
+    says whose it is ("fedit": "the same rule as fedavg (strategies.fedit:FedITRule)") instead of repeating its summary."""
+    first: dict[type, str] = {}
+    rows = []
+    for name in rule_names():
+        cls = rule_class(name)
+        if cls in first:
+            rows.append((name, f"the same rule as {first[cls]} ({_target(name)})"))
+        else:
+            first[cls] = name
+            rows.append((name, cls.summary))
+    return rows
 
 
 def heterogeneous_rank_names() -> list[str]:

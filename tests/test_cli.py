@@ -100,7 +100,8 @@ def test_every_option_of_every_sub_command_has_help_and_shows_defaults_once():
                 continue
             if type(action).__name__ == "_SubParsersAction":
                 continue
-            if not (action.help or "").strip():
+            text = action.help() if callable(action.help) else action.help  # --strategy's: computed on --help
+            if not (text or "").strip():
                 missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
         text = parser.format_help()
         for wrong in ("%%", "(default: None)", "(default: ('", "(default: ["):

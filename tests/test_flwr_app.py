@@ -1,6 +1,7 @@
 """The Flower app as `flwr run .` sees it: its pyproject section, and real runs through a SuperLink."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,12 +61,22 @@ def _descendants() -> set[int]:
 
 @pytest.mark.slow
 def test_flwr_run_completes_writes_tables_and_stops_its_daemons(tmp_path, monkeypatch, capsys):
+    from fedhar.cli import main
+
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
     before, running = PYPROJECT.read_text(), _descendants()  # what earlier tests left is not ours
-    out = launch(_tiny(tmp_path / "run"))
+    out = tmp_path / "run"
+    assert main(["fl", "--engine", "flwr", "--synthetic-domains", "2", "--synthetic-subjects", "3", "--pretrain-epochs",
+                 "1", "--rounds", "2", "--batch-size", "32", "--out-dir", str(out)]) == 0
     rounds = pd.read_csv(out / "rounds.csv")
     assert list(rounds["round"]) == [1, 2] and (rounds["clients_trained"] == 2).all()
-    assert "finished:completed" in capsys.readouterr().out
+    # the output of the other engines: one line per round, none of Flower's or Ray's own lines
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("round ")] == ["1/2", "2/2"], lines
+    assert not [line for line in lines if re.search(r"INFO|WARNING|SuperNode|ClientAppActor|Flower|flwr run", line)]
+    assert any(line.startswith("fedhar fl: 2 clients") and "flwr engine" in line for line in lines)
+    assert "INFO" in (out / ".flwr" / "flwr_run.log").read_text()  # Flower's lines went to its log
     assert (out / "run_config.toml").exists()
     assert PYPROJECT.read_text() == before  # flwr run did not rewrite the project
     assert not _descendants() - running  # SuperLink, simulation and Ray all stopped

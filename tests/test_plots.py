@@ -104,10 +104,34 @@ def test_inexactness_against_epochs_and_clients(tmp_path):
     assert list(epochs.get_xticks()) == [1, 3] and list(clients.get_xticks()) == [4, 8]
     assert "local epochs" in epochs.get_xlabel() and "clients" in clients.get_xlabel()
     assert "at K = 4 clients" in epochs.get_title(loc="left").replace("\n", " ")
-    assert fig._suptitle.get_text() == "Aggregation inexactness · synthetic data · n = 12 trials"
+    assert fig._suptitle.get_text() == "Aggregation error of each rule · synthetic data · n = 12 trials"
     blob = sidecar(tmp_path, "inexactness")
     assert "grows with local epochs" in blob["message"]
     assert sum(p.endswith("inexactness.csv") for p in inputs(blob)) == 12
+
+
+def plotted(ax, label: str) -> list[float]:
+    """The y values of the errorbar series with this legend label."""
+    (container,) = [c for c in ax.containers if c.get_label() == label]
+    return list(container.lines[0].get_ydata())
+
+
+def test_an_exact_rule_is_plotted_with_zero_aggregation_error(tmp_path):
+    """FedEx-LoRA's aggregate is sum_k p_k B_k A_k itself (fedhar/lora_math.py): whatever gap its
+    clients' factors have (logged like FedAvg's), its own aggregation error is 0; FedAvg's is the gap."""
+    logged = inexactness_scaling(SCALING, tmp_path / "before")
+    assert min(plotted(logged.axes[0], "fedprox")) > 0  # these trials' clients have a gap ...
+    sweep = _copy(tmp_path, SCALING)
+    table = pd.read_csv(sweep / "results.csv")
+    table["strategy"] = table["strategy"].replace({"fedprox": "fedex"})  # ... now run under an exact rule
+    table.to_csv(sweep / "results.csv", index=False)
+    fig = inexactness_scaling(sweep, tmp_path / "out")
+    for ax in fig.axes:
+        assert plotted(ax, "fedex") == [0.0, 0.0]
+        assert min(plotted(ax, "fedavg")) > 0
+    blob = sidecar(tmp_path / "out", "inexactness")
+    assert any("exact rules, plotted at 0" in n and "fedex" in n for n in blob["notes"])
+    assert "fedex: exact, 0 by construction" in fig.axes[0].get_title(loc="left").replace("\n", " ")
 
 
 def test_inexactness_needs_something_varied():
@@ -147,10 +171,12 @@ def test_pareto_front(tmp_path):
     fig = accuracy_vs_bytes(SWEEP, tmp_path)
     (ax,) = fig.axes
     configurations = legend(ax)[:-1]
-    assert len(configurations) == 8 and legend(ax)[-1] == "Pareto front"
-    assert "fedavg / lora / r4" in configurations and "fedsa / qlora / r16" in configurations
+    assert len(configurations) == 8 and legend(ax)[-1].startswith("Pareto-optimal")
+    # no server-side score in this sweep: the clients' accuracy, FedSA's marked as personalised models'
+    assert "fedavg / lora / r4" in configurations and "fedsa / qlora / r16 (personalised)" in configurations
+    assert "personalised models" in ax.get_title(loc="left").replace("\n", " ")
     # every configuration its own colour and marker; no labels written over the points
-    points = [c for c in ax.collections if len(c.get_offsets()) == 1]
+    points = [c for c in ax.collections if len(c.get_offsets()) == 1 and c.get_facecolor().size]
     assert len({tuple(c.get_facecolor()[0]) for c in points}) == len({c.get_paths()[0].vertices.tobytes()
                                                                         for c in points}) == 8
     assert not ax.texts
@@ -158,8 +184,32 @@ def test_pareto_front(tmp_path):
     low, high = ax.get_ylim()
     assert high - low >= 0.1  # no zoom into a fraction of a point
     assert fig._suptitle.get_text().startswith("Final accuracy vs communicated MB · synthetic data · n = 8")
-    assert sidecar(tmp_path, "accuracy_vs_bytes")["message"].startswith("2 of 8 configurations are Pareto-optimal")
+    message = sidecar(tmp_path, "accuracy_vs_bytes")["message"]
+    assert message.startswith("2 of 4 configurations are Pareto-optimal") and "fedsa" not in message
     assert inputs(sidecar(tmp_path, "accuracy_vs_bytes")) == {"sweep/results.csv"}
+
+
+def test_pareto_defaults_to_the_global_models_server_side_score(tmp_path):
+    """`fedhar plot pareto` and `plot all` share one score: server_accuracy where the trials have it."""
+    sweep = _copy(tmp_path, SWEEP)
+    table = pd.read_csv(sweep / "results.csv")
+    table["server_accuracy"] = table["accuracy"] - 0.05
+    table.to_csv(sweep / "results.csv", index=False)
+    for fig in (accuracy_vs_bytes(sweep, tmp_path / "one"), plot_all(sweep, tmp_path / "all")["pareto"]):
+        (ax,) = fig.axes
+        assert "server-side accuracy" in ax.get_ylabel() and not any("personalised" in t for t in legend(ax))
+
+
+def test_pareto_log_axis_labels_several_ticks(tmp_path):
+    sweep = _copy(tmp_path, SWEEP)
+    table = pd.read_csv(sweep / "results.csv")
+    big = table["strategy"] == "fedsa"
+    table.loc[big, ["bytes_up", "bytes_down"]] *= 40  # a 40x range of MB: a log axis
+    table.to_csv(sweep / "results.csv", index=False)
+    (ax,) = accuracy_vs_bytes(sweep, tmp_path / "out").axes
+    assert ax.get_xscale() == "log"
+    low, high = ax.get_xlim()
+    assert len([t for t in ax.get_xticks() if low <= t <= high]) >= 3
 
 
 def test_pareto_indices():
@@ -193,19 +243,20 @@ def test_rank_ablation_needs_two_ranks():
 
 def test_lora_vs_qlora(tmp_path):
     fig = lora_vs_qlora([SWEEP, LODO], tmp_path)
-    sweep, lodo = fig.axes
-    assert legend(sweep) == ["LoRA (fp32 backbone), n=4", "QLoRA (4-bit NF4 backbone), n=4"]
+    (lodo,) = fig.axes  # frozen-weight bytes only: a sweep's process RSS is not the weights' memory
     # LoRA only at the rank QLoRA ran too: like with like
     assert legend(lodo) == ["LoRA (fp32 backbone), n=2", "QLoRA (4-bit NF4 backbone), n=2"]
-    assert "MB = 10^6 bytes" in sweep.get_xlabel() and "MB = 10^6 bytes" in lodo.get_xlabel()
+    assert "frozen" in lodo.get_xlabel() and "MB = 10^6 bytes" in lodo.get_xlabel()
     assert fig._suptitle.get_text().startswith("LoRA vs QLoRA")
-    assert sidecar(tmp_path, "lora_vs_qlora")["message"].startswith("QLoRA needs")
-    assert inputs(sidecar(tmp_path, "lora_vs_qlora")) == {"sweep/results.csv", "lodo/runs.csv"}
+    blob = sidecar(tmp_path, "lora_vs_qlora")
+    assert blob["message"].startswith("QLoRA needs") and "frozen weights" in blob["message"]
+    assert inputs(blob) == {"lodo/runs.csv"}
+    assert any("process RSS" in n for n in blob["notes"])
 
 
-def test_lora_vs_qlora_needs_both_modes():
-    with pytest.raises(NothingToPlot, match="both modes"):
-        lora_vs_qlora(SCALING, "unused")
+def test_lora_vs_qlora_needs_lodo_runs_of_both_modes():
+    with pytest.raises(NothingToPlot, match="frozen weights' bytes"):
+        lora_vs_qlora(SWEEP, "unused")
 
 
 def test_all_makes_what_the_inputs_allow(tmp_path):
@@ -243,7 +294,6 @@ def _drop(path: Path, column: str) -> None:
     (inexactness_scaling, SCALING, "results.csv", "trial_id"),
     (accuracy_vs_bytes, SWEEP, "results.csv", "bytes_up"),
     (rank_ablation, SWEEP, "results.csv", "rank"),
-    (lora_vs_qlora, SWEEP, "results.csv", "peak_rss_mb"),
     (lora_vs_qlora, LODO, "runs.csv", "frozen_bytes"),
     (rank_ablation, LODO, "runs.csv", "accuracy"),
 ])
@@ -326,7 +376,7 @@ def test_cli_draws_and_reports(capsys, tmp_path):
     assert code == 0 and (tmp_path / "fig.png").is_file() and (tmp_path / "fig.svg").is_file()
     assert out.startswith(f"{tmp_path / 'fig.png'}: After round 3") and "note: synthetic-d3: failed" in err
     code, out, err = run_cli(capsys, "plot", "pareto", SWEEP, "--out-dir", tmp_path, "--where", "mode=lora")
-    assert code == 0 and "of 4 configurations" in out
+    assert code == 0 and "of 2 configurations" in out and "personalised left out" in out
 
 
 def test_cli_all(capsys, tmp_path):

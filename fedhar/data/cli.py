@@ -23,7 +23,7 @@ from fedhar.data.registry import (
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
-from fedhar.options import check_name, choice
+from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS, check_name, choice
 
 
 def register(commands) -> None:
@@ -75,17 +75,14 @@ def dataset_arg(text: str) -> str:
     return choice("dataset", dataset_names)(text)
 
 
-def add_synthetic_options(p: argparse.ArgumentParser, domains: int | None = None, subjects: int | None = None) -> None:
-    """--synthetic-domains/-subjects/-seed: the same names as `fedhar fl`'s (default: the generator's)."""
-    from fedhar.data.synthetic import SyntheticConfig
-
-    base = SyntheticConfig()
+def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    """--synthetic-domains/-subjects/-seed: the same names and defaults (fedhar.options) as `fedhar fl`'s."""
     g = p.add_argument_group("synthetic data (dataset 'synthetic')")
-    g.add_argument("--synthetic-domains", type=int, default=domains or base.n_domains,
+    g.add_argument("--synthetic-domains", type=int, default=SYNTHETIC_DOMAINS,
                    help="number of domains (each like a dataset)")
-    g.add_argument("--synthetic-subjects", type=int, default=subjects or base.subjects_per_domain,
+    g.add_argument("--synthetic-subjects", type=int, default=SYNTHETIC_SUBJECTS,
                    help="subjects per domain")
-    g.add_argument("--synthetic-seed", type=int, default=base.seed, help="generator seed")
+    g.add_argument("--synthetic-seed", type=int, default=SYNTHETIC_SEED, help="generator seed")
 
 
 def synthetic_config(args):

@@ -19,7 +19,6 @@ from fractions import Fraction
 from math import pi
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from fedhar.data.labels import UNLABELLED
 from fedhar.data.schema import STANDARD_GRAVITY, PrepareReport, Recording, WindowSet
@@ -52,6 +51,8 @@ def resample(rec: Recording, rate: float) -> Recording:
         return rec
     ratio = Fraction(rate / rec.rate).limit_denominator(1000)
     up, down = ratio.numerator, ratio.denominator
+    from scipy.signal import resample_poly  # here: reading prepared windows from the cache never needs it (~1 s)
+
     signal = resample_poly(rec.signal, up, down, axis=0)
     n_out = len(signal)
     # nearest original sample for each new sample time

@@ -67,6 +67,7 @@ import numpy as np
 from fedhar.data.labels import ACTIVITY_ID, UNLABELLED
 from fedhar.data.schema import STANDARD_GRAVITY, Recording
 from fedhar.errors import FedharError
+from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS
 
 #: bump when the generated data changes, so cached windows are prepared again
 VERSION = 1
@@ -137,13 +138,13 @@ DEFAULT_ACTIVITIES = ("walking", "upstairs", "downstairs", "sitting", "standing"
 class SyntheticConfig:
     """What to generate; part of the window cache key (``as_dict``)."""
 
-    n_domains: int = 3
-    subjects_per_domain: int = 6
+    n_domains: int = SYNTHETIC_DOMAINS
+    subjects_per_domain: int = SYNTHETIC_SUBJECTS
     activities: tuple[str, ...] = DEFAULT_ACTIVITIES
     seconds_per_activity: float = 30.0  # default set: about 2,400 windows
     rates: tuple[float, ...] = (50.0, 100.0, 200.0)  # Hz, cycled over domains
     difficulty: float = 1.0
-    seed: int = 0
+    seed: int = SYNTHETIC_SEED
 
     def __post_init__(self):
         # accept lists (e.g. from JSON or a CLI) but keep the config hashable

@@ -17,6 +17,7 @@ def add_base_deltas(model: torch.nn.Module, deltas: dict[str, np.ndarray]) -> No
     The update lives in its own float32 tensor: folded into 4-bit NF4 weights it would be
     rounded away (dequantise -> add -> requantise erases small updates)."""
     for layer, delta in deltas.items():
-        weight = torch.from_numpy(np.asarray(delta, dtype=np.float32))
         module = model.get_submodule(layer)
+        device = next(module.parameters()).device  # a client's model may live on a GPU
+        weight = torch.from_numpy(np.asarray(delta, dtype=np.float32)).to(device)
         module.register_forward_hook(lambda m, inputs, out, w=weight: out + F.linear(inputs[0], w))

@@ -12,7 +12,7 @@
 # other+synthetic. Mode probe = the head alone on the frozen backbone (a cheap diagnostic).
 set -euo pipefail
 fedhar=${FEDHAR:-fedhar}
-common="--data uci-har,usc-had --pretrain-pool hapt --epochs 20 --pretrain-epochs 30 --threads 1"
+common="--data uci-har,usc-had --pretrain-pool hapt --epochs 20 --pretrain-epochs 30 --threads 1 --synthetic-domains 4 --synthetic-subjects 8"
 
 for held in uci-har usc-had; do
   # 1. pretraining, tested: probe on every backbone (5 seeds), LoRA and full on none vs other (3 seeds)

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+    ScalarFormatter,
+)
 
 from fedhar.errors import DataFormatError, FedharError
 from simulations.plots import style as st
@@ -54,6 +62,16 @@ def _data(frame: pd.DataFrame, column: str = "data") -> str:
 
 def _n(k: int, what: str) -> str:
     return f"n = {k} {what}{'s' if k != 1 else ''}"
+
+
+def rule_flag(strategy, flag: str) -> bool | None:
+    """A rule's ``exact`` / ``personalised`` flag (strategies.base.Rule); None for a name that does not resolve."""
+    from strategies.registry import rule_class
+
+    try:
+        return bool(getattr(rule_class(str(strategy)), flag, False))
+    except FedharError:
+        return None
 
 
 SCORE_NAMES = {**METRIC_NAMES, "server_accuracy": "server-side accuracy", "server_macro_f1": "server-side macro-F1",
@@ -193,12 +211,7 @@ def inexactness_scaling(inputs: Paths, out_dir: str | Path, *, by: Sequence[str]
     if not src.federated:
         raise NothingToPlot(f"inexactness needs a sweep or run folders; got {src.describe()}")
     trials = load_trials(src, trace, required=by, purpose="the inexactness figure").where(where)
-    summary = trials.summary()
-    summary["inexactness"] = summary["trial_id"].map(_inexactness(trials, trace))
-    if summary["inexactness"].isna().any():
-        trace.note("no inexactness for trial(s) " + ", ".join(summary.loc[summary["inexactness"].isna(), "trial_id"])
-                   + " (a strategy whose aggregation is exact logs none); left out")
-        summary = summary.dropna(subset=["inexactness"])
+    summary = aggregation_error(trials, trace)
     table = trials.tables[trials.ids[0]]
     panels = []
     if "local_epochs" in summary.columns:
@@ -235,41 +248,75 @@ def inexactness_scaling(inputs: Paths, out_dir: str | Path, *, by: Sequence[str]
                 sub = sub[sub[o] == keep]
                 fixed = (f"E = {fmt(keep)} local epoch{'s' if keep != 1 else ''}" if o == "local_epochs"
                          else f"K = {fmt(keep)} clients")
-        for g in groups:
+        xs = sorted(sub[x].dropna().unique())
+        width = 0.04 * ((xs[-1] - xs[0]) if len(xs) > 1 else 1.0)  # groups side by side: the exact rules all sit at 0
+        for i, g in enumerate(groups):
             stats = sub[sub["group"] == g].groupby(x)["inexactness"].agg(["mean", "min", "max"])
             if stats.empty:
                 continue
-            ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+            ax.errorbar(stats.index + width * (i - (len(groups) - 1) / 2), stats["mean"],
+                        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                         color=colour[g], marker=marker[g], capsize=3, label=g,
                         ls="-" if len(stats) > 2 else "none")  # no trend line through two points
-        xs = sorted(sub[x].dropna().unique())
         ax.xaxis.set_major_locator(FixedLocator(xs))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("aggregation inexactness (unitless)")
-        ax.set_ylim(0, 1.15 * sub["inexactness"].max())
+        ax.set_ylabel("aggregation error of the rule (unitless)")
+        ax.set_ylim(0, 1.15 * max(sub["inexactness"].max(), 1e-3))
         single = sub.groupby(["group", x]).size().max() == 1
         ax.legend(title=", ".join(by))
         skip = (*by, x, *others, *(["num_clients", "fraction_train"] if clients == "clients_trained" else []))
         mixed = spread(sub, [c for c in (*trials.settings, "seed") if c not in skip])
         note = ("not varied in this sweep; " if len(xs) < 2 else "") + (f"at {fixed}; " if fixed else "")
-        st.caption(ax, note + INEXACTNESS_FORMULA + ", mean over rounds and layers"
+        exact = sorted({fmt(g) for g in sub.get("strategy", pd.Series(dtype=object)).dropna()
+                        if rule_flag(g, "exact")})
+        st.caption(ax, note + "the rule's own error: " + INEXACTNESS_FORMULA + ", mean over rounds and layers"
+                   + (f"; {', '.join(exact)}: exact, 0 by construction" if exact else "")
                    + (f"; averages over {mixed}" if mixed else "")
-                   + ("; one trial per point: no interval" if single else "; bars: min–max over trials"), width=62)
-        if len(xs) > 1:
-            means = sub.groupby(x)["inexactness"].mean()
+                   + ("; one trial per point: no interval" if single else "; bars: min–max over trials")
+                   + ("; rules side by side at each value" if len(groups) > 1 else ""), width=62)
+        inexact = sub[[g not in exact for g in sub.get("strategy", pd.Series("", index=sub.index)).map(fmt)]]
+        if len(xs) > 1 and not inexact.empty:  # the trend of the rules that have an error (the exact ones stay at 0)
+            means = inexact.groupby(x)["inexactness"].mean()
             a, b = means.iloc[0], means.iloc[-1]
             verb = "grows" if b > 1.05 * a else "shrinks" if b < 0.95 * a else "barely changes"
             if messages and messages[-1].startswith(verb + " "):
                 verb = ""
             messages.append(f"{verb + ' ' if verb else ''}with {'local epochs' if symbol == 'E' else 'clients'} "
-                            f"({a:.3g} at {symbol}={fmt(xs[0])} → {b:.3g} at {symbol}={fmt(xs[-1])}"
+                            f"(inexact rules' mean "
+                            f"{a:.3g} at {symbol}={fmt(xs[0])} → {b:.3g} at {symbol}={fmt(xs[-1])}"
                             + ("; one trial per point, no interval" if single else "") + ")")
-    message = "Aggregation inexactness " + " and ".join(messages)
-    st.title(fig, title or f"Aggregation inexactness · {_data(summary)} · {_n(len(summary), 'trial')}")
+    message = "Aggregation error " + " and ".join(messages)
+    st.title(fig, title or f"Aggregation error of each rule · {_data(summary)} · {_n(len(summary), 'trial')}")
     return st.save(fig, out_dir, name, trace, kind="inexactness", message=message, svg=svg)
 
 
-def _inexactness(trials: Trials, trace: Trace) -> pd.Series:
+def aggregation_error(trials: Trials, trace: Trace) -> pd.DataFrame:
+    """trials.summary() with column ``inexactness``: each trial's rule's own aggregation error,
+    mean over rounds and layers. A rule whose aggregate is exactly sum_k p_k s_k B_k A_k (``Rule.exact``:
+    FFA-LoRA, FedEx-LoRA, FLoRA; fedhar/lora_math.py) has none: 0, whatever gap its clients' factors
+    have (FedEx sends that gap as a residual, FLoRA stacks). Every other rule's is the logged gap
+    ||sum_k p_k B_k A_k - mean(B) mean(A)|| / ||sum_k p_k B_k A_k|| of what it averages. Trials with
+    neither (FedSA-LoRA: no global B) are left out, with a note."""
+    summary = trials.summary()
+    exact = (summary["strategy"].map(lambda name: rule_flag(name, "exact")).fillna(False).astype(bool)
+             if "strategy" in summary else pd.Series(False, index=summary.index))
+    # nothing logged is an error (naming the table) unless exact rules make the figure anyway
+    summary["inexactness"] = summary["trial_id"].map(_inexactness(trials, trace, required=not exact.any()))
+    if "strategy" in summary:
+        if exact.any():
+            summary.loc[exact, "inexactness"] = 0.0
+            trace.note("exact rules, plotted at 0 (no aggregation error by construction): "
+                       + ", ".join(sorted(summary.loc[exact, "strategy"].map(fmt).unique())))
+    if summary["inexactness"].isna().any():
+        trace.note("no aggregation error for trial(s) " + ", ".join(summary.loc[summary["inexactness"].isna(), "trial_id"])
+                   + " (a personalised rule, or no inexactness logged); left out")
+        summary = summary.dropna(subset=["inexactness"])
+    if summary.empty:
+        raise NothingToPlot(f"{trials.describe()}: no trial logged an aggregation inexactness")
+    return summary
+
+
+def _inexactness(trials: Trials, trace: Trace, required: bool = True) -> pd.Series:
     """trial_id -> mean inexactness over rounds (and layers)."""
     rounds = trials.rounds
     if "inexactness_mean" in rounds.columns and rounds["inexactness_mean"].notna().any():
@@ -289,6 +336,8 @@ def _inexactness(trials: Trials, trace: Trace) -> pd.Series:
             trace.note(f"{path}: {len(df) - len(finite)} missing or infinite value(s) left out")
         if len(finite):
             values[tid] = finite.mean()
+    if not values and not required:
+        return pd.Series(dtype=float)
     if not values:
         tid = trials.ids[0]
         table = trials.tables[tid]
@@ -380,7 +429,7 @@ def accuracy_per_client(run: str | Path, out_dir: str | Path, *, metric: str = "
     st.honest_score_axis(ax, [*evaluate[metric], *[v for c in extra.values() for v in c]])
     st.percent_axis(ax.yaxis)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, frameon=False)  # never over a client's line
     st.caption(ax, f"{run_dir}: every client's {METRIC_NAMES[metric]} on its own test split after each round"
                + ("; gaps: no evaluation that round" if evaluate.groupby("who").size().min() < len(rounds) else ""))
     final = evaluate[evaluate["round"] == evaluate["round"].max()].groupby("who")[metric].mean()
@@ -407,19 +456,33 @@ def _mean_curve(rows: pd.DataFrame, metric: str, weighted: bool) -> pd.Series:
 
 # ------------------------------------------------------------ 4. accuracy vs bytes (Pareto)
 
+#: the Pareto figures' score unless told otherwise (`fedhar plot pareto`, `plot all`, make_figures.sh):
+#: the global model on the server's test subjects, the one score every rule is comparable on
+#: (the clients' own scores are personalised models' for FedSA-LoRA); runs without it fall back
+#: to the clients' accuracy, with personalised rules marked
+PARETO_METRIC = "server_accuracy"
+CLIENT_SCORES = ("accuracy", "macro_f1")
+
+
 @st.styled
-def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str = "accuracy", where: dict | None = None,
+def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str | None = None, where: dict | None = None,
                       title: str | None = None, svg: bool = False, name: str = "accuracy_vs_bytes") -> Figure:
     """Final-round accuracy vs cumulative bytes up + down (MB), one point per configuration
-    (mean over seeds; bars min-max), colour = strategy, marker = mode, Pareto front drawn."""
-    if metric not in SCORE_NAMES:
+    (mean over seeds; bars min-max), every configuration its own colour and marker, the Pareto
+    front ringed. metric: PARETO_METRIC by default (else "accuracy" where no trial has it)."""
+    if metric is not None and metric not in SCORE_NAMES:
         raise FedharError(f"metric must be one of {', '.join(SCORE_NAMES)}, got {metric!r}")
     trace = Trace()
     src = classify(inputs)
     if not src.federated:
         raise NothingToPlot(f"accuracy vs bytes needs a sweep or run folders; got {src.describe()}")
-    trials = load_trials(src, trace, required=("strategy", metric, "bytes_up", "bytes_down"),
+    trials = load_trials(src, trace, required=("strategy", *([metric] if metric else []), "bytes_up", "bytes_down"),
                          purpose="the accuracy-vs-bytes figure").where(where)
+    if metric is None:
+        has_server = PARETO_METRIC in trials.rounds and trials.rounds[PARETO_METRIC].notna().any()
+        metric = PARETO_METRIC if has_server else "accuracy"
+        if not has_server:
+            trace.note(f"no {PARETO_METRIC} (the run had no server test subjects): the clients' accuracy instead")
     s = trials.summary().dropna(subset=[metric, "mb"])
     keys = varying(s, trials.settings) or ["strategy"]
     points = (s.groupby(keys, dropna=False, sort=True)
@@ -432,26 +495,38 @@ def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str = "accu
         points["strategy"] = s["strategy"].iloc[0]
     # name a configuration by the settings that tell configurations apart (not by one set only for some)
     named = [k for k in keys if points[k].dropna().map(fmt).nunique() > 1] or keys
-    points["label"] = [label(row, named) for _, row in points.iterrows()]
+    # the clients' own scores of a personalised rule (FedSA-LoRA) are not a global model's: marked, off the front
+    points["personalised"] = (metric in CLIENT_SCORES) & points["strategy"].map(
+        lambda name: bool(rule_flag(name, "personalised")))
+    points["label"] = [label(row, named) + (" (personalised)" if row["personalised"] else "")
+                       for _, row in points.iterrows()]
     points = points.sort_values("label").reset_index(drop=True)
     # every configuration its own colour and marker, named in the legend (labels on the points overlap)
     colour, marker = st.colours(points["label"]), st.markers(points["label"])
-    front = _pareto(points["mb"].to_numpy(), points["acc"].to_numpy())
+    comparable = points[~points["personalised"]]
+    front = comparable.index[_pareto(comparable["mb"].to_numpy(), comparable["acc"].to_numpy())]
+    log_x = points["mb"].max() > 5 * points["mb"].min() > 0
+    points["x"], dodged = _dodge(points["mb"], log_x)
 
     fig, (ax,) = st.new_figure(width=7.6, height=4.8)
     for _, p in points.iterrows():
         c, m = colour[p["label"]], marker[p["label"]]
         if p["n"] > 1:
-            ax.errorbar(p["mb"], p["acc"], yerr=[[p["acc"] - p["lo"]], [p["hi"] - p["acc"]]], fmt="none",
+            ax.errorbar(p["x"], p["acc"], yerr=[[p["acc"] - p["lo"]], [p["hi"] - p["acc"]]], fmt="none",
                         ecolor=c, elinewidth=1, capsize=3)
-        ax.scatter(p["mb"], p["acc"], color=c, marker=m, s=52, zorder=3,
+        ax.scatter(p["x"], p["acc"], color=c, marker=m, s=52, zorder=3, edgecolors="white", linewidths=0.6,
                    label=p["label"] + (f" (n={int(p['n'])})" if p["n"] > 1 else ""))
-    on = points.iloc[front].sort_values("mb")
-    ax.step(on["mb"], on["acc"], where="post", color="#000000", lw=1.0, ls="--", label="Pareto front", zorder=2)
-    if points["mb"].max() > 5 * points["mb"].min() > 0:
+    on = points.loc[front].sort_values("mb")
+    ax.scatter(on["x"], on["acc"], s=190, facecolors="none", edgecolors="#000000", linewidths=1.1, zorder=2,
+               label="Pareto-optimal (ringed; dashed: the front)")
+    if len(on) > 1:
+        ax.step(on["x"], on["acc"], where="post", color="#000000", lw=1.0, ls="--", zorder=2)
+    if log_x:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))  # several labelled ticks
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.08)
     ax.set_xlabel(f"communicated, cumulative upload + download (MB; {MB_NOTE})")
     ax.set_ylabel(f"final-round test {SCORE_NAMES[metric]} (%)")
@@ -459,13 +534,20 @@ def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str = "accu
     st.percent_axis(ax.yaxis)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title=" / ".join(named), frameon=False)
     seeds = points["n"].max()
-    st.caption(ax, f"one point per configuration; {SCORE_NAMES[metric]} after the last round, bytes summed "
-               "over all rounds and clients"
+    whose = ("the global model on the server's test subjects" if metric.startswith(("server", "heldout")) else
+             "the clients' test windows: the global model" + ("; personalised models (each client's own B) where "
+                                                              "marked, left off the front"
+                                                              if points["personalised"].any() else ""))
+    st.caption(ax, f"one point per configuration; {SCORE_NAMES[metric]} after the last round ({whose}); bytes "
+               "summed over all rounds and clients"
+               + ("; points at equal MB spread sideways to stay visible" if dodged else "")
                + (f"; mean over up to {seeds} trials (seeds), bars: min–max" if seeds > 1
                   else "; one trial each: no interval"))
-    best = points.loc[points["acc"].idxmax()]
+    best = comparable.loc[comparable["acc"].idxmax()]
     cheap = on.iloc[0]
-    message = (f"{len(on)} of {len(points)} configurations {'is' if len(on) == 1 else 'are'} Pareto-optimal: "
+    message = (f"{len(on)} of {len(comparable)} configurations {'is' if len(on) == 1 else 'are'} Pareto-optimal"
+               + (f" ({int(points['personalised'].sum())} personalised left out)" if points["personalised"].any() else "")
+               + ": "
                f"{best['label']} is most accurate "
                f"({best['acc']:.1%}, {best['mb']:,.1f} MB)")
     if cheap["label"] != best["label"]:
@@ -473,6 +555,30 @@ def accuracy_vs_bytes(inputs: Paths, out_dir: str | Path, *, metric: str = "accu
     st.title(fig, title or f"Final accuracy vs communicated MB · {_data(s)} · {_n(len(points), 'configuration')}"
              + (f", {_n(int(seeds), 'seed')} max" if seeds > 1 else ", one trial each"))
     return st.save(fig, out_dir, name, trace, kind="pareto", message=message, svg=svg)
+
+
+def _dodge(mb: pd.Series, log_x: bool) -> tuple[pd.Series, bool]:
+    """x positions: points at (nearly) the same MB side by side instead of on top of each other,
+    a fixed step apart (in log10 MB on a log axis); whether any was moved."""
+    t = np.log10(mb) if log_x else mb.astype(float)
+    span = float(t.max() - t.min()) or 1.0
+    step, x, moved = 0.02 * span, t.copy(), False
+    order = t.sort_values()
+    clusters, current = [], [order.index[0]]
+    for i in order.index[1:]:
+        if t[i] - t[current[-1]] < 0.01 * span:
+            current.append(i)
+        else:
+            clusters.append(current)
+            current = [i]
+    clusters.append(current)
+    for members in clusters:
+        if len(members) > 1:
+            centre = t[members].mean()
+            for k, i in enumerate(sorted(members)):
+                x[i] = centre + step * (k - (len(members) - 1) / 2)
+            moved = True
+    return (10 ** x if log_x else x), moved
 
 
 def _pareto(cost: np.ndarray, gain: np.ndarray) -> list[int]:
@@ -541,9 +647,15 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
             stats = rows.groupby("rank")[metric].agg(["mean", "min", "max", "size"]).dropna(subset=["mean"])
             if stats.empty:
                 continue
+            # a line only through points of the same n: a 2-seed mean joined to single runs reads as a trend
+            same_n = stats["size"].nunique() == 1
             ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        color=colour[lab], marker=marker[lab], ls=ls if len(stats) > 2 else "none", capsize=3,
-                        label=lab)
+                        color=colour[lab], marker=marker[lab], ls=ls if len(stats) > 2 and same_n else "none",
+                        capsize=3, label=lab)
+            if not same_n:
+                for r, row in stats.iterrows():
+                    ax.annotate(f"n={int(row['size'])}", (r, row["mean"]), xytext=(5, -10), textcoords="offset points",
+                                fontsize=7, color=colour[lab])
             if metric == "accuracy" and len(stats) > 1:
                 source = "LODO" if lab.startswith("LODO") else "federated"
                 deltas.append((source, stats.index[0], stats.index[-1], stats["mean"].iloc[-1] - stats["mean"].iloc[0]))
@@ -565,8 +677,8 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
         parts = (["federated: after the last round"] if src.federated else []) + \
                 (["LODO: on the held-out dataset's test subjects"] if src.lodo else [])
         st.caption(ax, f"{METRIC_NAMES[metric]}, " + "; ".join(parts) + ("; dotted: full fine-tuning" if levels else "")
-                   + (f"; mean over up to {seeds} runs (seeds), bars: min–max" if seeds > 1
-                      else "; one run per point: no interval"), width=62)
+                   + (f"; mean over up to {seeds} runs (seeds), bars: min–max; n per point where it differs, "
+                      "no line joining them" if seeds > 1 else "; one run per point: no interval"), width=62)
     messages = []
     for source in dict.fromkeys(d[0] for d in deltas):
         mine = [d for d in deltas if d[0] == source]
@@ -590,71 +702,61 @@ def rank_ablation(inputs: Paths, out_dir: str | Path, *, where: dict | None = No
 @st.styled
 def lora_vs_qlora(inputs: Paths, out_dir: str | Path, *, where: dict | None = None, train_fraction: float | None = None,
                   title: str | None = None, svg: bool = False, name: str = "lora_vs_qlora") -> Figure:
-    """Memory against accuracy, LoRA beside QLoRA: a sweep's peak RSS per trial and/or LODO's
-    frozen-weight bytes as stored; one panel per source."""
+    """LoRA beside QLoRA: the bytes of the frozen backbone weights as stored against test accuracy,
+    from LODO runs.csv (frozen_bytes), one panel per held-out dataset's configurations run in both
+    modes (+: mean per mode). A sweep's peak RSS is not used: it measures the whole process
+    (PyTorch, bitsandbytes, the data), not the weights QLoRA quantises."""
     trace = Trace()
     src = classify(inputs)
-    if not (src.sweeps or src.lodo):
-        raise NothingToPlot(f"LoRA vs QLoRA needs a sweep (peak_rss_mb) or a LODO runs.csv; got {src.describe()}")
-    panels = []  # (caption, x label, rows with mode, x, accuracy, tag)
-    if src.sweeps:
-        fed = classify(src.sweeps)
-        trials = load_trials(fed, trace, required=("mode", "peak_rss_mb", "accuracy"),
-                             purpose="the LoRA-vs-QLoRA figure").where(where)
-        s = trials.summary()
-        tags = [k for k in varying(s, trials.settings) if k != "mode"]
-        s["x"] = s["peak_rss_mb"]
-        s["tag"] = [label(row, tags) if tags else "" for _, row in s.iterrows()]
-        panels.append((f"federated sweep ({_data(s)}): peak resident memory of each trial, final-round accuracy",
-                       f"peak RSS of the trial (MB; {MB_NOTE})", s, [c for c in trials.settings if c != "mode"]))
-    if src.lodo:
-        rows = load_lodo(src.lodo, trace, ("frozen_bytes",), purpose="the LoRA-vs-QLoRA figure",
-                         train_fraction=train_fraction)
-        rows = rows.copy()
-        rows["x"] = rows["frozen_bytes"] / 1e6
-        tags = varying(rows[rows["mode"].isin(["lora", "qlora"])], ["held_out", "rank"])
-        rows["tag"] = [label(row, tags) if tags else "" for _, row in rows.iterrows()]
-        panels.append((f"centralised LODO ({_data(rows, 'held_out')} held out): frozen backbone weights as stored, "
-                       "test accuracy", f"frozen weights as stored (MB; {MB_NOTE})", rows, ["held_out", "rank"]))
-    usable = []
-    for cap, xlabel, rows, keys in panels:
-        mode = rows["mode"].map(fmt)
-        if (mode == "full").any():
-            trace.note(f"{cap.split(' (')[0]}: full fine-tuning rows left out (no frozen, quantised weights)")
-        rows = rows[mode.isin(["lora", "qlora"]) & rows["x"].notna() & rows["accuracy"].notna()]
-        rows = _matched(rows, [k for k in keys if k in rows.columns], cap.split(" (")[0], trace)
-        if rows["mode"].nunique() == 2:
-            usable.append((cap, xlabel, rows, keys))
-        else:
-            trace.note(f"{cap.split(' (')[0]}: only {', '.join(sorted(set(rows['mode']))) or 'no'} LoRA runs; "
-                       "no panel")
-    if not usable:
+    if not src.lodo:
+        raise NothingToPlot("LoRA vs QLoRA plots the frozen weights' bytes, which LODO's runs.csv records "
+                            f"(frozen_bytes); a sweep's peak RSS measures the whole process. Got {src.describe()}")
+    if src.federated:
+        trace.note("federated inputs left out: their tables have process RSS, not frozen-weight bytes")
+    rows = load_lodo(src.lodo, trace, ("frozen_bytes",), purpose="the LoRA-vs-QLoRA figure",
+                     train_fraction=train_fraction).copy()
+    for key, value in (where or {}).items():
+        if key not in rows.columns:
+            raise FedharError(f"--where {key}={value}: no column {key!r} in {src.describe()}")
+        rows = rows[rows[key].map(fmt) == value]
+    rows["x"] = rows["frozen_bytes"] / 1e6
+    keys = [k for k in ("held_out", "backbone_kind", "rank", "train_fraction") if k in rows.columns]
+    mode = rows["mode"].map(fmt)
+    if (mode == "full").any():
+        trace.note("full fine-tuning rows left out (no frozen, quantised weights)")
+    rows = rows[mode.isin(["lora", "qlora"]) & rows["x"].notna() & rows["accuracy"].notna()]
+    rows = _matched(rows, keys, "LODO", trace)
+    if rows["mode"].nunique() < 2:
         raise NothingToPlot(f"LoRA vs QLoRA needs runs of both modes (lora and qlora); {src.describe()} have "
                             "no such pair")
+    tags = list(varying(rows, keys))
+    rows["tag"] = [label(row, tags) if tags else "" for _, row in rows.iterrows()]
 
-    fig, axes = st.new_figure(len(usable), width=5.4, height=4.6)
-    messages = []
-    for ax, (cap, xlabel, rows, keys) in zip(axes, usable):
-        for mode, m in (("lora", "o"), ("qlora", "s")):
-            g = rows[rows["mode"] == mode]
-            ax.scatter(g["x"], g["accuracy"], color=st.MODE_COLOURS[mode], marker=m, s=40, alpha=0.85,
-                       label=f"{'QLoRA (4-bit NF4 backbone)' if mode == 'qlora' else 'LoRA (fp32 backbone)'}, "
-                             f"n={len(g)}")
-            ax.scatter([g["x"].mean()], [g["accuracy"].mean()], color=st.MODE_COLOURS[mode], marker="+", s=260,
-                       linewidths=2.2, zorder=4)
-        ax.margins(x=0.12, y=0.08)
-        tagged = rows[rows["tag"] != ""]
-        st.label_points(ax, tagged["x"], tagged["accuracy"], tagged["tag"], fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
-        st.honest_score_axis(ax, rows["accuracy"])
-        st.percent_axis(ax.yaxis)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
-        st.caption(ax, cap + "; +: mean per mode", width=62)
-        messages.append(_memory_message(rows, [k for k in keys if k in rows.columns], "RSS" in xlabel))
-    message = "QLoRA " + "; ".join(messages)
-    n = min(int((rows["mode"] == m).sum()) for _, _, rows, _ in usable for m in ("lora", "qlora"))
-    st.title(fig, title or f"LoRA vs QLoRA: memory and accuracy · {_n(n, 'run')} per mode at least")
+    fig, (ax,) = st.new_figure(width=5.8, height=4.6)
+    for mode, m in (("lora", "o"), ("qlora", "s")):
+        g = rows[rows["mode"] == mode]
+        ax.scatter(g["x"], g["accuracy"], color=st.MODE_COLOURS[mode], marker=m, s=40, alpha=0.85,
+                   label=f"{'QLoRA (4-bit NF4 backbone)' if mode == 'qlora' else 'LoRA (fp32 backbone)'}, "
+                         f"n={len(g)}")
+        ax.scatter([g["x"].mean()], [g["accuracy"].mean()], color=st.MODE_COLOURS[mode], marker="+", s=260,
+                   linewidths=2.2, zorder=4)
+    ax.margins(x=0.12, y=0.08)
+    tagged = rows[rows["tag"] != ""]
+    st.label_points(ax, tagged["x"], tagged["accuracy"], tagged["tag"], fontsize=7)
+    ax.set_xlabel(f"frozen backbone weights as stored (MB; {MB_NOTE})")
+    ax.set_ylabel("test accuracy (%)")
+    st.honest_score_axis(ax, rows["accuracy"])
+    st.percent_axis(ax.yaxis)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
+    seeds = int(rows.groupby("mode").size().min())
+    same = ", ".join(f"{k} {fmt(rows[k].iloc[0])}" for k in keys
+                     if k not in (*tags, "held_out") and rows[k].nunique() == 1)
+    st.caption(ax, f"centralised LODO ({_data(rows, 'held_out')} held out{'; ' + same if same else ''}): test "
+               "accuracy against the bytes of the frozen weights; +: mean per mode", width=62)
+    message = "QLoRA " + _memory_message(rows, keys)
+    device = (f" · {fmt(rows['device'].iloc[0])}" if "device" in rows and rows["device"].nunique() == 1 else "")
+    st.title(fig, title or f"LoRA vs QLoRA: frozen-weight memory and accuracy · {_n(seeds, 'seed')} per mode"
+             + device)
     return st.save(fig, out_dir, name, trace, kind="memory", message=message, svg=svg)
 
 
@@ -673,8 +775,9 @@ def _matched(rows: pd.DataFrame, keys: list[str], what: str, trace: Trace) -> pd
     return rows[config.isin(both)]
 
 
-def _memory_message(rows: pd.DataFrame, keys: list[str], peak: bool) -> str:
-    """'needs 11% less peak memory than LoRA (620 → 553 MB) at -0.6 pp accuracy', over matched pairs."""
+def _memory_message(rows: pd.DataFrame, keys: list[str]) -> str:
+    """'needs 85% less memory for the frozen weights than LoRA (8.98 → 1.31 MB) at -0.6 pp accuracy',
+    over matched pairs."""
     keys = [k for k in keys if rows[k].notna().all()]
     means = rows.groupby([*keys, "mode"])[["x", "accuracy"]].mean().unstack("mode") if keys else None
     if means is not None:
@@ -688,8 +791,8 @@ def _memory_message(rows: pd.DataFrame, keys: list[str], peak: bool) -> str:
         la, qa = means[("accuracy", "lora")].mean(), means[("accuracy", "qlora")].mean()
     change = (qx - lx) / lx * 100 if lx else float("nan")
     size = f"{abs(change):.0f}% {'less' if change < 0 else 'more'}"
-    what, unit = ("peak memory", "MB") if peak else ("memory for the frozen weights", "MB")
-    return f"needs {size} {what} than LoRA ({lx:.3g} → {qx:.3g} {unit}) at {(qa - la) * 100:+.1f} pp accuracy"
+    return (f"needs {size} memory for the frozen weights than LoRA ({lx:.3g} → {qx:.3g} MB) at "
+            f"{(qa - la) * 100:+.1f} pp accuracy")
 
 
 # --------------------------------------------------------------------------------- all
