@@ -78,13 +78,17 @@ def register(commands) -> None:
         "embedded default: synthetic data, one client per synthetic domain, LoRA rank 8, FedAvg.",
     )
     add_config_options(p)
-    p.add_argument("--engine", choices=("ray", "inline", "flwr"), default="ray",
+    p.add_argument("--engine", choices=("ray", "inline", "cohort", "flwr"), default="ray",
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
-                   "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
+                   "after the other in this process, no Ray (simulations/inline.py); cohort: as inline, but a "
+                   "round's LoRA/QLoRA clients trained and evaluated in groups in one vectorised pass "
+                   "(simulations/cohort.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
     p.add_argument("--address", default="",
                    help="ray engine: the Ray cluster to run on (e.g. auto, host:6379); default: a Ray instance "
                    "of this run's own, never one already running on the machine")
+    p.add_argument("--cohort-size", type=int, default=32, metavar="N",
+                   help="cohort engine: clients trained or evaluated together in one pass (default 32)")
     p.set_defaults(run=cmd_fl)
 
     p = commands.add_parser(
@@ -131,5 +135,9 @@ def cmd_fl(args) -> int:
         from fedhar.errors import FedharError
 
         raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
-    run_inprocess(cfg, engine=args.engine, address=args.address)
+    if args.cohort_size < 1:
+        from fedhar.errors import FedharError
+
+        raise FedharError(f"--cohort-size must be >= 1, got {args.cohort_size}")
+    run_inprocess(cfg, engine=args.engine, address=args.address, cohort_size=args.cohort_size)
     return 0
