@@ -141,11 +141,13 @@ class Cohort:
         self.trainable = [k for k, t in own.items() if isinstance(t, nn.Parameter) and t.requires_grad]
         self._current = _Pass()
         self.keys = list(own)
+        self.frozen: dict[str, torch.Tensor] = {}  # frozen adapters (FFA-LoRA's A): the seeded build's, every client's
         for name, layer in _lora_layers(model.encoder):
             key_a, key_b = (f"encoder.{name}.lora_{p}.default.weight" for p in "AB")
-            for key in (key_a, key_b):
+            for key, linear in ((key_a, layer.lora_A["default"]), (key_b, layer.lora_B["default"])):
                 if key not in own:
-                    self.keys.append(key)  # a frozen adapter (FFA-LoRA's A): per client all the same
+                    self.keys.append(key)
+                    self.frozen[key] = linear.weight.detach().clone()
             parent, _, child = name.rpartition(".")
             stacked = StackedLoRA(layer.get_base_layer(), float(layer.scaling["default"]), key_a, key_b, self._current)
             setattr(model.encoder.get_submodule(parent), child, stacked)
@@ -155,6 +157,9 @@ class Cohort:
         head = model.head
         self.hidden, self.bn_eps, self.bn_momentum = head[1].num_features, head[1].eps, head[1].momentum
         self.drop = float(head[3].p)
+
+    def _value(self, state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        return state[key] if key in state else self.frozen[key]
 
     def forward(self, tensors: dict[str, torch.Tensor], x: torch.Tensor, layout: Layout,
                 train: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,7 +214,7 @@ class Cohort:
         fewer steps stops earlier): states (key -> tensor, per client) in, trained states and
         each client's per-step losses out. ``generators``: each client's dropout stream."""
         order = sorted(range(len(states)), key=lambda i: -len(schedules[i]))  # still training = a prefix
-        tensors = {k: torch.stack([states[i][k] for i in order]).contiguous() for k in self.keys}
+        tensors = {k: torch.stack([self._value(states[i], k) for i in order]).contiguous() for k in self.keys}
         params = [tensors[k].requires_grad_() for k in self.trainable]
         exp_avg = [torch.zeros_like(p) for p in params]
         exp_avg_sq = [torch.zeros_like(p) for p in params]
@@ -240,7 +245,7 @@ class Cohort:
         out: list[dict] = [{}] * len(states)
         trained_losses: list[list[float]] = [[]] * len(states)
         for j, i in enumerate(order):
-            out[i] = {k: t[j].detach().clone() for k, t in tensors.items()}
+            out[i] = {k: t[j].detach().clone() for k, t in tensors.items() if k not in self.frozen}
             trained_losses[i] = losses[j]
         return out, trained_losses
 
@@ -249,7 +254,7 @@ class Cohort:
                 max_rows: int = 4096) -> list[torch.Tensor]:
         """Predicted class indices of every client's windows (eval mode), in chunks of about
         ``max_rows`` windows; a client's windows may span chunks."""
-        tensors = {k: torch.stack([s[k] for s in states]) for k in self.keys}
+        tensors = {k: torch.stack([self._value(s, k) for s in states]) for k in self.keys}
         owner = torch.cat([torch.full((len(w),), i, dtype=torch.long) for i, w in enumerate(windows)])
         x = torch.cat(windows) if windows else torch.zeros(0)
         preds = []
