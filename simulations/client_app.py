@@ -98,10 +98,11 @@ class ClientCall:
     mu: float = 0.0  # FedProx's proximal weight, sent in the message's config
 
 
-def prepare_call(fixed: FLConfig | None, msg: Message, context: Context) -> ClientCall:
+def prepare_call(fixed: FLConfig | None, msg: Message, context: Context, numpy_of=None) -> ClientCall:
     """A message's configuration, data and arrays, the rule's ``receive`` applied and the
     local head restored: everything but loading them into a model (engines that train
-    many clients at once, simulations/cohort.py, load them their own way)."""
+    many clients at once, simulations/cohort.py, load them their own way). ``numpy_of``:
+    the arrays of an ArrayRecord as numpy (read-only), if the caller converts them itself."""
     torch.set_num_threads(1)  # one CPU per simulated client: no oversubscription
     cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
     pid = int(context.node_config["partition-id"])
@@ -118,7 +119,7 @@ def prepare_call(fixed: FLConfig | None, msg: Message, context: Context) -> Clie
     model_key = (cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
                  data.n_classes if local_head else None)
     arrays = msg.content["arrays"]
-    incoming = {k: v.numpy() for k, v in arrays.items()}
+    incoming = numpy_of(arrays) if numpy_of else {k: v.numpy() for k, v in arrays.items()}
     deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}
     state = {k: v for k, v in incoming.items() if not is_delta_key(k)}
     state = rule.receive(state, client)

@@ -98,6 +98,13 @@ class CohortGrid(InlineGrid):
         ids = list(dict.fromkeys(self.push_messages(messages)))
         del messages
         t_start = time.monotonic()
+        converted: dict[int, tuple] = {}  # id(ArrayRecord) -> (record, its arrays as numpy): strategies send one to all
+
+        def numpy_of(record) -> dict:
+            if id(record) not in converted:
+                converted[id(record)] = (record, {k: v.numpy() for k, v in record.items()})
+            return converted[id(record)][1]
+
         members: list[_Member] = []
         for mid in ids:
             msg = self._pending[mid]
@@ -105,17 +112,19 @@ class CohortGrid(InlineGrid):
             if kind not in ("train", "evaluate"):
                 self._deliver(mid, deadline=None if timeout is None else time.monotonic() + timeout)
                 continue
-            member = self._prepare(mid, msg, kind)
+            member = self._prepare(mid, msg, kind, numpy_of)
             if member is not None:
                 members.append(member)
         for kind in ("train", "evaluate"):
-            of_kind = [m for m in members if m.msg.metadata.message_type == kind]
             groups: dict[tuple, list[_Member]] = {}
-            for m in of_kind:
-                groups.setdefault(m.key, []).append(m)
+            for m in members:
+                if m.msg.metadata.message_type == kind:
+                    groups.setdefault(m.key, []).append(m)
             for group in groups.values():
-                for start in range(0, len(group), self.cohort_size):
-                    cohort = group[start:start + self.cohort_size]
+                # evaluation stacks only distinct adapters (cohort_size at a time): one pass for a whole group
+                size = self.cohort_size if kind == "train" else len(group)
+                for start in range(0, len(group), size):
+                    cohort = group[start:start + size]
                     if self.timeout_mode == "total" and timeout is not None and time.monotonic() - t_start >= timeout:
                         self.stats[kind]["undelivered"] += len(cohort)
                         log(WARNING, "cohort engine: %d %s messages not delivered: the %.1f s timeout had passed",
@@ -134,7 +143,7 @@ class CohortGrid(InlineGrid):
             self._noticed.add(why)
             log(INFO, "cohort engine: %s: these clients run one at a time (inline engine)", why)
 
-    def _prepare(self, mid: str, msg: Message, kind: str) -> _Member | None:
+    def _prepare(self, mid: str, msg: Message, kind: str, numpy_of) -> _Member | None:
         """The message prepared for a cohort; None when it was answered (an error, expired, or
         delivered to the ClientApp because the cohort does not cover it)."""
         if msg.metadata.created_at + msg.metadata.ttl < now().timestamp():
@@ -146,7 +155,7 @@ class CohortGrid(InlineGrid):
                           node_config=copy.deepcopy(stored.node_config), state=copy.deepcopy(stored.state),
                           run_config=self.run_config, series_id=stored.series_id)
         try:
-            call = prepare_call(self.fixed, msg, context)
+            call = prepare_call(self.fixed, msg, context, numpy_of)
             why = self._not_covered(call)
             if why:
                 self._notice(why)
@@ -240,7 +249,7 @@ class CohortGrid(InlineGrid):
         cfg = cohort[0].call.cfg
         trained, losses = model.train([m.state() for m in cohort], schedules, generators, cfg.lr, 0.01)
         share = (time.perf_counter() - t0) / len(cohort)
-        local = self._accuracies(model, trained, cohort)
+        local = self._accuracies(model, cohort, trained)
         replies = []
         for m, state, client_losses, sched, gen, acc in zip(cohort, trained, losses, schedules, generators, local):
             m.rng_after = gen.get_state()
@@ -251,11 +260,28 @@ class CohortGrid(InlineGrid):
                                        share, c.received))
         return replies
 
-    @staticmethod
-    def _accuracies(model: Cohort, states: list[dict], cohort: list[_Member]) -> list[dict]:
-        """``task.evaluate_local`` of every client, its windows predicted in one batched pass."""
+    def _accuracies(self, model: Cohort, cohort: list[_Member], trained: list[dict] | None = None) -> list[dict]:
+        """``task.evaluate_local`` of every client, its windows predicted in batched passes.
+        ``trained``: the clients' states after training; else what they received, where
+        clients that received the very same arrays (FedAvg's global adapters) share one state."""
+        if trained is not None:
+            owner, states = list(range(len(cohort))), trained
+        else:
+            index: dict[tuple, int] = {}
+            owner = [index.setdefault(tuple((k, id(v)) for k, v in m.call.state.items()), len(index)) for m in cohort]
+            first = {o: m for o, m in reversed(list(zip(owner, cohort)))}
+            states = [first[o].state() for o in range(len(index))]
         windows = [torch.as_tensor(np.asarray(m.call.data.test_x), dtype=torch.float32) for m in cohort]
-        preds = model.predict(states, windows)
+        preds: list[torch.Tensor] = [torch.zeros(0)] * len(cohort)
+        for start in range(0, len(states), self.cohort_size):  # at most cohort_size distinct states stacked
+            chunk = range(start, min(start + self.cohort_size, len(states)))
+            members = [i for i, o in enumerate(owner) if o in chunk]
+            flat = model.predict([states[o] for o in chunk],
+                                 [torch.cat([windows[i] for i in members if owner[i] == o]) for o in chunk])
+            for o, pred in zip(chunk, flat):
+                mine = [i for i in members if owner[i] == o]
+                for i, part in zip(mine, torch.split(pred, [len(windows[i]) for i in mine])):
+                    preds[i] = part
         out = []
         for m, pred in zip(cohort, preds):
             metrics = classification_metrics(m.call.data.test_y, pred.numpy())
@@ -266,7 +292,7 @@ class CohortGrid(InlineGrid):
 
     def _evaluate(self, model: Cohort, cohort: list[_Member]) -> list[Message]:
         replies = []
-        for m, metrics in zip(cohort, self._accuracies(model, [m.state() for m in cohort], cohort)):
+        for m, metrics in zip(cohort, self._accuracies(model, cohort)):
             metrics.update({"partition-id": m.call.pid, "bytes-received": m.call.received})
             replies.append(Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=m.msg))
         return replies

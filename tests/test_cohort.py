@@ -130,6 +130,8 @@ def test_a_cohort_trains_each_client_as_it_would_train_alone(mode):
         from fedhar.model import load_trainable_state_dict
         load_trainable_state_dict(model, alone[c])
         assert np.array_equal(preds[c].numpy(), predict(model, windows[c].numpy()))
+        even = torch.as_tensor(client_data(10, 70 + c)[0])  # equal sizes: the batched in-place path
+        assert np.array_equal(cohort.predict(trained, [even] * 3)[c].numpy(), predict(model, even.numpy()))
 
 
 def test_layout_pads_only_for_ragged_clients_and_drops_the_padding():

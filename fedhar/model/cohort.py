@@ -39,6 +39,7 @@ from torch.optim.adamw import adamw
 
 from fedhar.model.adapters import trainable_tensors
 from fedhar.model.head import Classifier
+from fedhar.model.quantize import is_quantized
 
 ADAMW = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # torch.optim.AdamW's defaults (what clients use)
 
@@ -85,15 +86,36 @@ class StackedLoRA(nn.Module):
         self._current = current
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
         layout, tensors = self._current.layout, self._current.tensors
+        a, b = tensors[self.key_a], tensors[self.key_b]
+        if not torch.is_grad_enabled():  # evaluation: no autograd graph to keep, so fewer passes
+            if layout.k == 1 and not is_quantized(self.base.weight):  # one client: W + s B A, one matmul
+                return F.linear(x, torch.addmm(self.base.weight, b[0], a[0], alpha=self.scaling), self.base.bias)
+            result = self.base(x)
+            if not layout.equal:  # each client's rows in place, no copies
+                return self._per_segment(x, result, a, b, layout)
+            out = result.reshape(layout.k, -1, result.shape[-1])
+            out.baddbmm_(torch.bmm(x.reshape(layout.k, -1, x.shape[-1]), a.transpose(1, 2)), b.transpose(1, 2),
+                         alpha=self.scaling)
+            return out.view(result.shape)
+        result = self.base(x)
         per_client = layout.pad(x)  # (k, m, ..., in)
         k, m = per_client.shape[:2]
         flat = per_client.reshape(k, -1, x.shape[-1])
-        h = torch.bmm(flat, tensors[self.key_a].transpose(1, 2))
-        lora = torch.bmm(h, tensors[self.key_b].transpose(1, 2))
+        h = torch.bmm(flat, a.transpose(1, 2))
+        lora = torch.bmm(h, b.transpose(1, 2))
         lora = layout.unpad(lora.reshape(k, m, *x.shape[1:-1], -1))
         return result + lora * self.scaling
+
+    def _per_segment(self, x, result, a, b, layout: Layout) -> torch.Tensor:
+        flat, out = x.reshape(-1, x.shape[-1]), result.reshape(-1, result.shape[-1]).contiguous()
+        per_sample = flat.shape[0] // layout.n
+        start = 0
+        for i, size in enumerate(layout.sizes):
+            rows = slice(start * per_sample, (start + size) * per_sample)
+            out[rows].addmm_(flat[rows] @ a[i].t(), b[i].t(), alpha=self.scaling)
+            start += size
+        return out.view(result.shape)
 
 
 def _lora_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -251,7 +273,7 @@ class Cohort:
 
     @torch.no_grad()
     def predict(self, states: list[dict[str, torch.Tensor]], windows: list[torch.Tensor],
-                max_rows: int = 4096) -> list[torch.Tensor]:
+                max_rows: int = 1024) -> list[torch.Tensor]:
         """Predicted class indices of every client's windows (eval mode), in chunks of about
         ``max_rows`` windows; a client's windows may span chunks."""
         tensors = {k: torch.stack([self._value(s, k) for s in states]) for k in self.keys}
