@@ -87,15 +87,19 @@ def register(commands) -> None:
         "embedded default: synthetic data, one client per synthetic domain, LoRA rank 8, FedAvg.",
     )
     add_config_options(p)
-    p.add_argument("--engine", choices=("ray", "inline", "flwr"), default="ray",
+    p.add_argument("--engine", choices=("ray", "inline", "cohort", "flwr"), default="ray",
                    help="ray: Flower's simulation engine (Ray actors, parallel); inline: clients called one "
-                   "after the other in this process, no Ray (simulations/inline.py); flwr: `flwr run .` "
+                   "after the other in this process, no Ray (simulations/inline.py); cohort: as inline, but a "
+                   "round's LoRA/QLoRA clients trained and evaluated in groups in one vectorised pass "
+                   "(simulations/cohort.py); flwr: `flwr run .` "
                    "through a local SuperLink started and stopped here (simulations/flwr_launch.py)")
     p.add_argument("--seeds", type=number_list(int), metavar="SEED[,SEED...]",
                    help="one run per seed, each in OUT_DIR/seed-N (instead of --seed)")
     p.add_argument("--address", default="",
                    help="ray engine: the Ray cluster to run on (e.g. auto, host:6379); default: a Ray instance "
                    "of this run's own, never one already running on the machine")
+    p.add_argument("--cohort-size", type=int, default=32, metavar="N",
+                   help="cohort engine: clients trained or evaluated together in one pass (default 32)")
     p.set_defaults(run=cmd_fl)
 
     p = commands.add_parser(
@@ -131,8 +135,10 @@ def cmd_fl(args) -> int:
         raise FedharError("--resume needs the --out-dir of the run to continue")
     if args.address and args.engine != "ray":
         raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
+    if args.cohort_size < 1:
+        raise FedharError(f"--cohort-size must be >= 1, got {args.cohort_size}")
     if args.seeds is None:
-        run_one(cfg, args.engine, args.address)
+        run_one(cfg, args.engine, args.address, args.cohort_size)
         return 0
     if not args.seeds or min(args.seeds) < 0:
         raise FedharError(f"--seeds must be one or more seeds >= 0, got {','.join(map(str, args.seeds))}")
@@ -140,11 +146,12 @@ def cmd_fl(args) -> int:
 
     root = Path(cfg.out_dir or default_out_dir())
     for seed in args.seeds:  # one federation per seed, as `fedhar lodo --seeds` runs one per seed
-        run_one(replace(cfg, seed=seed, out_dir=str(root / f"seed-{seed}")), args.engine, args.address)
+        run_one(replace(cfg, seed=seed, out_dir=str(root / f"seed-{seed}")), args.engine, args.address,
+                args.cohort_size)
     return 0
 
 
-def run_one(cfg: FLConfig, engine: str, address: str) -> None:
+def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int) -> None:
     if engine == "flwr":
         from simulations.flwr_launch import launch
         from simulations.run import report
@@ -154,4 +161,4 @@ def run_one(cfg: FLConfig, engine: str, address: str) -> None:
         return
     from simulations.run import run_inprocess
 
-    run_inprocess(cfg, engine=engine, address=address)
+    run_inprocess(cfg, engine=engine, address=address, cohort_size=cohort_size)

@@ -22,7 +22,7 @@ sized to the client's own training classes, never travels (the server's arrays h
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from simulations.config import FLConfig
 from simulations.export import save_local_parts
 from simulations.task import (
     BACKBONE_KEY,
+    ClientData,
     add_base_deltas,
     client_data,
     ensure_backbone,
@@ -47,7 +48,7 @@ from simulations.task import (
     load_partial,
     train_local,
 )
-from strategies.base import ClientSide
+from strategies.base import ClientSide, Rule
 from strategies.fedsa import LOCAL_B  # noqa: F401 (re-exported: tests read FedSA's store by this name)
 from strategies.records import DELTA_SUFFIX, is_delta_key
 from strategies.registry import get_rule
@@ -87,6 +88,75 @@ def set_threads(cfg: FLConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
+@dataclass
+class ClientCall:
+    """What a train / evaluate message asks of this client, before any model is touched."""
+
+    cfg: FLConfig
+    pid: int
+    server_round: int
+    data: ClientData
+    rule: Rule
+    client: ClientSide
+    state: dict  # numpy arrays by name: what the client loads (after the rule's receive, local head)
+    deltas: dict  # dense base updates by layer (FedEx-LoRA, FLoRA)
+    received: int  # bytes of the arrays that arrived
+    model_key: tuple  # client_model's arguments: the (cached) model this client trains
+    mu: float = 0.0  # FedProx's proximal weight, sent in the message's config
+
+
+def prepare_call(fixed: FLConfig | None, msg: Message, context: Context, numpy_of=None) -> ClientCall:
+    """A message's configuration, data and arrays, the rule's ``receive`` applied and the
+    local head restored: everything but loading them into a model (engines that train
+    many clients at once, simulations/cohort.py, load them their own way). ``numpy_of``:
+    the arrays of an ArrayRecord as numpy (read-only), if the caller converts them itself."""
+    cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
+    set_threads(cfg)
+    pid = int(context.node_config["partition-id"])
+    server_round = int(msg.content["config"]["server-round"])
+    sent_backbone = str(msg.content["config"].get(BACKBONE_KEY, ""))
+    if not cfg.backbone and sent_backbone and Path(sent_backbone).is_file():  # a by-hand `flwr run .`
+        cfg = replace(cfg, backbone=sent_backbone)  # no pretraining windows to load and hash per message
+    data = load_client_data(cfg, pid)
+    fed = federation(cfg)
+    local_head = fed.head == "local"
+    rule = get_rule(cfg.strategy)
+    client = ClientSide(cfg, pid, context.state)
+    seed = cfg.seed + server_round if rule.fresh_adapters else None
+    model_key = (cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
+                 data.n_classes if local_head else None)
+    arrays = msg.content["arrays"]
+    incoming = numpy_of(arrays) if numpy_of else {k: v.numpy() for k, v in arrays.items()}
+    deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}
+    state = {k: v for k, v in incoming.items() if not is_delta_key(k)}
+    state = rule.receive(state, client)
+    if local_head and LOCAL_HEAD in context.state:  # else: the fresh seeded head (first call)
+        state.update({k: v.numpy() for k, v in context.state[LOCAL_HEAD].items()})
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    return ClientCall(cfg, pid, server_round, data, rule, client, state, deltas, _nbytes(arrays), model_key, mu)
+
+
+def train_reply(msg: Message, context: Context, cfg: FLConfig, pid: int, data: ClientData, rule: Rule,
+                client: ClientSide, trained: dict, metrics: dict, trained_seconds: float, received: int) -> Message:
+    """The reply to a train message, from the client's trained tensors (``trainable_state_dict``):
+    the rule's ``send``, the local head kept in ``context.state``, local parts saved, the
+    injected "nan" fault."""
+    state = rule.send(dict(trained), client)
+    fed = federation(cfg)
+    if fed.head == "local":
+        head = {k: v for k, v in state.items() if is_head_key(k)}
+        context.state[LOCAL_HEAD] = ArrayRecord(head)
+        state = {k: v for k, v in state.items() if k not in head}  # nor does a local head
+    kept = {k: v for k, v in trained.items() if k not in state}
+    save_local_parts(cfg.out_dir, fed.client_names[pid], kept, list(data.labels.names) if data.labels else [])  # for fedhar evaluate
+    if cfg.fault(pid, int(msg.content["config"]["server-round"])) == "nan":  # a corrupted update: rejected, not averaged
+        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    reply = ArrayRecord(state)
+    metrics.update({"partition-id": pid, "seconds": trained_seconds,
+                    "bytes-received": received, "bytes-sent": _nbytes(reply)})
+    return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
 class InjectedFailure(RuntimeError):
     """Raised on purpose by a client named in the inject-failure config (fault tests)."""
 
@@ -96,31 +166,11 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
     app = ClientApp()
 
     def setup(msg: Message, context: Context):
-        cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
-        set_threads(cfg)
-        pid = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])
-        sent_backbone = str(msg.content["config"].get(BACKBONE_KEY, ""))
-        if not cfg.backbone and sent_backbone and Path(sent_backbone).is_file():  # a by-hand `flwr run .`
-            cfg = replace(cfg, backbone=sent_backbone)  # no pretraining windows to load and hash per message
-        data = load_client_data(cfg, pid)
-        fed = federation(cfg)
-        local_head = fed.head == "local"
-        rule = get_rule(cfg.strategy)
-        client = ClientSide(cfg, pid, context.state)
-        seed = cfg.seed + server_round if rule.fresh_adapters else None
-        model = client_model(cfg, fed.labels.size, ensure_backbone(cfg, quiet=True), pid, seed,
-                             head_classes=data.n_classes if local_head else None)  # built once per process
-        arrays = msg.content["arrays"]
-        incoming = {k: v.numpy() for k, v in arrays.items()}
-        deltas = {k[: -len(DELTA_SUFFIX)]: v for k, v in incoming.items() if is_delta_key(k)}
-        state = {k: v for k, v in incoming.items() if not is_delta_key(k)}
-        state = rule.receive(state, client)
-        if local_head and LOCAL_HEAD in context.state:  # else: the fresh seeded head (first call)
-            state.update({k: v.numpy() for k, v in context.state[LOCAL_HEAD].items()})
-        load_partial(model, state)
-        add_base_deltas(model, deltas)
-        return cfg, pid, server_round, data, model, _nbytes(arrays), rule, client
+        call = prepare_call(fixed, msg, context)
+        model = client_model(*call.model_key)  # built once per process
+        load_partial(model, call.state)
+        add_base_deltas(model, call.deltas)
+        return call.cfg, call.pid, call.server_round, call.data, model, call.received, call.rule, call.client
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -135,21 +185,9 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         # the locally trained model on the client's own test windows (drift analytics: the gap
         # between it and the global model the client evaluates after aggregation)
         metrics["local_accuracy"] = evaluate_local(model, data)["accuracy"]
-        trained = {k: v.cpu() for k, v in trainable_state_dict(model).items()}  # (cfg.device may be a GPU)
-        state = rule.send(dict(trained), client)
-        fed = federation(cfg)
-        if fed.head == "local":
-            head = {k: v for k, v in state.items() if is_head_key(k)}
-            context.state[LOCAL_HEAD] = ArrayRecord(head)
-            state = {k: v for k, v in state.items() if k not in head}  # nor does a local head
-        kept = {k: v for k, v in trained.items() if k not in state}
-        save_local_parts(cfg.out_dir, fed.client_names[pid], kept, list(data.labels.names) if data.labels else [])  # for fedhar evaluate
-        if fault == "nan":  # a corrupted update: the server must reject it, not average it
-            state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
-        reply = ArrayRecord(state)
-        metrics.update({"partition-id": pid, "seconds": trained_seconds,
-                        "bytes-received": received, "bytes-sent": _nbytes(reply)})
-        return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}), reply_to=msg)
+        return train_reply(msg, context, cfg, pid, data, rule, client, {k: v.cpu() for k, v in trainable_state_dict(model).items()},
+                           metrics,
+                           trained_seconds, received)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

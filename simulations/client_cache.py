@@ -47,7 +47,7 @@ class _Built:
 _models: OrderedDict[tuple, _Built] = OrderedDict()
 
 
-def _key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None,
+def cache_key(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: int | None,
          head_classes: int | None) -> tuple:
     return (cfg.client_mode(pid), cfg.client_rank(pid), cfg.lora_alpha, cfg.fused_lora, cfg.strategy, cfg.device,
             cfg.seed if seed is None else seed, n_classes, head_classes, str(Path(backbone).resolve()))
@@ -67,7 +67,7 @@ def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: 
     process and reset to its freshly built state on every later call (see module docstring)."""
     from simulations.task import build_model  # here: the benchmarks time build_model itself
 
-    key = _key(cfg, n_classes, backbone, pid, seed, head_classes)
+    key = cache_key(cfg, n_classes, backbone, pid, seed, head_classes)
     built = _models.get(key)
     if built is None:
         model = build_model(cfg, n_classes, backbone, pid, seed, head_classes, device=cfg.device)
@@ -94,7 +94,7 @@ def client_model(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, seed: 
 def warm(cfg: FLConfig, n_classes: int, backbone: Path, pid: int, head_classes: int | None = None) -> None:
     """Build the model now unless this process has it: the first build (peft's import alone is
     ~8 CPU s, per Ray actor) then happens before the rounds, not in the first one."""
-    if _key(cfg, n_classes, backbone, pid, None, head_classes) not in _models:
+    if cache_key(cfg, n_classes, backbone, pid, None, head_classes) not in _models:
         client_model(cfg, n_classes, backbone, pid, None, head_classes)
 
 

@@ -8,6 +8,9 @@ Two engines deliver the ServerApp's messages to the ClientApp:
   inline  ``simulations.inline``: clients called one after the other in this process, no
           Ray, no threads; fixed node ids, deterministic. See its docstring for the limits
           (timeouts, one process).
+  cohort  ``simulations.cohort``: the inline engine, with a round's LoRA / QLoRA clients
+          trained and evaluated in groups of up to ``cohort_size`` in one vectorised pass
+          over the shared frozen backbone (what it does not cover runs as inline).
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from fedhar.errors import FedharError
 from simulations.config import FLConfig
 from simulations.startup import announce, gpus_per_client, prepare_run
 
-ENGINES = ("ray", "inline")
+ENGINES = ("ray", "inline", "cohort")
 
 
-def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray", address: str = "") -> Path:
+def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray", address: str = "",
+                  cohort_size: int = 32) -> Path:
     """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv.
 
     ``engine``: "ray" (Flower's simulation engine) or "inline" (``simulations.inline``;
-    ``cpus_per_client`` does not apply: clients run one at a time). ``address``: the Ray
+    ``cpus_per_client`` does not apply: clients run one at a time) or "cohort"
+    (``simulations.cohort``, groups of up to ``cohort_size`` clients). ``address``: the Ray
     cluster to run on; "" starts a Ray instance of this run's own (never one already running).
     Ctrl-C / SIGTERM stop the run within a second or so (``rounds.STOP``)."""
     if engine not in ENGINES:
@@ -60,6 +65,10 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         from simulations.inline import run_inline
 
         run_inline(server_app, client_app, n_clients, cfg.to_run_config())
+    elif engine == "cohort":
+        from simulations.cohort import run_cohort
+
+        run_cohort(server_app, client_app, n_clients, cfg.to_run_config(), fixed=cfg, cohort_size=cohort_size)
     else:
         run_on_ray(server_app, client_app, n_clients, cpus_per_client, address, gpus_per_client(cfg, n_clients))
     return report(cfg, out_dir, time.perf_counter() - t0)

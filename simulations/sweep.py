@@ -15,6 +15,8 @@ A sweep file names the runs::
     scheduler = "fifo"          # fifo (every trial runs all rounds) | asha (stops bad trials early)
     grace_rounds = 1            # asha: rounds every trial runs before it may be stopped
     seed = 0                    # seed of the search algorithm (the runs' seeds are FLConfig's seed)
+    engine = "inline"           # a trial's engine: inline | cohort (LoRA clients in stacked groups)
+    cohort_size = 32            # cohort: clients trained or evaluated together in one pass
 
     [base]                      # FLConfig values every trial shares (`fedhar fl --help`)
     rounds = 2
@@ -73,6 +75,7 @@ TABLES = ("sweep", "base", "grid", "search", "confirm")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 ALGORITHMS = ("random", "optuna")
 SCHEDULERS = ("fifo", "asha")
+TRIAL_ENGINES = ("inline", "cohort")  # in-process engines a Ray Tune trial can run
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class SweepSettings:
     scheduler: str = "fifo"
     grace_rounds: int = 1
     seed: int = 0
+    engine: str = "inline"  # how a trial runs its federation: inline | cohort (simulations/cohort.py)
+    cohort_size: int = 32  # cohort engine: clients trained or evaluated together
 
 
 @dataclass(frozen=True)
@@ -373,10 +378,10 @@ class _Reader:
         if s.cpus_per_trial <= 0 or s.gpus_per_trial < 0 or s.max_concurrent < 0:
             raise FedharError(f"{self.path}: [sweep] needs cpus_per_trial > 0, gpus_per_trial >= 0, max_concurrent >= 0")
         for key, value, allowed in (("algorithm", s.algorithm, ALGORITHMS), ("scheduler", s.scheduler, SCHEDULERS),
-                                    ("mode", s.mode, ("max", "min"))):
+                                    ("mode", s.mode, ("max", "min")), ("engine", s.engine, TRIAL_ENGINES)):
             if value not in allowed:
                 raise FedharError(f"{self.where('sweep', key)}: [sweep] {key} = {value!r}: one of {', '.join(allowed)}")
-        for key in ("num_samples", "grace_rounds"):
+        for key in ("num_samples", "grace_rounds", "cohort_size"):
             if getattr(s, key) < 1:
                 raise FedharError(f"{self.where('sweep', key)}: [sweep] {key} must be >= 1, got {getattr(s, key)}")
         if s.seed < 0:
@@ -525,9 +530,10 @@ def _clean(row: dict) -> dict:
     return out
 
 
-def trial(config: dict, *, out_root: str, cwd: str = "", threads: int = 1, report=None) -> None:
+def trial(config: dict, *, out_root: str, cwd: str = "", threads: int = 1, report=None,
+          engine: str = "inline", cohort_size: int = 32) -> None:
     """One trial, the function Ray Tune runs: the federation of ``config`` (FLConfig fields)
-    with the inline engine, each round's rounds.csv row reported to Tune with the trial's
+    with the inline (or cohort) engine, each round's rounds.csv row reported to Tune with the trial's
     costs and place. The run lives in ``<out_root>/<trial id>/run``: a resumed trial
     continues from its checkpoint; a trial whose run finished re-reports its rows only."""
     logs = None
@@ -540,7 +546,7 @@ def trial(config: dict, *, out_root: str, cwd: str = "", threads: int = 1, repor
     else:  # a direct call (tests)
         trial_id = "direct"
     try:
-        _trial(config, Path(out_root) / trial_id, cwd, threads, report)
+        _trial(config, Path(out_root) / trial_id, cwd, threads, report, engine, cohort_size)
     finally:
         if logs is not None:
             _keep_logs(logs, Path(out_root) / trial_id)
@@ -560,7 +566,8 @@ def _keep_logs(workdir: Path, trial_dir: Path) -> None:
             shutil.copyfile(src, trial_dir / name)
 
 
-def _trial(config: dict, trial_dir: Path, cwd: str, threads: int, report) -> None:
+def _trial(config: dict, trial_dir: Path, cwd: str, threads: int, report, engine: str = "inline",
+           cohort_size: int = 32) -> None:
     import torch
 
     t0 = time.perf_counter()
@@ -595,4 +602,4 @@ def _trial(config: dict, trial_dir: Path, cwd: str, threads: int, report) -> Non
     from simulations.tracking import round_listener
 
     with round_listener(send):
-        run_inprocess(cfg, engine="inline")
+        run_inprocess(cfg, engine=engine, cohort_size=cohort_size)

@@ -283,7 +283,8 @@ def trainable(sweep: Sweep, exp_dir: Path):
     from ray import tune
 
     s = sweep.settings
-    fn = tune.with_parameters(trial, out_root=str(exp_dir), cwd=os.getcwd(), threads=max(1, int(s.cpus_per_trial)))
+    fn = tune.with_parameters(trial, out_root=str(exp_dir), cwd=os.getcwd(), threads=max(1, int(s.cpus_per_trial)),
+                              engine=s.engine, cohort_size=s.cohort_size)
     return tune.with_resources(fn, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 

@@ -152,6 +152,7 @@ def test_optuna_draws_are_seeded_by_the_sweep_file(tmp_path):
     ('[base]\nrounds = 2\nbogus-knob = 1\n', "bogus-knob", 3, "unknown key"),
     ('[sweep]\ncpus = 2\n', "cpus", 2, "unknown key"),
     ('[sweep]\nscheduler = "hyperband"\n', "scheduler", 2, "one of fifo, asha"),
+    ('[sweep]\nengine = "ray"\n', "engine", 2, "one of inline, cohort"),
     ('[base]\nrank = "four"\n', "rank", 2, "expected int"),
     ('[grid]\nrank = 4\n', "rank", 2, "non-empty list"),
     ('[grid]\nrank = [4, 4]\n', "rank", 2, "twice"),
@@ -242,6 +243,28 @@ def test_the_trial_reports_every_round_and_never_reruns_a_finished_run(tmp_path)
     assert [r["round"] for r in again] == [1, 2] and all(r["resumed"] for r in again)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in reports]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing ran again
+
+
+def test_the_sweep_files_engine_reaches_each_trials_run(tmp_path, monkeypatch):
+    path = write(tmp_path, '[sweep]\nengine = "cohort"\ncohort_size = 5\n[base]\nrounds = 1\n', "e.toml")
+    settings = load_sweep(path).settings
+    assert (settings.engine, settings.cohort_size) == ("cohort", 5)
+    seen = {}
+
+    class Ran(Exception):
+        pass
+
+    def fake_run(cfg, engine="ray", cohort_size=0, **_):
+        seen.update(engine=engine, cohort_size=cohort_size)
+        raise Ran
+
+    import simulations.run
+
+    monkeypatch.setattr(simulations.run, "run_inprocess", fake_run)
+    with pytest.raises(Ran):
+        trial({"rounds": 1}, out_root=str(tmp_path), report=lambda row: None, engine=settings.engine,
+              cohort_size=settings.cohort_size)
+    assert seen == {"engine": "cohort", "cohort_size": 5}
 
 
 def test_a_failing_trial_raises_for_tune_to_record(tmp_path):
