@@ -68,8 +68,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             "rejected": int(((df["round"] == r) & (df["status"] == "rejected")).sum()),
             "offline": int(((df["round"] == r) & (df["phase"] == "train") & (df["status"] == "offline")).sum()),
             "train_loss": t["train_loss"].mean() if len(t) else float("nan"),
-            "accuracy": (e["accuracy"] * w).sum() / w.sum() if len(e) else float("nan"),
-            "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if len(e) else float("nan"),
+            "accuracy": (e["accuracy"] * w).sum() / w.sum() if e["accuracy"].notna().any() else float("nan"),
+            "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if e["macro_f1"].notna().any() else float("nan"),
             "acc_min": e["accuracy"].min() if len(e) else float("nan"),
             "acc_max": e["accuracy"].max() if len(e) else float("nan"),
             "acc_std": e["accuracy"].std(ddof=0) if len(e) else float("nan"),
@@ -80,6 +80,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             rows = ok[(ok["round"] == r) & (ok["phase"] == phase)]
             out[-1][f"{phase}_accuracy"] = _weighted(rows, "accuracy")
             out[-1][f"{phase}_macro_f1"] = _weighted(rows, "macro_f1")
+        if "recon_loss" in e:  # federated pretraining: masked MSE on the clients' test windows
+            out[-1]["recon_loss"] = _weighted(e, "recon_loss")
         if "local_accuracy" in t:
             out[-1].update(local_global_gap(t, e))
     table = pd.DataFrame(out)
@@ -151,6 +153,10 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             raise FedharError("arm=local aggregates nothing, so it is not a Flower run: use `fedhar fl --arm local`")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         claim(out_dir, cfg.resume, cfg.overwrite)  # (the runners did already; a by-hand `flwr run` not)
+        if cfg.task == "pretrain":  # federated MAE pretraining: its own round driver, the same loop
+            from simulations.fed_pretrain import serve
+
+            return serve(grid, cfg, out_dir)
         fed = federation(cfg)
         if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
@@ -169,17 +175,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}
         evaluator = ServerEvaluator(cfg, fed, Path(cfg.backbone))
         hook = server_evaluation(strategy, evaluator, cfg, log) if evaluator.active else None
-        arrays, first_round = ArrayRecord(initial), 1
-        if cfg.resume:
-            saved = load_checkpoint(out_dir, cfg)
-            if saved is None:  # (claim() checked: no earlier tables either)
-                log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
-            else:
-                arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
-                vars(strategy).update(saved["strategy_state"])
-                log.rows = saved["log_rows"]
-                first_round = saved["round"] + 1
-                log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
+        arrays, first_round = resume_from(out_dir, cfg, ArrayRecord(initial), strategy, log)
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.settings(),
             "code": code_version(),
@@ -189,6 +185,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "head": fed.head,  # cfg.head resolved (auto -> shared | local)
             "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
             "server_eval": evaluator.describe(),
+            **({"few_labels": fed.few_labels} if fed.few_labels else {}),  # --label-fraction, --labelled-clients
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
@@ -214,6 +211,21 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
 
     return app
+
+
+def resume_from(out_dir: Path, cfg: FLConfig, arrays: ArrayRecord, strategy, log: RoundLog) -> tuple[ArrayRecord, int]:
+    """(global arrays, first round): ``arrays`` and 1, or with ``cfg.resume`` the checkpoint's
+    arrays, strategy state and log rows, and the round after it."""
+    if not cfg.resume:
+        return arrays, 1
+    saved = load_checkpoint(out_dir, cfg)
+    if saved is None:  # (claim() checked: no earlier tables either)
+        log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
+        return arrays, 1
+    vars(strategy).update(saved["strategy_state"])
+    log.rows = saved["log_rows"]
+    log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
+    return ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()}), saved["round"] + 1
 
 
 def log_info(message: str) -> None:

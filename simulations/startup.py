@@ -42,4 +42,8 @@ def prepare_run(cfg: FLConfig) -> tuple[FLConfig, int]:
     cfg = absolute_paths(cfg)
     claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)
+    if cfg.task == "pretrain":  # the backbone is what the run makes: --backbone, if any, is where it starts
+        if cfg.backbone:
+            ensure_backbone(cfg)  # a missing or damaged file is an error now, naming it
+        return cfg, n_clients
     return replace(cfg, backbone=str(ensure_backbone(cfg).resolve())), n_clients

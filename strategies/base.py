@@ -53,6 +53,9 @@ class Rule:
     name: str = ""  # set by the registry: the name it was looked up by
     summary: str = ""  # one line for --help and the README's table
     server_class: type = None  # type: ignore[assignment]  # a Flower Message-API strategy
+    #: whether the rule averages any model's tensors, not only LoRA adapters: it can then
+    #: federate MAE pretraining (``fedhar fl --task pretrain``: the whole MAE travels)
+    any_model: bool = False
 
     @property
     def heterogeneous_ranks(self) -> bool:
