@@ -15,6 +15,9 @@ Backbones (``backbones``; every claim about pretraining needs its control):
                    volunteers); a dataset contained in another (UCI-HAR in HAPT) is not
                    repeated. No such dataset left is an error, never a silent substitute.
   other+synthetic  both
+  file             the finished MAE checkpoint ``backbone`` names (``fedhar lodo --backbone``), e.g. one
+                   federatedly pretrained (``fedhar fl --task pretrain``); a run whose test subjects
+                   the checkpoint saw is refused (``check_unseen``, from the provenance it records)
 The ``backbone_kind`` and ``pretrained_on`` columns say which. Mode ``probe`` (head only, on
 the frozen unadapted backbone) is the diagnostic of what a backbone's features carry.
 """
@@ -42,7 +45,7 @@ from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
 
 #: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
 CONTAINS = {"hapt": "uci-har"}
-BACKBONES = ("none", "synthetic", "other", "other+synthetic")
+BACKBONES = ("none", "synthetic", "other", "other+synthetic", "file")
 KEY = ("held_out", "backbone_kind", "mode", "rank", "train_fraction", "seed", "epochs", "split")
 
 
@@ -71,6 +74,8 @@ class LodoPlan:
     #: (its sidecar names what it was pretrained on; checked like a fresh one), so a study can run
     #: where the pretraining data is not, e.g. on a GPU machine
     backbone_files: tuple[str, ...] = ()
+    #: the checkpoint of backbone kind "file" (``fedhar lodo --backbone PATH``)
+    backbone: str = ""
     #: "NAME=PATH.npz": read that dataset's windows from a prepared cache file (``load`` wrote it,
     #: checksum checked) instead of preparing them from the raw recordings
     windows_files: tuple[str, ...] = ()
@@ -116,6 +121,10 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         raise ValueError(f"unknown backbone {kind!r}; choose from {', '.join(BACKBONES)}")
     if kind == "none":
         return random_init_backbone(cfg), "none (random init, seed 0)"
+    if kind == "file":
+        if not plan.backbone:
+            raise ValueError("backbone kind 'file' needs --backbone PATH")
+        return Path(plan.backbone), describe_backbone(Path(plan.backbone))
     given = dict(entry.split("=", 1) for entry in plan.backbone_files)
     if kind == "other" and held_out in given:
         return given_backbone(held_out, Path(given[held_out]).expanduser(), log)
@@ -134,6 +143,47 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         described.append(f"synthetic population (seed {plan.synthetic_seed + 1000})")
     log(f"[{held_out}] backbone: {' + '.join(described)}")
     return pretrain(WindowSet.concat(parts), cfg), " + ".join(described)
+
+
+def backbone_provenance(path: Path) -> dict:
+    """What a checkpoint says made it (its ``pretrain`` metadata); a damaged file is an error naming it."""
+    from fedhar.model.checkpoint import load_mae, read_metadata
+
+    load_mae(path)  # checksum and shape checked before any run relies on it
+    try:
+        return json.loads(read_metadata(path).get("pretrain", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: unreadable provenance metadata ({e})") from None
+
+
+def describe_backbone(path: Path) -> str:
+    info = backbone_provenance(path)
+    if info.get("random_init"):
+        return f"none (random init, seed {info.get('seed')})"
+    if "rule" in info:  # fedhar fl --task pretrain (simulations/fed_pretrain.py)
+        how = f"federated {info['rule']}" if info.get("federated") else "centralised"
+        return f"{how} MAE, {info['rounds']} rounds on {'+'.join(info['datasets'])} ({path.name})"
+    return f"{'+'.join(info.get('datasets', [])) or 'unknown data'} ({path.name})"
+
+
+def check_unseen(path: Path, held_out: str, test_subjects) -> None:
+    """Refuse a backbone that saw any of ``held_out``'s test subjects (or, where it records only
+    datasets, that dataset or one recorded from the same people)."""
+    info = backbone_provenance(path)
+    if info.get("random_init"):
+        return
+    people = next((g for g in SAME_PEOPLE if held_out in g), {held_out})
+    if "subjects" in info:
+        seen = {str(s) for d in people for s in info["subjects"].get(d, [])}
+        leaked = sorted(seen & {str(s) for s in test_subjects})
+        if leaked:
+            raise ValueError(f"--backbone {path}: it was pretrained on {held_out} test subject(s) {', '.join(leaked[:5])}; "
+                             f"pretrain with --server-test-fraction and the seed of this split")
+        return
+    datasets = set(info.get("datasets", []))
+    if not datasets or datasets & people:
+        raise ValueError(f"--backbone {path}: pretrained on {sorted(datasets) or 'unknown data'}, which may include "
+                         f"{held_out}'s test subjects")
 
 
 def given_backbone(held_out: str, path: Path, log) -> tuple[Path, str]:
@@ -239,6 +289,8 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
             backbones[name, kind] = backbone_for(name, kind, study, plan, log)
         path, described = backbones[name, kind]
         train, test, _ = split_for(study[name], name, run, plan)
+        if kind == "file":
+            check_unseen(path, name, np.unique(test.subject))
         labels = LabelSpace.from_ids(study[name].y)
         cfg = FinetuneConfig(mode=run["mode"], rank=max(run["rank"], 1), epochs=plan.epochs,
                              batch_size=plan.batch_size, seed=run["seed"], device=plan.device)
