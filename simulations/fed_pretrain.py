@@ -11,7 +11,7 @@ fine-tuning; what differs is what travels and what is trained:
             (``fedhar.pretrain.reconstruction_loss``). Test windows, and the server's test
             subjects (``--server-test-fraction``, taken out before the clients are formed),
             never train anything.
-  server    starts from ``--backbone`` or, without one, the MAE initialised with ``--seed``
+  server    (``server_app.serve_pretraining``) starts from ``--backbone`` or, without one, the MAE initialised with ``--seed``
             exactly as ``fedhar.pretrain.random_init_backbone`` does (so the random backbone of
             that seed is this run's round 0); aggregates with any rule whose ``any_model`` is
             set (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad); writes per round the
@@ -46,7 +46,7 @@ from fedhar.model.mae import MAEConfig, MaskedAutoencoder
 from fedhar.pretrain import reconstruction_loss, train_mae
 from simulations.client_cache import record_nbytes
 from simulations.config import FLConfig
-from simulations.task import ClientData, data_sources, federation
+from simulations.task import ClientData
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -107,54 +107,9 @@ def client_evaluate(msg: Message, cfg: FLConfig, pid: int, data: ClientData) -> 
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-# ---- server ----------------------------------------------------------------------------------
+# ---- server (its main: simulations/server_app.py ``serve_pretraining``) --------------------------
 
-def serve(grid, cfg: FLConfig, out_dir: Path) -> None:
-    """The ServerApp's main for ``--task pretrain`` (called by simulations/server_app.py)."""
-    from fedhar.lodo import code_version
-    from simulations.progress import RoundProgress
-    from simulations.rounds import discover_partitions, run_rounds
-    from simulations.server_app import log_info, resume_from, summarise
-    from simulations.tracking import tracker_for
-    from strategies import RoundLog, get_rule, make_strategy
-
-    fed = federation(cfg)
-    mae = initial_mae(cfg)
-    n_clients = len(fed.parts)
-    n_train = max(1, int(round(cfg.fraction_train * n_clients)))
-    log = RoundLog(out_dir / "clients.csv", fed.client_names)
-    strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
-    initial = ArrayRecord({k: v.detach().clone() for k, v in mae.state_dict().items()})
-    arrays, first_round = resume_from(out_dir, cfg, initial, strategy, log)
-    log_info(f"federated MAE pretraining: {n_clients} clients; strategy {cfg.strategy}; "
-             f"from {cfg.backbone or f'a random init (seed {cfg.seed})'}")
-    (out_dir / "config.json").write_text(json.dumps({
-        "config": cfg.settings(), "code": code_version(), "task": "pretrain",
-        "data_read": data_sources(cfg), "clients": fed.client_names,
-        "client_windows": _client_windows(fed), "mae": mae.config.to_dict(),
-        "parameters": sum(p.numel() for p in mae.parameters()),
-    }, indent=1))
-    node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
-    log.partition_of = {nid: pid for pid, nid in node_of.items()}
-    live = RoundProgress(cfg.rounds, first_round, tracker=tracker_for(cfg, out_dir))
-
-    def after_round(server_round: int) -> None:
-        log.flush()
-        table = summarise(out_dir / "clients.csv")
-        live.update(table[table["round"] == server_round].iloc[0].to_dict())
-
-    try:
-        arrays = run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round, after_round=after_round)
-    finally:
-        live.close()
-    log.flush()
-    table = summarise(out_dir / "clients.csv")
-    table.to_csv(out_dir / "rounds.csv", index=False)
-    mae.load_state_dict({k: torch.from_numpy(np.array(v.numpy(), np.float32)) for k, v in arrays.items()})
-    save_backbone(mae, out_dir, provenance(cfg, fed, table))
-
-
-def _client_windows(fed) -> dict[str, int]:
+def client_windows(fed) -> dict[str, int]:
     return {name: int(len(train)) for name, (train, _) in zip(fed.client_names, fed.splits)}
 
 
@@ -170,7 +125,7 @@ def provenance(cfg: FLConfig, fed, rounds) -> dict:
         "fraction_train": cfg.fraction_train, "seed": cfg.seed,
         "started_from": cfg.backbone or f"random init (seed {cfg.seed})",
         "datasets": seen.datasets(), "subjects": subjects, "windows": len(seen),
-        "clients": fed.client_names, "client_windows": _client_windows(fed),
+        "clients": fed.client_names, "client_windows": client_windows(fed),
         "server_test_fraction": cfg.server_test_fraction,
         "bytes_up": int(rounds["bytes_up"].sum()), "bytes_down": int(rounds["bytes_down"].sum()),
         "train_loss_per_round": [float(v) for v in rounds["train_loss"]],

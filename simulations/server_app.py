@@ -153,10 +153,8 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             raise FedharError("arm=local aggregates nothing, so it is not a Flower run: use `fedhar fl --arm local`")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         claim(out_dir, cfg.resume, cfg.overwrite)  # (the runners did already; a by-hand `flwr run` not)
-        if cfg.task == "pretrain":  # federated MAE pretraining: its own round driver, the same loop
-            from simulations.fed_pretrain import serve
-
-            return serve(grid, cfg, out_dir)
+        if cfg.task == "pretrain":  # federated MAE pretraining (simulations/fed_pretrain.py): the same round loop
+            return serve_pretraining(grid, cfg, out_dir)
         fed = federation(cfg)
         if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
@@ -211,6 +209,45 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         summarise(out_dir / "clients.csv").to_csv(out_dir / "rounds.csv", index=False)
 
     return app
+
+
+def serve_pretraining(grid: Grid, cfg: FLConfig, out_dir: Path) -> None:
+    """The ServerApp's main for ``--task pretrain``: the whole MAE travels; the end is a backbone."""
+    from simulations import fed_pretrain
+
+    fed = federation(cfg)
+    mae = fed_pretrain.initial_mae(cfg)
+    n_clients = len(fed.parts)
+    n_train = max(1, int(round(cfg.fraction_train * n_clients)))
+    log = RoundLog(out_dir / "clients.csv", fed.client_names)
+    strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
+    initial = ArrayRecord({k: v.detach().clone() for k, v in mae.state_dict().items()})
+    arrays, first_round = resume_from(out_dir, cfg, initial, strategy, log)
+    log_info(f"federated MAE pretraining: {n_clients} clients; strategy {cfg.strategy}; "
+             f"from {cfg.backbone or f'a random init (seed {cfg.seed})'}")
+    (out_dir / "config.json").write_text(json.dumps({
+        "config": cfg.settings(), "code": code_version(), "task": "pretrain", "data_read": data_sources(cfg),
+        "clients": fed.client_names, "client_windows": fed_pretrain.client_windows(fed), "mae": mae.config.to_dict(),
+        "parameters": sum(p.numel() for p in mae.parameters()),
+    }, indent=1))
+    node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
+    log.partition_of = {nid: pid for pid, nid in node_of.items()}
+    live = RoundProgress(cfg.rounds, first_round, tracker=tracker_for(cfg, out_dir))
+
+    def after_round(server_round: int) -> None:
+        log.flush()
+        table = summarise(out_dir / "clients.csv")
+        live.update(table[table["round"] == server_round].iloc[0].to_dict())
+
+    try:
+        arrays = run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round, after_round=after_round)
+    finally:
+        live.close()
+    log.flush()
+    table = summarise(out_dir / "clients.csv")
+    table.to_csv(out_dir / "rounds.csv", index=False)
+    mae.load_state_dict({k: torch.from_numpy(v.numpy().astype("float32")) for k, v in arrays.items()})
+    fed_pretrain.save_backbone(mae, out_dir, fed_pretrain.provenance(cfg, fed, table))
 
 
 def resume_from(out_dir: Path, cfg: FLConfig, arrays: ArrayRecord, strategy, log: RoundLog) -> tuple[ArrayRecord, int]:
