@@ -41,7 +41,7 @@ from fedhar.data.splits import lodo_split
 from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
-from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
+from fedhar.pretrain import PretrainConfig, backbone_provenance, check_unseen, pretrain, random_init_backbone
 
 #: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
 CONTAINS = {"hapt": "uci-har"}
@@ -145,17 +145,6 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
     return pretrain(WindowSet.concat(parts), cfg), " + ".join(described)
 
 
-def backbone_provenance(path: Path) -> dict:
-    """What a checkpoint says made it (its ``pretrain`` metadata); a damaged file is an error naming it."""
-    from fedhar.model.checkpoint import load_mae, read_metadata
-
-    load_mae(path)  # checksum and shape checked before any run relies on it
-    try:
-        return json.loads(read_metadata(path).get("pretrain", "{}"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: unreadable provenance metadata ({e})") from None
-
-
 def describe_backbone(path: Path) -> str:
     info = backbone_provenance(path)
     if info.get("random_init"):
@@ -164,26 +153,6 @@ def describe_backbone(path: Path) -> str:
         how = f"federated {info['rule']}" if info.get("federated") else "centralised"
         return f"{how} MAE, {info['rounds']} rounds on {'+'.join(info['datasets'])} ({path.name})"
     return f"{'+'.join(info.get('datasets', [])) or 'unknown data'} ({path.name})"
-
-
-def check_unseen(path: Path, held_out: str, test_subjects) -> None:
-    """Refuse a backbone that saw any of ``held_out``'s test subjects (or, where it records only
-    datasets, that dataset or one recorded from the same people)."""
-    info = backbone_provenance(path)
-    if info.get("random_init"):
-        return
-    people = next((g for g in SAME_PEOPLE if held_out in g), {held_out})
-    if "subjects" in info:
-        seen = {str(s) for d in people for s in info["subjects"].get(d, [])}
-        leaked = sorted(seen & {str(s) for s in test_subjects})
-        if leaked:
-            raise ValueError(f"--backbone {path}: it was pretrained on {held_out} test subject(s) {', '.join(leaked[:5])}; "
-                             f"pretrain with --server-test-fraction and the seed of this split")
-        return
-    datasets = set(info.get("datasets", []))
-    if not datasets or datasets & people:
-        raise ValueError(f"--backbone {path}: pretrained on {sorted(datasets) or 'unknown data'}, which may include "
-                         f"{held_out}'s test subjects")
 
 
 def given_backbone(held_out: str, path: Path, log) -> tuple[Path, str]:

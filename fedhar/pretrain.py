@@ -203,6 +203,39 @@ def _read_partial(partial: Path) -> dict | None:
         return None
 
 
+def backbone_provenance(path: Path) -> dict:
+    """What a checkpoint says made it (its ``pretrain`` metadata); a damaged file is an error naming it."""
+    from fedhar.model.checkpoint import read_metadata
+
+    try:
+        return json.loads(read_metadata(path).get("pretrain", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable provenance metadata ({e})") from None
+
+
+def check_unseen(path: Path, dataset: str, test_subjects, strict: bool = True) -> None:
+    """Refuse a backbone that saw any of ``dataset``'s ``test_subjects``: by the subjects it
+    records seeing (federated pretraining, per dataset), or, with ``strict``, where it records only
+    datasets, by having seen that dataset or one recorded from the same people at all."""
+    from fedhar.data.registry import SAME_PEOPLE
+
+    info = backbone_provenance(path)
+    if info.get("random_init"):
+        return
+    people = next((g for g in SAME_PEOPLE if dataset in g), {dataset})
+    if "subjects" in info:
+        seen = {str(s) for d in people for s in info["subjects"].get(d, [])}
+        leaked = sorted(seen & {str(s) for s in test_subjects})
+        if leaked:
+            raise CheckpointError(f"backbone {path}: it was pretrained on {dataset} test subject(s) "
+                                  f"{', '.join(leaked[:5])}; pretrain with --server-test-fraction and the seed of this split")
+        return
+    datasets = set(info.get("datasets", []))
+    if strict and (not datasets or datasets & people):
+        raise CheckpointError(f"backbone {path}: pretrained on {sorted(datasets) or 'unknown data'}, which may "
+                              f"include {dataset}'s test subjects")
+
+
 def load_backbone(path: Path) -> MaskedAutoencoder:
     return load_mae(path)
 

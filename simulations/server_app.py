@@ -14,6 +14,7 @@ from dataclasses import replace
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ArrayRecord, Context
@@ -25,6 +26,7 @@ from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
 from fedhar.model import count_parameters, trainable_state_dict
+from fedhar.pretrain import check_unseen
 from simulations.config import FLConfig
 from simulations.export import save_global_model
 from simulations.out_dir import claim
@@ -160,6 +162,9 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
                      f"{cfg.pretrain_epochs} epochs (cached for later runs; pass backbone=PATH to skip)")
         backbone = ensure_backbone(cfg)
+        test = fed.server_test  # a federatedly pretrained backbone must not have seen the server's test subjects
+        for name in test.datasets():
+            check_unseen(backbone, name, np.unique(test.subject[test.dataset == name]), strict=False)
         cfg = replace(cfg, out_dir=str(out_dir), backbone=str(backbone))
         log_info(f"backbone {cfg.backbone}; {len(fed.parts)} clients; strategy {cfg.strategy}")
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))

@@ -117,6 +117,11 @@ def test_fedhar_fl_fine_tunes_on_the_federated_backbone_with_few_labels(pretrain
     assert config["config"]["backbone"] == str(pretrained / "backbone.safetensors")
     assert config["few_labels"]["labelled_windows"] < config["few_labels"]["training_windows"]
     assert pd.read_csv(tmp_path / "ft" / "rounds.csv")["server_accuracy"].notna().all()
+    # another seed holds out other subjects on the server, some of which the backbone trained on
+    assert main(["fl", "--engine", "inline", "--backbone", str(pretrained / "backbone.safetensors"),
+                 "--synthetic-domains", "2", "--synthetic-subjects", "6", "--server-test-fraction", "0.3",
+                 "--rounds", "1", "--seed", "1", "--out-dir", str(tmp_path / "other-seed")]) == 2
+    assert "was pretrained on synthetic-d" in capsys.readouterr().err
 
 
 def test_fedhar_lodo_takes_the_backbone_only_where_it_never_saw_the_test_subjects(pretrained, tmp_path, capsys):
