@@ -147,3 +147,14 @@ def test_flwr_run_pretrains_federatedly(pretrained, tmp_path):
     out = launch(tiny(tmp_path / "flwr"))
     assert same_weights(weights(out), weights(pretrained))
     assert list(pd.read_csv(out / "rounds.csv")["round"]) == [1, 2]
+
+
+@pytest.mark.timeout(900)
+def test_a_local_deployment_pretrains_federatedly(pretrained, tmp_path, capsys):
+    """SuperLink + 2 SuperNodes (``fedhar deploy local``): the same backbone as the inline engine."""
+    out = tmp_path / "deploy"
+    assert main(["deploy", "local", "--nodes", "2", "--task", "pretrain", "--synthetic-domains", "2",
+                 "--synthetic-subjects", "6", "--server-test-fraction", "0.3", "--rounds", "2", "--batch-size", "64",
+                 "--round-timeout", "300", "--out-dir", str(out)]) == 0
+    assert same_weights(weights(out), weights(pretrained))
+    assert list(pd.read_csv(out / "rounds.csv")["clients_trained"]) == [2, 2]
