@@ -55,7 +55,8 @@ def register(commands) -> None:
     p.add_argument("--backbones", type=name_list("backbone", lambda: _lodo().BACKBONES, plus=False),
                    default=("other",), metavar="KIND[,KIND...]",
                    help="what the frozen backbone is pretrained on: none (random init, the control), synthetic, "
-                   "other (the other datasets, same people excluded), other+synthetic; comma-separated")
+                   "other (the other datasets, same people excluded), other+synthetic, file (--backbone PATH); "
+                   "comma-separated")
     p.add_argument("--pretrain-pool", type=name_list("dataset", dataset_names), default=(), metavar="NAME[,NAME...]",
                    help="datasets used only for pretraining (never held out), e.g. hapt")
     p.add_argument("--modes", type=name_list("mode", lambda: _finetune().MODES), default=("full", "lora", "qlora"),
@@ -72,6 +73,9 @@ def register(commands) -> None:
     add_synthetic_options(p)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default) or cuda[:N]")
+    p.add_argument("--backbone", type=Path, metavar="PATH",
+                   help="a finished MAE checkpoint (e.g. OUT_DIR/backbone.safetensors of `fedhar fl --task pretrain`) "
+                   "as backbone kind 'file' (the default --backbones then); a run whose test subjects it saw is refused")
     p.add_argument("--backbone-file", action="append", default=[], metavar="HELD_OUT=PATH",
                    help="use this finished checkpoint (with its .json) as HELD_OUT's 'other' backbone instead of "
                    "pretraining (e.g. where the pretraining data is absent); refused if it saw HELD_OUT's people")
@@ -145,8 +149,16 @@ def cmd_lodo(args) -> int:
     unknown = sorted(set(args.heldout_data) - known)
     if unknown:
         raise FedharError(f"--heldout-data {','.join(unknown)}: not among --data {','.join(args.data)}")
+    backbones = args.backbones
+    if args.backbone is not None:
+        if not args.backbone.is_file():
+            raise FedharError(f"--backbone {args.backbone}: no such file")
+        backbones = ("file",) if backbones == ("other",) else backbones
+    if "file" in backbones and args.backbone is None:
+        raise FedharError("--backbones file needs --backbone PATH")
     plan = LodoPlan(
-        datasets=args.data, held_out=args.heldout_data, backbones=args.backbones,
+        datasets=args.data, held_out=args.heldout_data, backbones=backbones,
+        backbone=str(args.backbone.resolve()) if args.backbone else "",
         pretrain_pool=args.pretrain_pool, modes=args.modes, ranks=args.ranks,
         train_fractions=args.train_fractions, seeds=args.seeds, epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs, split=args.split, data_dir=str(args.data_dir or ""),

@@ -15,6 +15,9 @@ Backbones (``backbones``; every claim about pretraining needs its control):
                    volunteers); a dataset contained in another (UCI-HAR in HAPT) is not
                    repeated. No such dataset left is an error, never a silent substitute.
   other+synthetic  both
+  file             the finished MAE checkpoint ``backbone`` names (``fedhar lodo --backbone``), e.g. one
+                   federatedly pretrained (``fedhar fl --task pretrain``); a run whose test subjects
+                   the checkpoint saw is refused (``check_unseen``, from the provenance it records)
 The ``backbone_kind`` and ``pretrained_on`` columns say which. Mode ``probe`` (head only, on
 the frozen unadapted backbone) is the diagnostic of what a backbone's features carry.
 """
@@ -39,11 +42,11 @@ from fedhar.data.synthetic import SyntheticConfig
 from fedhar.errors import FedharError
 from fedhar.finetune import FinetuneConfig, finetune_checkpoint, finetune_in_fresh_process
 from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS
-from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
+from fedhar.pretrain import PretrainConfig, backbone_provenance, check_unseen, pretrain, random_init_backbone
 
 #: a dataset whose recordings contain another's (UCI-HAR is cut from HAPT's): pretrain on one
 CONTAINS = {"hapt": "uci-har"}
-BACKBONES = ("none", "synthetic", "other", "other+synthetic")
+BACKBONES = ("none", "synthetic", "other", "other+synthetic", "file")
 KEY = ("held_out", "backbone_kind", "mode", "rank", "train_fraction", "seed", "epochs", "split")
 
 
@@ -72,6 +75,8 @@ class LodoPlan:
     #: (its sidecar names what it was pretrained on; checked like a fresh one), so a study can run
     #: where the pretraining data is not, e.g. on a GPU machine
     backbone_files: tuple[str, ...] = ()
+    #: the checkpoint of backbone kind "file" (``fedhar lodo --backbone PATH``)
+    backbone: str = ""
     #: "NAME=PATH.npz": read that dataset's windows from a prepared cache file (``load`` wrote it,
     #: checksum checked) instead of preparing them from the raw recordings
     windows_files: tuple[str, ...] = ()
@@ -117,6 +122,10 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         raise ValueError(f"unknown backbone {kind!r}; choose from {', '.join(BACKBONES)}")
     if kind == "none":
         return random_init_backbone(cfg), "none (random init, seed 0)"
+    if kind == "file":
+        if not plan.backbone:
+            raise ValueError("backbone kind 'file' needs --backbone PATH")
+        return Path(plan.backbone), describe_backbone(Path(plan.backbone))
     given = dict(entry.split("=", 1) for entry in plan.backbone_files)
     if kind == "other" and held_out in given:
         return given_backbone(held_out, Path(given[held_out]).expanduser(), log)
@@ -135,6 +144,16 @@ def backbone_for(held_out: str, kind: str, study: dict[str, WindowSet], plan: Lo
         described.append(f"synthetic population (seed {plan.synthetic_seed + 1000})")
     log(f"[{held_out}] backbone: {' + '.join(described)}")
     return pretrain(WindowSet.concat(parts), cfg), " + ".join(described)
+
+
+def describe_backbone(path: Path) -> str:
+    info = backbone_provenance(path)
+    if info.get("random_init"):
+        return f"none (random init, seed {info.get('seed')})"
+    if "rule" in info:  # fedhar fl --task pretrain (simulations/fed_pretrain.py)
+        how = f"federated {info['rule']}" if info.get("federated") else "centralised"
+        return f"{how} MAE, {info['rounds']} rounds on {'+'.join(info['datasets'])} ({path.name})"
+    return f"{'+'.join(info.get('datasets', [])) or 'unknown data'} ({path.name})"
 
 
 def given_backbone(held_out: str, path: Path, log) -> tuple[Path, str]:
@@ -240,6 +259,8 @@ def run_lodo(plan: LodoPlan, out_dir: Path, command: str = "", log=None) -> pd.D
             backbones[name, kind] = backbone_for(name, kind, study, plan, log)
         path, described = backbones[name, kind]
         train, test, _ = split_for(study[name], name, run, plan)
+        if kind == "file":
+            check_unseen(path, name, np.unique(test.subject))
         labels = LabelSpace.from_ids(study[name].y)
         cfg = FinetuneConfig(mode=run["mode"], rank=max(run["rank"], 1), epochs=plan.epochs,
                              batch_size=plan.batch_size, seed=run["seed"], device=plan.device)

@@ -203,5 +203,93 @@ def _read_partial(partial: Path) -> dict | None:
         return None
 
 
+def backbone_provenance(path: Path) -> dict:
+    """What a checkpoint says made it (its ``pretrain`` metadata); a damaged file is an error naming it."""
+    from fedhar.model.checkpoint import read_metadata
+
+    try:
+        return json.loads(read_metadata(path).get("pretrain", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable provenance metadata ({e})") from None
+
+
+def check_unseen(path: Path, dataset: str, test_subjects, strict: bool = True) -> None:
+    """Refuse a backbone that saw any of ``dataset``'s ``test_subjects``: by the subjects it
+    records seeing (federated pretraining, per dataset), or, with ``strict``, where it records only
+    datasets, by having seen that dataset or one recorded from the same people at all."""
+    from fedhar.data.registry import SAME_PEOPLE
+
+    info = backbone_provenance(path)
+    if info.get("random_init"):
+        return
+    people = next((g for g in SAME_PEOPLE if dataset in g), {dataset})
+    if "subjects" in info:
+        seen = {str(s) for d in people for s in info["subjects"].get(d, [])}
+        leaked = sorted(seen & {str(s) for s in test_subjects})
+        if leaked:
+            raise CheckpointError(f"backbone {path}: it was pretrained on {dataset} test subject(s) "
+                                  f"{', '.join(leaked[:5])}; pretrain with --server-test-fraction and the seed of this split")
+        return
+    datasets = set(info.get("datasets", []))
+    if strict and (not datasets or datasets & people):
+        raise CheckpointError(f"backbone {path}: pretrained on {sorted(datasets) or 'unknown data'}, which may "
+                              f"include {dataset}'s test subjects")
+
+
 def load_backbone(path: Path) -> MaskedAutoencoder:
     return load_mae(path)
+
+
+# ---- one client's share of federated pretraining (simulations/fed_pretrain.py) ----------------
+
+def train_mae(mae: MaskedAutoencoder, x: np.ndarray, epochs: int, batch_size: int, lr: float, seed: int,
+              weight_decay: float = 0.05, proximal_mu: float = 0.0) -> list[float]:
+    """``epochs`` passes of masked-patch reconstruction over windows ``x`` (already z-normalised),
+    with a fresh AdamW; returns the mean masked MSE of each epoch.
+
+    Everything random (the order of the windows, the masks) is drawn from one generator seeded
+    with ``seed``, never from torch's global one: the same call gives the same weights in any
+    process, whatever ran before (a resumed run equals an uninterrupted one). ``proximal_mu``
+    > 0 adds FedProx's mu/2 ||w - w_start||^2 to the loss."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(np.asarray(x, np.float32))
+    params = [p for p in mae.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    mae.train()
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=g)
+        total = 0.0
+        for i in range(0, len(data), batch_size):
+            batch = data[order[i:i + batch_size]]
+            noise = torch.rand(len(batch), mae.config.n_patches, generator=g)
+            optimizer.zero_grad(set_to_none=True)
+            loss = mae(batch, noise=noise).loss
+            objective = loss
+            if anchors is not None:
+                objective = loss + proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        history.append(total / max(1, len(data)))
+    return history
+
+
+@torch.no_grad()
+def reconstruction_loss(mae: MaskedAutoencoder, x: np.ndarray, seed: int, batch_size: int = 512) -> float:
+    """Mean masked MSE on windows ``x`` with masks drawn from ``seed``: the same masks every time
+    it is called with that seed, so rounds are compared on equal terms."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(np.asarray(x, np.float32))
+    was_training = mae.training
+    mae.eval()
+    total = 0.0
+    try:
+        for i in range(0, len(data), batch_size):
+            batch = data[i:i + batch_size]
+            noise = torch.rand(len(batch), mae.config.n_patches, generator=g)
+            total += float(mae(batch, noise=noise).loss) * len(batch)
+    finally:
+        mae.train(was_training)
+    return total / len(data) if len(data) else float("nan")

@@ -172,8 +172,25 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         add_base_deltas(model, call.deltas)
         return call.cfg, call.pid, call.server_round, call.data, model, call.received, call.rule, call.client
 
+    def pretraining(context: Context) -> tuple | None:
+        """(cfg, pid, data) when the run pretrains the MAE itself (simulations/fed_pretrain.py)."""
+        if (fixed.task if fixed else str(context.run_config.get("task", "finetune"))) != "pretrain":
+            return None
+        torch.set_num_threads(1)
+        cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
+        pid = int(context.node_config["partition-id"])
+        return cfg, pid, load_client_data(cfg, pid)
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if (pre := pretraining(context)) is not None:
+            from simulations.fed_pretrain import client_train
+
+            cfg, pid, data = pre
+            server_round = int(msg.content["config"]["server-round"])
+            if cfg.fault(pid, server_round) == "raise":
+                raise InjectedFailure(f"client {pid} fails in round {server_round} (inject-failure)")
+            return client_train(msg, cfg, pid, data, corrupt=cfg.fault(pid, server_round) == "nan")
         cfg, pid, server_round, data, model, received, rule, client = setup(msg, context)
         fault = cfg.fault(pid, server_round)
         if fault == "raise":
@@ -191,6 +208,10 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        if (pre := pretraining(context)) is not None:
+            from simulations.fed_pretrain import client_evaluate
+
+            return client_evaluate(msg, *pre)
         _, pid, _, data, model, received, _, _ = setup(msg, context)
         metrics = evaluate_local(model, data)
         metrics.update({"partition-id": pid, "bytes-received": received})
@@ -207,7 +228,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         try:
             cfg = with_node_data(fixed or FLConfig.from_run_config(dict(context.run_config)), context.node_config)
             # no backbone path yet: a by-hand `flwr run .` pretrains, and its clients learn the path in round 1
-            if cfg.backbone:
+            if cfg.backbone and cfg.task == "finetune":
                 set_threads(cfg)  # as every train / evaluate call: the model is built as there
                 fed = federation(cfg)
                 head = head_size(fed.client_labels[pid]) if fed.head == "local" else None

@@ -63,6 +63,7 @@ NORMALISE = ("dataset", "client")
 HEADS = ("auto", "shared", "local")
 ARMS = ("federated", "centralised", "local")
 FAULTS = ("raise", "nan")
+TASKS = ("finetune", "pretrain")
 #: FLConfig fields that say where a run reads and writes, not what it computes: a run's
 #: reproducing command and a figure's setting labels leave them out
 WHERE_FIELDS = ("out_dir", "resume", "overwrite", "data_dir", "backbone", "tensorboard")
@@ -119,7 +120,17 @@ class FLConfig:
     pretrain_data: str = option("synthetic",
         "what the backbone is pretrained on: 'synthetic' (a separate population) or datasets, comma-separated")
     pretrain_epochs: int = option(5, "MAE pretraining epochs of the backbone (cached by data and settings)")
-    backbone: str = option("", "an MAE checkpoint to use instead of pretraining")
+    backbone: str = option("", "an MAE checkpoint to use instead of pretraining (--task pretrain: the one to start from)")
+    # federated pretraining and few labels (issue 22; simulations/fed_pretrain.py, fedhar/data/few_labels.py)
+    task: str = option("finetune",
+        "finetune: adapters on a frozen backbone; pretrain: federated MAE pretraining of the backbone itself "
+        "(encoder + decoder) on the clients' unlabelled training windows, written to OUT_DIR/backbone.safetensors "
+        "(starts from --backbone, else a random init seeded with --seed)")
+    label_fraction: float = option(1.0,
+        "share of each client's training windows that are labelled: per subject and activity one seeded, "
+        "time-contiguous block of ceil(F * n) windows; the rest train nothing here (they serve pretraining)")
+    labelled_clients: int = option(0,
+        "only this many clients (a seeded choice) have labels and fine-tune; the others only pretrain (0 = all)")
     # fine-tuning
     mode: str = option("lora", "what clients train: full fine-tuning, LoRA, or LoRA on 4-bit NF4 frozen weights")
     rank: int = option(8, "LoRA rank r")
@@ -249,6 +260,27 @@ class FLConfig:
         _ = self.faults  # parses --inject-failure
         self._check_datasets()
         self._check_heldout()
+        self._check_task(rule)
+
+    def _check_task(self, rule) -> None:
+        """--task, --label-fraction, --labelled-clients (issue 22)."""
+        check_name("task", self.task, TASKS)
+        if not 0 < self.label_fraction <= 1:
+            raise FedharError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        if self.labelled_clients < 0:
+            raise FedharError(f"--labelled-clients must be >= 0 (0 = all), got {self.labelled_clients}")
+        if self.task != "pretrain":
+            return
+        if self.label_fraction != 1 or self.labelled_clients:
+            raise FedharError("--label-fraction and --labelled-clients choose who fine-tunes: --task pretrain "
+                              "uses every training window of every client, labelled or not")
+        if not rule.any_model:
+            raise FedharError(f"--task pretrain: --strategy {self.strategy} aggregates LoRA adapters only; use one "
+                              f"that averages any tensors (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad)")
+        if self.arm == "local":
+            raise FedharError("--task pretrain --arm local: nothing would be aggregated (use federated or centralised)")
+        if self.heldout_data:
+            raise FedharError("--heldout-data: --task pretrain evaluates reconstruction on the clients' test windows only")
 
     def clients_per_round(self, n_clients: int) -> int:
         """How many clients are sampled to train each round."""
@@ -256,6 +288,8 @@ class FLConfig:
 
     def check_clients(self, n_clients: int) -> None:
         """What needs the number of clients (known once the data is partitioned)."""
+        if self.labelled_clients > n_clients:
+            raise FedharError(f"--labelled-clients {self.labelled_clients}: the run has {n_clients} clients")
         for flag, values in (("client-ranks", self.rank_list), ("client-modes", self.mode_list)):
             if len(values) > n_clients:
                 raise FedharError(f"--{flag} gives {len(values)} values for {n_clients} clients")
@@ -282,8 +316,8 @@ class FLConfig:
                         get_reader(name)
                     except KeyError as e:
                         raise FedharError(f"--{flag}: {e.args[0]}") from None
-        if self.backbone:
-            return  # a given backbone: what it was pretrained on is not ours to check
+        if self.backbone or self.task == "pretrain":
+            return  # a given backbone: what it was pretrained on is not ours to check; pretrain: none
         shared = sorted(set(pretrain) & set(self.datasets) - {SYNTHETIC})
         if shared:
             raise FedharError(f"--pretrain-data and --data share {shared}: the backbone would see test data")

@@ -28,6 +28,8 @@ def round_line(row: dict, rounds: int, seconds: float | None = None) -> str:
              f"down {row.get('bytes_down', 0) / MB:.2f} MB"]
     if seconds is not None:
         parts.append(f"{seconds:.1f} s")
+    if num("recon_loss") != "-":  # federated pretraining: masked MSE on the clients' test windows
+        parts.append(f"recon {num('recon_loss')}")
     for phase in ("server", "heldout"):
         if num(f"{phase}_accuracy") != "-":
             parts.append(f"{phase} acc {num(f'{phase}_accuracy')}")

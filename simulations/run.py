@@ -58,6 +58,10 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
         print(f"\nfedhar fl --arm local: each client's own model, mean over clients:\n{summary.to_string()}\n"
               f"Table: {out_dir / 'local.csv'}", flush=True)
         return out_dir
+    if engine == "cohort" and cfg.task == "pretrain":  # the whole MAE trains per client: nothing shared to stack
+        print("fedhar fl: --task pretrain runs its clients one at a time (inline engine); the cohort engine "
+              "stacks LoRA adapters only", flush=True)
+        engine = "inline"
     announce(cfg, n_clients, engine)
     t0 = time.perf_counter()
     server_app, client_app = build_server_app(cfg), build_client_app(cfg)
@@ -138,6 +142,8 @@ def report(cfg: FLConfig, out_dir: Path, seconds: float, name: str = "fedhar fl"
         for row in rounds.to_dict("records"):
             print(round_line(row, cfg.rounds), file=stream)
     print(f"{name}: finished in {seconds:.0f} s", file=stream)
+    made = (f"backbone: {out_dir / 'backbone.safetensors'} (for --backbone)" if cfg.task == "pretrain"
+            else f"model: {out_dir / 'model'}")
     print(tables_note or f"tables: {rounds_csv} (every column per round), {out_dir / 'clients.csv'}; "
-          f"model: {out_dir / 'model'}; configuration: {out_dir / 'config.json'}", file=stream, flush=True)
+          f"{made}; configuration: {out_dir / 'config.json'}", file=stream, flush=True)
     return out_dir

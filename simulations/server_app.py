@@ -14,6 +14,7 @@ from dataclasses import replace
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ArrayRecord, Context
@@ -25,6 +26,7 @@ from fedhar.console import quiet_flower
 from fedhar.errors import FedharError
 from fedhar.lodo import code_version
 from fedhar.model import count_parameters, trainable_state_dict
+from fedhar.pretrain import check_unseen
 from simulations.config import FLConfig
 from simulations.export import save_global_model
 from simulations.out_dir import claim
@@ -68,8 +70,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             "rejected": int(((df["round"] == r) & (df["status"] == "rejected")).sum()),
             "offline": int(((df["round"] == r) & (df["phase"] == "train") & (df["status"] == "offline")).sum()),
             "train_loss": t["train_loss"].mean() if len(t) else float("nan"),
-            "accuracy": (e["accuracy"] * w).sum() / w.sum() if len(e) else float("nan"),
-            "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if len(e) else float("nan"),
+            "accuracy": (e["accuracy"] * w).sum() / w.sum() if e["accuracy"].notna().any() else float("nan"),
+            "macro_f1": (e["macro_f1"] * w).sum() / w.sum() if e["macro_f1"].notna().any() else float("nan"),
             "acc_min": e["accuracy"].min() if len(e) else float("nan"),
             "acc_max": e["accuracy"].max() if len(e) else float("nan"),
             "acc_std": e["accuracy"].std(ddof=0) if len(e) else float("nan"),
@@ -80,6 +82,8 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
             rows = ok[(ok["round"] == r) & (ok["phase"] == phase)]
             out[-1][f"{phase}_accuracy"] = _weighted(rows, "accuracy")
             out[-1][f"{phase}_macro_f1"] = _weighted(rows, "macro_f1")
+        if "recon_loss" in e:  # federated pretraining: masked MSE on the clients' test windows
+            out[-1]["recon_loss"] = _weighted(e, "recon_loss")
         if "local_accuracy" in t:
             out[-1].update(local_global_gap(t, e))
     table = pd.DataFrame(out)
@@ -151,11 +155,16 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             raise FedharError("arm=local aggregates nothing, so it is not a Flower run: use `fedhar fl --arm local`")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
         claim(out_dir, cfg.resume, cfg.overwrite)  # (the runners did already; a by-hand `flwr run` not)
+        if cfg.task == "pretrain":  # federated MAE pretraining (simulations/fed_pretrain.py): the same round loop
+            return serve_pretraining(grid, cfg, out_dir)
         fed = federation(cfg)
         if not cfg.backbone:  # a by-hand `flwr run .`: the runners pretrain before starting (startup.py)
             log_info(f"no backbone in the run config: pretraining one on {cfg.pretrain_data} for "
                      f"{cfg.pretrain_epochs} epochs (cached for later runs; pass backbone=PATH to skip)")
         backbone = ensure_backbone(cfg)
+        test = fed.server_test  # a federatedly pretrained backbone must not have seen the server's test subjects
+        for name in test.datasets():
+            check_unseen(backbone, name, np.unique(test.subject[test.dataset == name]), strict=False)
         cfg = replace(cfg, out_dir=str(out_dir), backbone=str(backbone))
         log_info(f"backbone {cfg.backbone}; {len(fed.parts)} clients; strategy {cfg.strategy}")
         model = build_model(cfg, fed.labels.size, Path(cfg.backbone))
@@ -169,17 +178,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}
         evaluator = ServerEvaluator(cfg, fed, Path(cfg.backbone))
         hook = server_evaluation(strategy, evaluator, cfg, log) if evaluator.active else None
-        arrays, first_round = ArrayRecord(initial), 1
-        if cfg.resume:
-            saved = load_checkpoint(out_dir, cfg)
-            if saved is None:  # (claim() checked: no earlier tables either)
-                log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
-            else:
-                arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
-                vars(strategy).update(saved["strategy_state"])
-                log.rows = saved["log_rows"]
-                first_round = saved["round"] + 1
-                log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
+        arrays, first_round = resume_from(out_dir, cfg, ArrayRecord(initial), strategy, log)
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.settings(),
             "code": code_version(),
@@ -190,6 +189,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "head": fed.head,  # cfg.head resolved (auto -> shared | local)
             "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
             "server_eval": evaluator.describe(),
+            **({"few_labels": fed.few_labels} if fed.few_labels else {}),  # --label-fraction, --labelled-clients
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
@@ -224,6 +224,61 @@ def write_rounds(table: pd.DataFrame, out_dir: Path) -> None:
 
     with atomic_path(out_dir / "rounds.csv") as tmp:
         table.to_csv(tmp, index=False)
+
+
+def serve_pretraining(grid: Grid, cfg: FLConfig, out_dir: Path) -> None:
+    """The ServerApp's main for ``--task pretrain``: the whole MAE travels; the end is a backbone."""
+    from simulations import fed_pretrain
+
+    fed = federation(cfg)
+    mae = fed_pretrain.initial_mae(cfg)
+    n_clients = len(fed.parts)
+    n_train = cfg.clients_per_round(n_clients)
+    log = RoundLog(out_dir / "clients.csv", fed.client_names)
+    strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
+    initial = ArrayRecord({k: v.detach().clone() for k, v in mae.state_dict().items()})
+    arrays, first_round = resume_from(out_dir, cfg, initial, strategy, log)
+    log_info(f"federated MAE pretraining: {n_clients} clients; strategy {cfg.strategy}; "
+             f"from {cfg.backbone or f'a random init (seed {cfg.seed})'}")
+    (out_dir / "config.json").write_text(json.dumps({
+        "config": cfg.settings(), "code": code_version(), "task": "pretrain", "data_read": data_sources(cfg),
+        "clients": fed.client_names, "client_windows": fed_pretrain.client_windows(fed), "mae": mae.config.to_dict(),
+        "parameters": sum(p.numel() for p in mae.parameters()),
+    }, indent=1))
+    node_of = discover_partitions(grid, n_clients, cfg.round_timeout)
+    log.partition_of = {nid: pid for pid, nid in node_of.items()}
+    live = RoundProgress(cfg.rounds, first_round, tracker=tracker_for(cfg, out_dir))
+
+    def after_round(server_round: int) -> None:
+        log.flush()
+        table = summarise(out_dir / "clients.csv")
+        write_rounds(table, out_dir)  # every round: a killed run keeps the rounds it finished
+        live.update(table[table["round"] == server_round].iloc[0].to_dict())
+
+    try:
+        arrays = run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round, after_round=after_round)
+    finally:
+        live.close()
+    log.flush()
+    table = summarise(out_dir / "clients.csv")
+    write_rounds(table, out_dir)
+    mae.load_state_dict({k: torch.from_numpy(v.numpy().astype("float32")) for k, v in arrays.items()})
+    fed_pretrain.save_backbone(mae, out_dir, fed_pretrain.provenance(cfg, fed, table))
+
+
+def resume_from(out_dir: Path, cfg: FLConfig, arrays: ArrayRecord, strategy, log: RoundLog) -> tuple[ArrayRecord, int]:
+    """(global arrays, first round): ``arrays`` and 1, or with ``cfg.resume`` the checkpoint's
+    arrays, strategy state and log rows, and the round after it."""
+    if not cfg.resume:
+        return arrays, 1
+    saved = load_checkpoint(out_dir, cfg)
+    if saved is None:  # (claim() checked: no earlier tables either)
+        log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
+        return arrays, 1
+    vars(strategy).update(saved["strategy_state"])
+    log.rows = saved["log_rows"]
+    log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")
+    return ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()}), saved["round"] + 1
 
 
 def log_info(message: str) -> None:

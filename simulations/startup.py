@@ -42,6 +42,10 @@ def prepare_run(cfg: FLConfig) -> tuple[FLConfig, int]:
     cfg = absolute_paths(cfg)
     claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
     n_clients = len(federation(cfg).parts)
+    if cfg.task == "pretrain":  # the backbone is what the run makes: --backbone, if any, is where it starts
+        if cfg.backbone:
+            ensure_backbone(cfg)  # a missing or damaged file is an error now, naming it
+        return cfg, n_clients
     return replace(cfg, backbone=str(ensure_backbone(cfg).resolve())), n_clients
 
 
@@ -49,8 +53,9 @@ def announce(cfg: FLConfig, n_clients: int, engine: str, stream=None) -> None:
     """The line every engine prints before its rounds: what runs, and where its tables go."""
     import sys
 
+    what = "MAE pretraining" if cfg.task == "pretrain" else f"{cfg.mode} rank {cfg.rank}"
     print(f"fedhar fl: {n_clients} clients ({cfg.partition} partition of {cfg.data}), "
-          f"{cfg.mode} rank {cfg.rank}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {cfg.out_dir}",
+          f"{what}, {cfg.strategy}, {cfg.rounds} rounds, {engine} engine -> {cfg.out_dir}",
           file=stream or sys.stdout, flush=True)
 
 

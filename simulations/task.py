@@ -14,13 +14,14 @@ whether the head is shared or local.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedhar.data import LabelSpace, WindowSet, load
+from fedhar.data.few_labels import labelled_clients, labelled_windows
 from fedhar.data.labels import encode_open  # noqa: F401 (used here and by the apps)
 from fedhar.data.partition import by_dataset, by_subject, dirichlet
 from fedhar.data.registry import load_readers
@@ -130,6 +131,7 @@ class Federation:
     server_test: WindowSet  # raw windows of the server's test subjects (empty: no server split)
     client_labels: list[LabelSpace]  # per client: the classes in its training windows
     head: str  # "shared" | "local" (cfg.head resolved)
+    few_labels: dict = field(default_factory=dict)  # --label-fraction / --labelled-clients: what was kept
 
     @property
     def client_names(self) -> list[str]:
@@ -201,18 +203,41 @@ def _federation(cfg_json: str) -> Federation:
     for idx in parts.values():
         train, test = _client_split(labelled.subset(idx), cfg)
         splits.append((idx[train], idx[test]))
+    # normalise = dataset: per dataset, the mean and std of every client's training windows
+    # of that dataset (labelled or not). That is exactly what one federated round of per-client
+    # sums, sums of squares and counts (per dataset and channel) would give the server, so no
+    # window leaves its client to compute it; here it is computed directly.
+    norm = Normaliser.fit(ws, rows=np.concatenate([train for train, _ in splits]))
+    few = {}
+    if cfg.task == "finetune" and (cfg.label_fraction < 1 or cfg.labelled_clients):
+        parts, splits, few = _few_labels(labelled, parts, splits, cfg)
     if cfg.arm == "centralised":  # one client: exactly the union of the clients' own splits
         parts = {"centralised": np.concatenate(list(parts.values()))}
         splits = [(np.concatenate([t for t, _ in splits]), np.concatenate([e for _, e in splits]))]
-    # normalise = dataset: per dataset, the mean and std of every client's training windows
-    # of that dataset. That is exactly what one federated round of per-client sums, sums of
-    # squares and counts (per dataset and channel) would give the server, so no window
-    # leaves its client to compute it; here it is computed directly.
-    norm = Normaliser.fit(ws, rows=np.concatenate([train for train, _ in splits]))
     labels = LabelSpace.from_ids(ws.y)
     client_labels = [LabelSpace.from_ids(ws.y[train]) for train, _ in splits]
     return Federation(ws, parts, labels, splits, norm, server_test, client_labels,
-                      resolve_head(cfg, labels, client_labels))
+                      resolve_head(cfg, labels, client_labels), few)
+
+
+def _few_labels(ws: WindowSet, parts: dict, splits: list, cfg: FLConfig) -> tuple[dict, list, dict]:
+    """Fine-tuning with few labels (fedhar.data.few_labels): only the --labelled-clients keep a
+    place in the federation, each with its --label-fraction of labelled training windows. The
+    partition, the test windows and the normalisation are those of the full federation, so a
+    backbone federatedly pretrained with the same seed saw exactly these clients' windows."""
+    names = list(parts)
+    keep = labelled_clients(len(names), cfg.labelled_clients, cfg.seed)
+    new_parts, new_splits = {}, []
+    for pid in keep:
+        train, test = splits[pid]
+        train = train[labelled_windows(ws.y[train], ws.subset(train).subject_keys(), cfg.label_fraction, [cfg.seed, pid])]
+        new_parts[names[pid]] = parts[names[pid]]
+        new_splits.append((train, test))
+    return new_parts, new_splits, {
+        "label_fraction": cfg.label_fraction, "clients_with_labels": [names[p] for p in keep],
+        "clients_without_labels": [n for p, n in enumerate(names) if p not in keep],
+        "training_windows": int(sum(len(t) for t, _ in splits)),
+        "labelled_windows": int(sum(len(t) for t, _ in new_splits))}
 
 
 def data_sources(cfg: FLConfig) -> dict[str, str]:
@@ -220,7 +245,7 @@ def data_sources(cfg: FLConfig) -> dict[str, str]:
     from fedhar.data.loading import find_dataset
 
     names = dict.fromkeys([*cfg.datasets, *cfg.heldout_datasets,
-                           *([] if cfg.backbone else [d for d in cfg.pretrain_data.split("+") if d])])
+                           *([] if cfg.backbone or cfg.task == "pretrain" else [d for d in cfg.pretrain_data.split("+") if d])])
     return {name: "generated" if name == "synthetic" else str(find_dataset(name, cfg.data_dir or None).resolve())
             for name in names}
 

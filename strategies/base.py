@@ -59,6 +59,9 @@ class Rule:
     #: each client keeps part of the model (FedSA-LoRA's B): the clients' own test scores are
     #: those of personalised models, not of one global model
     personalised: bool = False
+    #: whether the rule averages any model's tensors, not only LoRA adapters: it can then
+    #: federate MAE pretraining (``fedhar fl --task pretrain``: the whole MAE travels)
+    any_model: bool = False
 
     @property
     def heterogeneous_ranks(self) -> bool:

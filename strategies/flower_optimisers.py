@@ -16,6 +16,7 @@ from strategies.validation import validated
 class FedProxRule(Rule):
     summary = "FedAvg + a client-side proximal term mu/2 ||w - w_global||^2 (Flower's FedProx)"
     server_class = validated(FedProx)
+    any_model = True
 
     def server_options(self, cfg) -> dict:
         return {"proximal_mu": cfg.proximal_mu}
@@ -24,6 +25,7 @@ class FedProxRule(Rule):
 class FedAvgMRule(Rule):
     summary = "Flower's FedAvgM: server momentum on the averaged update"
     server_class = validated(FedAvgM)
+    any_model = True
 
     def server_options(self, cfg) -> dict:
         # Hsu et al. 2019: the effective server step is lr / (1 - momentum); lr = 1 - momentum
@@ -32,6 +34,8 @@ class FedAvgMRule(Rule):
 
 
 class _ServerOptimiser(Rule):
+    any_model = True
+
     def server_options(self, cfg) -> dict:
         return {"eta": cfg.server_lr, "eta_l": cfg.server_lr}
 

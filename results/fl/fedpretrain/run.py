@@ -1,0 +1,245 @@
+"""Issue 22: which backbone, with how few labels? Federated MAE pretraining against its controls.
+
+Backbones (per seed):
+  random     the MAE at its initialisation with the seed, never trained (the control); it is
+             also where the federated pretraining starts
+  central    pretrained on the pooled training windows of the same clients (``fedhar fl --task
+             pretrain --arm centralised``: one client holding their union, same rounds, epochs and
+             optimiser): what pooling raw data buys
+  federated  pretrained federatedly on the same clients' unlabelled training windows (``fedhar fl
+             --task pretrain``, FedAvg unless --pretrain-strategy)
+  other      pretrained centrally on other datasets (--other-data; ``fedhar.pretrain``), today's `other`
+Fine-tuning per (backbone, label fraction, seed): federated LoRA (``fedhar fl --label-fraction F``,
+FedAvg unless --strategy) and the probe (the head alone on the frozen backbone, trained on the union
+of the same labelled windows: ``fedhar.finetune``, mode probe). Both are scored on the server's test
+subjects (--server-test-fraction 0.3 of the subjects, the LODO split of the seed), which no
+pretraining and no fine-tuning ever sees. Clients: one per subject of --data.
+
+Resumable: every finished cell is one row appended to results.csv (a rerun skips rows already
+there), every pretraining one row of pretrain.csv; federated runs live in WORK_DIR/<name>/ and
+continue from their round checkpoint. The small tables of each pretraining run (rounds.csv,
+config.json, backbone.json) are copied to pretrain/<name>/ here; the backbones (12 MB each) stay
+in WORK_DIR. table.md is rewritten from results.csv at the end (paired differences over seeds).
+
+  python results/fl/fedpretrain/run.py --data uci-har --data-dir /work/shared/data \\
+      --backbones random,federated --label-fractions 0.1 --seeds 0 --pretrain-rounds 5 --finetune-rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # this checkout's fedhar and simulations, not another installed copy
+BACKBONES = ("random", "central", "federated", "other")
+KEY = ("data", "backbone", "label_fraction", "mode", "seed", "pretrain_rounds", "finetune_rounds")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="uci-har")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--other-data", default="usc-had", help="datasets of the 'other' backbone, comma-separated")
+    p.add_argument("--backbones", default="random,central,federated,other")
+    p.add_argument("--label-fractions", default="0.01,0.05,0.1,0.3,1")
+    p.add_argument("--modes", default="lora,probe")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--pretrain-rounds", type=int, default=20)
+    p.add_argument("--pretrain-epochs", type=int, default=1, help="local epochs per pretraining round")
+    p.add_argument("--pretrain-strategy", default="fedavg")
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--other-epochs", type=int, default=20, help="epochs of the 'other' backbone's central pretraining")
+    p.add_argument("--finetune-rounds", type=int, default=10)
+    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--probe-epochs", type=int, default=20)
+    p.add_argument("--work-dir", default="runs/fedpretrain", help="federated runs and backbones (not committed)")
+    p.add_argument("--out", default=str(HERE), help="results.csv, pretrain.csv, table.md")
+    args = p.parse_args(argv)
+    args.backbones = [b for b in args.backbones.split(",") if b]
+    unknown = set(args.backbones) - set(BACKBONES)
+    if unknown:
+        p.error(f"--backbones: unknown {sorted(unknown)}; known: {', '.join(BACKBONES)}")
+    args.label_fractions = [float(f) for f in args.label_fractions.split(",")]
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    return args
+
+
+def base(args, seed: int) -> dict:
+    """What every federation of the study shares: the same clients and the same server test subjects."""
+    return dict(data=args.data, data_dir=args.data_dir, partition="subject", server_test_fraction=0.3, seed=seed,
+                batch_size=64, head="shared")
+
+
+def run_federation(cfg) -> tuple[Path, float]:
+    """(out dir, seconds) of a finished run of ``cfg``: run now, resumed from its checkpoint, or found done."""
+    from simulations.run import run_inprocess
+
+    out = Path(cfg.out_dir)
+    if (out / "done").exists():
+        return out, json.loads((out / "done").read_text())["seconds"]
+    resume = (out / "checkpoint.pkl").exists()
+    t0 = time.perf_counter()
+    run_inprocess(replace(cfg, resume=resume, overwrite=out.exists() and not resume), engine="inline")
+    seconds = time.perf_counter() - t0
+    (out / "done").write_text(json.dumps({"seconds": seconds, "resumed": resume}))
+    return out, seconds
+
+
+def append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    if new:
+        header = list(row)
+    else:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore", restval="")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def done(path: Path, key: tuple[str, ...]) -> set[tuple]:
+    if not path.exists():
+        return set()
+    return {tuple(str(r[k]) for k in key) for r in pd.read_csv(path).to_dict("records")}
+
+
+def backbone(kind: str, args, seed: int) -> tuple[Path, dict]:
+    """(checkpoint, pretraining cost row) of one backbone of one seed; pretrains it if needed."""
+    from fedhar.pretrain import PretrainConfig, pretrain, random_init_backbone
+    from simulations.config import FLConfig
+    from simulations.fl_report import command_of
+
+    work = Path(args.work_dir).resolve()
+    if kind == "random":
+        return random_init_backbone(PretrainConfig(seed=seed), out_dir=work / "backbones"), {}
+    if kind == "other":
+        from fedhar.data import WindowSet, load
+
+        windows = WindowSet.concat([load(d, args.data_dir or None).windows for d in args.other_data.split(",")])
+        t0 = time.perf_counter()
+        path = pretrain(windows, PretrainConfig(epochs=args.other_epochs, seed=seed), out_dir=work / "backbones")
+        info = json.loads(path.with_suffix(".json").read_text())
+        return path, {"seconds": info.get("seconds", time.perf_counter() - t0), "bytes_up": 0, "bytes_down": 0,
+                      "command": f"fedhar pretrain --data {args.other_data} --epochs {args.other_epochs} --seed {seed}"}
+    name = f"pretrain-{kind}-{args.data}-r{args.pretrain_rounds}-s{seed}"
+    cfg = FLConfig(**base(args, seed), task="pretrain", arm="centralised" if kind == "central" else "federated",
+                   strategy=args.pretrain_strategy, rounds=args.pretrain_rounds, local_epochs=args.pretrain_epochs,
+                   lr=args.pretrain_lr, client_eval_every=args.pretrain_rounds, out_dir=str(work / name))
+    out, seconds = run_federation(cfg)
+    keep = Path(args.out) / "pretrain" / name
+    keep.mkdir(parents=True, exist_ok=True)
+    for table in ("rounds.csv", "config.json", "backbone.json"):
+        shutil.copyfile(out / table, keep / table)
+    rounds = pd.read_csv(out / "rounds.csv")
+    return out / "backbone.safetensors", {
+        "seconds": seconds, "bytes_up": int(rounds["bytes_up"].sum()), "bytes_down": int(rounds["bytes_down"].sum()),
+        "final_train_loss": rounds["train_loss"].iloc[-1], "final_recon_loss": rounds["recon_loss"].iloc[-1],
+        "command": command_of(cfg.settings())}
+
+
+def lora(path: Path, fraction: float, args, seed: int, name: str) -> dict:
+    from simulations.config import FLConfig
+    from simulations.fl_report import command_of
+
+    cfg = FLConfig(**base(args, seed), backbone=str(path), label_fraction=fraction, strategy=args.strategy,
+                   rounds=args.finetune_rounds, client_eval_every=args.finetune_rounds,
+                   out_dir=str(Path(args.work_dir).resolve() / name))
+    out, seconds = run_federation(cfg)
+    last = pd.read_csv(out / "rounds.csv").iloc[-1]
+    rounds = pd.read_csv(out / "rounds.csv")
+    few = json.loads((out / "config.json").read_text()).get("few_labels", {})
+    return {"accuracy": last["server_accuracy"], "macro_f1": last["server_macro_f1"], "seconds": seconds,
+            "bytes_up": int(rounds["bytes_up"].sum()), "bytes_down": int(rounds["bytes_down"].sum()),
+            "labelled_windows": few.get("labelled_windows", ""), "training_windows": few.get("training_windows", ""),
+            "command": f"{command_of(cfg.settings())} --backbone {path}"}
+
+
+def probe(path: Path, fraction: float, args, seed: int) -> dict:
+    """The head alone on the frozen backbone, trained on the union of the clients' labelled windows."""
+    from fedhar.data.labels import encode_open
+    from fedhar.finetune import FinetuneConfig, finetune_checkpoint
+    from simulations.config import FLConfig
+    from simulations.task import client_data, federation
+
+    cfg = FLConfig(**base(args, seed), backbone=str(path), label_fraction=fraction, arm="centralised")
+    fed, data = federation(cfg), client_data(cfg, 0)
+    test = fed.norm.apply(fed.server_test)
+    test_y, _ = encode_open(data.labels, test.y, data.n_classes)
+    t0 = time.perf_counter()
+    result = finetune_checkpoint(str(path), data.train_x, data.train_y, test.x, test_y, data.n_classes,
+                                 cfg=FinetuneConfig(mode="probe", epochs=args.probe_epochs, seed=seed), threads=1)
+    return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "seconds": time.perf_counter() - t0,
+            "bytes_up": 0, "bytes_down": 0, "labelled_windows": len(data.train_y),
+            "training_windows": fed.few_labels.get("training_windows", len(data.train_y)),
+            "command": f"probe: fedhar.finetune mode probe, {args.probe_epochs} epochs, on the labelled windows of "
+                       f"fedhar fl --data {args.data} --partition subject --server-test-fraction 0.3 --seed {seed} "
+                       f"--label-fraction {fraction} --arm centralised"}
+
+
+def main(argv=None) -> int:
+    from fedhar.lodo import code_version
+
+    args = parse(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, pretrains = out / "results.csv", out / "pretrain.csv"
+    finished = done(results, KEY)
+    pre_done = done(pretrains, ("data", "backbone", "seed", "pretrain_rounds"))
+    command = "python " + shlex.join([str(Path(sys.argv[0])), *(argv if argv is not None else sys.argv[1:])])
+    for seed in args.seeds:
+        for kind in args.backbones:
+            path, cost = backbone(kind, args, seed)
+            if cost and (args.data, kind, str(seed), str(args.pretrain_rounds)) not in pre_done:
+                append(pretrains, {"data": args.data, "backbone": kind, "seed": seed, "pretrain_rounds": args.pretrain_rounds,
+                                   **cost, "code": code_version()})
+            for fraction in args.label_fractions:
+                for mode in args.modes:
+                    key = {"data": args.data, "backbone": kind, "label_fraction": fraction, "mode": mode, "seed": seed,
+                           "pretrain_rounds": args.pretrain_rounds if kind in ("central", "federated") else 0,
+                           "finetune_rounds": args.finetune_rounds if mode == "lora" else 0}
+                    if tuple(str(key[k]) for k in KEY) in finished:
+                        continue
+                    name = f"ft-{kind}-{args.data}-f{fraction:g}-r{args.finetune_rounds}-p{key['pretrain_rounds']}-s{seed}"
+                    cell = lora(path, fraction, args, seed, name) if mode == "lora" else probe(path, fraction, args, seed)
+                    row = {**key, **cell, "backbone_file": path.name, "code": code_version(), "study": command,
+                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    append(results, row)
+                    print(f"{kind} backbone, {fraction:.0%} labels, {mode}, seed {seed}: accuracy {row['accuracy']:.3f} "
+                          f"({row['seconds']:.0f} s)", flush=True)
+    (out / "table.md").write_text(table(pd.read_csv(results)))
+    return 0
+
+
+def table(rows: pd.DataFrame) -> str:
+    """Accuracy per (mode, label fraction, backbone) over seeds, and the paired differences the issue asks for."""
+    from fedhar.stats import mean_std, paired_difference
+
+    lines = ["| mode | labels | backbone | pretrain rounds | accuracy | macro-F1 | federated − this (accuracy) |",
+             "|---|---|---|---|---|---|---|"]
+    for (mode, fraction), cell in rows.groupby(["mode", "label_fraction"], sort=True):
+        fed = cell[cell["backbone"] == "federated"].set_index("seed")["accuracy"]
+        for kind in BACKBONES:
+            these = cell[cell["backbone"] == kind]
+            if these.empty:
+                continue
+            diff = "" if kind == "federated" or fed.empty else paired_difference(fed, these.set_index("seed")["accuracy"]).text()
+            lines.append(f"| {mode} | {fraction:.0%} | {kind} | {int(these['pretrain_rounds'].iloc[0])} | "
+                         f"{mean_std(these['accuracy'])} | {mean_std(these['macro_f1'])} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
