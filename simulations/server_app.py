@@ -35,6 +35,7 @@ from simulations.startup import default_out_dir
 from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
 from simulations.tracking import tracker_for
 from strategies import RoundLog, get_rule, make_strategy
+from strategies.dp import privacy_summary, settings_for
 
 REPLY_COLUMNS = ("num_examples", "train_loss", "accuracy", "macro_f1", "bytes_sent", "bytes_received")
 
@@ -83,7 +84,25 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
         if "local_accuracy" in t:
             out[-1].update(local_global_gap(t, e))
     table = pd.DataFrame(out)
-    return table.merge(drift_per_round(clients_csv.parent), on="round", how="left") if len(table) else table
+    if not len(table):
+        return table
+    return privacy_per_round(df, table).merge(drift_per_round(clients_csv.parent), on="round", how="left")
+
+
+def privacy_per_round(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the privacy spent: central DP's aggregate rows (strategies/dp.py: epsilon
+    after the round, carried over rounds with no release, delta, noise std, clip, share of
+    updates clipped) and DP-SGD's largest record-level epsilon over the round's clients."""
+    ok = df[df["status"] == "ok"]
+    columns = ["dp_epsilon", "dp_delta", "dp_noise_std", "dp_clip", "dp_clipped"]
+    if "dp_epsilon" in df:
+        rows = ok[(ok["phase"] == "aggregate") & ok["dp_epsilon"].notna()]
+        table = table.merge(rows[["round", *columns]].drop_duplicates("round", keep="last"), on="round", how="left")
+        table[["dp_epsilon", "dp_delta"]] = table[["dp_epsilon", "dp_delta"]].ffill().fillna({"dp_epsilon": 0.0})
+    if "dp_sgd_epsilon" in df:
+        spent = ok[ok["phase"] == "train"].groupby("round")["dp_sgd_epsilon"].max().rename("dp_sgd_epsilon_max")
+        table = table.merge(spent.reset_index(), on="round", how="left")
+    return table
 
 
 def local_global_gap(train: pd.DataFrame, evaluate: pd.DataFrame) -> dict:
@@ -163,7 +182,9 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         n_clients = len(fed.parts)
         n_train = max(1, int(round(cfg.fraction_train * n_clients)))
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
-        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
+        dp = settings_for(cfg, n_clients)
+        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, dp=dp,
+                                 **get_rule(cfg.strategy).server_options(cfg))
         initial = trainable_state_dict(model)
         if fed.head == "local":  # local heads never travel: the global model has none
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}
@@ -189,6 +210,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "head": fed.head,  # cfg.head resolved (auto -> shared | local)
             "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
             "server_eval": evaluator.describe(),
+            "privacy": privacy_summary(cfg, dp),
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))

@@ -53,6 +53,9 @@ class Rule:
     name: str = ""  # set by the registry: the name it was looked up by
     summary: str = ""  # one line for --help and the README's table
     server_class: type = None  # type: ignore[assignment]  # a Flower Message-API strategy
+    # central DP (strategies/dp.py) applies when the new global is, per tensor, the mean of what the clients
+    # send; then this says what it protects ("" = the rule is not such a mean: refused)
+    central_dp: str = ""
 
     @property
     def heterogeneous_ranks(self) -> bool:

@@ -208,3 +208,4 @@ def without_part(arrays: ArrayRecord, part: str) -> ArrayRecord:
 class FedITRule(Rule):
     summary = "FedAvg on A and B separately (FedIT); also full fine-tuning"
     server_class = FedIT
+    central_dp = "every tensor a client sends (A, B, a shared head) is clipped as one update and noised"
