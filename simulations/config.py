@@ -273,6 +273,9 @@ class FLConfig:
                 raise FedharError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         if not 0 < self.dp_delta < 1:
             raise FedharError(f"--dp-delta must be in (0, 1) (and below 1/clients), got {self.dp_delta}")
+        if self.dp_sgd_noise > 0 and self.strategy == "fedprox":
+            raise FedharError("--dp-sgd-noise clips each window's gradient; FedProx's proximal term is not one: "
+                              "not both (use --strategy fedavg)")
         if self.dp_sgd_noise > 0 and "qlora" in (self.mode, *self.mode_list):
             raise FedharError("--dp-sgd-noise: per-example gradients through 4-bit layers are not supported: "
                               "use --mode lora or full")

@@ -126,6 +126,7 @@ def test_no_client_moves_the_aggregate_by_more_than_clip_over_m(tmp_path, server
     (["--dp-epsilon", "8", "--strategy", "flora"], "central DP needs one of fedavg"),
     (["--dp-clip", "0"], "--dp-clip must be > 0"),
     (["--dp-sgd-noise", "1", "--mode", "qlora"], "use --mode lora or full"),
+    (["--dp-sgd-noise", "1", "--strategy", "fedprox"], "not both"),
 ])
 def test_settings_that_promise_nothing_are_one_line_errors(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
