@@ -162,3 +162,18 @@ def test_fl_with_a_budget_runs_on_every_engine_and_reports_what_it_spent(engine,
     privacy = json.loads((out / "config.json").read_text())["privacy"]["central_dp"]
     assert privacy["epsilon_after_all_rounds"] == pytest.approx(8.0, rel=1e-3) and "B and a shared head" in privacy["protects"]
     assert privacy["noise_multiplier"] == pytest.approx(noise_multiplier_for(8.0, 1e-5, 1.0, 2))
+
+
+@pytest.mark.parametrize("scale, direction", [(1e-4, -1), (1e3, +1)])
+def test_adaptive_clipping_moves_the_bound_towards_the_median_update_norm(tmp_path, server_identity, scale,  # noqa: F811
+                                                                          direction):
+    rng = np.random.default_rng(3)
+    initial = _lora_state(rng)
+    settings = DPSettings(noise_multiplier=0.2, clip=1.0, expected_clients=3, sampling_rate=1.0, delta=1e-5,
+                          adaptive=True)
+    assert settings.update_noise_multiplier > 0.2  # the count's release is paid for by the updates' noise
+    strategy = _strategy(tmp_path, "fedavg", settings, initial)
+    strategy.aggregate_train(1, replies_of(_states(rng, initial, [scale] * 3), counts=[5, 5, 5]))
+    # all updates below the bound: it shrinks by about exp(-0.2 * 0.5); all above: it grows as much
+    assert direction * math.log(strategy.dp_clip) == pytest.approx(0.1, abs=0.06)
+    assert strategy.log.rows[0]["dp_clipped"] == (1.0 if direction > 0 else 0.0)
