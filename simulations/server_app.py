@@ -197,6 +197,9 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
                 log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
             else:
                 arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved["arrays"].items()})
+                if dp is not None and saved["strategy_state"].get("dp") != dp:  # (--rounds re-calibrates the noise)
+                    raise FedharError(f"{out_dir}: cannot resume: the DP mechanism differs from the checkpoint's "
+                                      f"({saved['strategy_state'].get('dp')}); keep --rounds and every --dp-* option")
                 vars(strategy).update(saved["strategy_state"])
                 log.rows = saved["log_rows"]
                 first_round = saved["round"] + 1

@@ -177,3 +177,19 @@ def test_adaptive_clipping_moves_the_bound_towards_the_median_update_norm(tmp_pa
     # all updates below the bound: it shrinks by about exp(-0.2 * 0.5); all above: it grows as much
     assert direction * math.log(strategy.dp_clip) == pytest.approx(0.1, abs=0.06)
     assert strategy.log.rows[0]["dp_clipped"] == (1.0 if direction > 0 else 0.0)
+
+
+@pytest.mark.slow
+def test_a_resumed_private_run_keeps_counting_and_refuses_another_calibration(tmp_path, cache, monkeypatch, capsys):
+    import pandas as pd
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
+    out = str(tmp_path / "run")
+    base = ["fl", "--engine", "inline", "--dp-epsilon", "4", "--out-dir", out, *TINY]
+    assert main([*base, "--rounds", "2", "--inject-failure", "0:2,1:2"]) == 2  # round 2: nobody trains, stops
+    assert main([*base, "--rounds", "3", "--resume"]) == 2  # 3 rounds would need more noise per round
+    assert "the DP mechanism differs" in capsys.readouterr().err
+    assert main([*base, "--rounds", "2", "--resume"]) == 0
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    z = noise_multiplier_for(4.0, 1e-5, 1.0, 2)
+    assert list(rounds["dp_epsilon"]) == pytest.approx([epsilon_spent(z, 1.0, r, 1e-5) for r in (1, 2)])
