@@ -31,7 +31,8 @@ def collect(runs: Path) -> pd.DataFrame:
         last = rounds.iloc[-1]
         central = (cfg.get("privacy") or {}).get("central_dp")
         server = "server_accuracy" in rounds and not math.isnan(last.get("server_accuracy", math.nan))
-        rows.append({"run": run.name, "strategy": settings["strategy"], "q": settings["fraction-train"],
+        rows.append({"run": run.name, "data": settings.get("data", "?"), "clients": len(cfg.get("clients", [])),
+                     "rounds": len(rounds), "strategy": settings["strategy"], "q": settings["fraction-train"],
                      "seed": settings["seed"], "target_epsilon": settings.get("dp-epsilon") or math.inf,
                      "epsilon_spent": float(last["dp_epsilon"]) if central else math.inf,
                      "noise_multiplier": central["noise_multiplier"] if central else 0.0,
@@ -71,6 +72,8 @@ def figure(table: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(range(len(position)), [f"{e:g}" for e in position])
     ax.set_xlabel("user-level epsilon (delta 1e-5); inf = no DP")
     ax.set_ylabel(f"final accuracy ({table['scored_on'].iloc[0]})")
+    first = table.iloc[0]
+    ax.set_title(f"{first['data']}, {first['clients']} clients, {first['rounds']} rounds: accuracy vs privacy", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

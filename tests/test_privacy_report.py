@@ -13,7 +13,8 @@ def fake_run(runs, name, strategy, seed, eps, accuracy, done=True):
     run.mkdir(parents=True)
     privacy = {"central_dp": {"noise_multiplier": 1.5}} if eps else {"central_dp": None}
     (run / "config.json").write_text(json.dumps({"config": {"strategy": strategy, "fraction-train": 1.0, "seed": seed,
-                                                            "dp-epsilon": eps}, "privacy": privacy}))
+                                                            "dp-epsilon": eps, "data": "synthetic"},
+                                                 "clients": ["a", "b"], "privacy": privacy}))
     rows = {"round": [1, 2], "accuracy": [0.1, accuracy], "server_accuracy": [math.nan, math.nan]}
     if eps:
         rows.update(dp_epsilon=[eps / 2, eps], dp_clipped=[1.0, 0.5])
@@ -30,6 +31,7 @@ def test_the_table_pairs_each_budget_with_the_same_seeds_without_dp(tmp_path, ca
     fake_run(runs, "ffa-4-s0", "ffa", 0, 4.0, 0.5, done=False)  # unfinished: left out
     table = collect(runs)
     assert len(table) == 4 and set(table["target_epsilon"]) == {8.0, math.inf}
+    assert (table["clients"] == 2).all() and (table["rounds"] == 2).all()
     assert (table[table["target_epsilon"] == 8.0]["epsilon_spent"] == 8.0).all()
     assert table["scored_on"].iloc[0] == "clients' test windows"  # no server test subjects in these runs
     assert main([str(runs), str(tmp_path / "out")]) == 0
