@@ -163,7 +163,7 @@ class FLConfig:
     # fedhar/model/dp_sgd.py; accounting, fedhar/privacy.py
     dp_epsilon: float = option(0.0,
         "user-level central DP (DP-FedAvg): the epsilon all rounds together may spend at --dp-delta; the noise is "
-        "calibrated to it (0 = no DP)", parse="positive")
+        "calibrated to it (the default 0: no DP)", parse="positive")
     dp_delta: float = option(1e-5, "delta of the DP guarantees (central and DP-SGD); must be below 1/clients")
     dp_noise_multiplier: float = option(0.0,
         "central DP with this noise multiplier instead of one calibrated from --dp-epsilon (the epsilon spent is "
@@ -172,7 +172,8 @@ class FLConfig:
                             "bound, with --dp-adaptive-clip)")
     dp_adaptive_clip: bool = option(False, "central DP: the bound follows the median update norm (Andrew et al. 2021)")
     dp_sgd_noise: float = option(0.0,
-        "record-level DP-SGD on every client (lora, full): noise multiplier of each step (0 = off)", parse="positive")
+        "record-level DP-SGD on every client (lora, full): noise multiplier of each step (the default 0: off)",
+        parse="positive")
     dp_sgd_clip: float = option(1.0, "DP-SGD: L2 norm bound of each window's gradient")
 
     def __post_init__(self):

@@ -123,7 +123,7 @@ def settings_for(cfg, n_clients: int) -> DPSettings | None:
         z = cfg.dp_noise_multiplier
     settings = DPSettings(z, cfg.dp_clip, m, q, cfg.dp_delta, cfg.dp_adaptive_clip, cfg.dp_epsilon)
     if settings.adaptive and z >= 2 * settings.count_std:
-        raise FedharError(f"--dp-adaptive-clip: the noise multiplier {z:.3g} needs at least {z / (2 * COUNT_STD_SHARE):.0f} "
+        raise FedharError(f"--dp-adaptive-clip: the noise multiplier {z:.3g} needs more than {z / (2 * COUNT_STD_SHARE):.1f} "
                           f"clients per round (count noise std m/20 must exceed z/2), this run has {m}: "
                           f"use a fixed --dp-clip")
     return settings
