@@ -72,7 +72,22 @@ def add_config_options(parser) -> None:
             parser.add_argument(*flags, type=choice(f.name.replace("_", "-"), choices[f.name]),
                                 choices=choices[f.name], default=f.default, help=f.metadata["help"])
         else:
-            parser.add_argument(*flags, type=type(f.default), default=f.default, help=f.metadata["help"])
+            kind = positive if f.metadata.get("parse") == "positive" else type(f.default)
+            parser.add_argument(*flags, type=kind, default=f.default, help=f.metadata["help"])
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number > 0 (for options whose default 0 means off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text} (leave the option out to turn it off)")
+    return value
+
+
+positive.__name__ = "number"
 
 
 def config_from_args(args) -> FLConfig:

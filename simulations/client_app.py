@@ -54,6 +54,7 @@ from strategies.records import DELTA_SUFFIX, is_delta_key
 from strategies.registry import get_rule
 
 LOCAL_HEAD = "local-head"
+DP_SGD_STEPS = "dp-sgd-steps"  # DP-SGD steps this client took in all rounds (context.state)
 
 
 _nbytes = record_nbytes
@@ -157,6 +158,18 @@ def train_reply(msg: Message, context: Context, cfg: FLConfig, pid: int, data: C
     return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+def record_level_epsilon(cfg: FLConfig, context: Context, steps: int, windows: int) -> float:
+    """DP-SGD's epsilon for one of this client's windows after all the steps it took in every
+    round so far (counted in ``context.state``; fedhar/model/dp_sgd.py, fedhar/privacy.py)."""
+    from fedhar.model.dp_sgd import sampling_rate
+    from fedhar.privacy import epsilon_spent
+
+    if DP_SGD_STEPS in context.state:
+        steps += int(context.state[DP_SGD_STEPS]["steps"])
+    context.state[DP_SGD_STEPS] = MetricRecord({"steps": steps})
+    return epsilon_spent(cfg.dp_sgd_noise, sampling_rate(windows, cfg.batch_size), steps, cfg.dp_delta)
+
+
 class InjectedFailure(RuntimeError):
     """Raised on purpose by a client named in the inject-failure config (fault tests)."""
 
@@ -199,6 +212,8 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         metrics = train_local(model, data, cfg, seed=cfg.seed * 10007 + server_round * 101 + pid, proximal_mu=mu)
         trained_seconds = time.perf_counter() - t0
+        if "dp-sgd-steps" in metrics:
+            metrics["dp-sgd-epsilon"] = record_level_epsilon(cfg, context, metrics.pop("dp-sgd-steps"), len(data.train_y))
         # the locally trained model on the client's own test windows (drift analytics: the gap
         # between it and the global model the client evaluates after aggregation)
         metrics["local_accuracy"] = evaluate_local(model, data)["accuracy"]

@@ -187,6 +187,8 @@ class CohortGrid(InlineGrid):
             return f"{call.cfg.strategy} changes the frozen base or the adapters per round"
         if call.mu > 0:
             return "FedProx's proximal term is not stacked"
+        if call.cfg.dp_sgd_noise > 0:
+            return "DP-SGD's per-window clipping is not stacked"
         return ""
 
     def _fresh_model(self, call: ClientCall) -> _Fresh:

@@ -69,13 +69,15 @@ TASKS = ("finetune", "pretrain")
 WHERE_FIELDS = ("out_dir", "resume", "overwrite", "data_dir", "backbone", "tensorboard")
 
 
-def option(default, help: str, key: str = ""):
+def option(default, help: str, key: str = "", parse: str = ""):
     """A field of FLConfig with its help text: the one place of an option's default and help
     (``fedhar fl --help``, ``fedhar deploy``, sweeps; pyproject.toml's section is checked
     against the defaults by tests/test_flwr_app.py). ``key``: its run-config key where Flower
     has its own name for the knob (its app templates' ``num-server-rounds``); the field's own
-    name stays accepted in a run config (run_config.toml files of earlier runs)."""
-    return field(default=default, metadata={"help": help, "key": key})
+    name stays accepted in a run config (run_config.toml files of earlier runs). ``parse="positive"``: an
+    option whose default 0 means off, which the command line refuses as 0 (``--dp-epsilon 0`` promises
+    nothing; leave the option out)."""
+    return field(default=default, metadata={"help": help, "key": key, "parse": parse})
 
 
 def _flag(name: str) -> str:
@@ -183,6 +185,22 @@ class FLConfig:
     overwrite: bool = option(False,
         "replace the earlier run in OUT_DIR (without it, an OUT_DIR holding a run is an error)")
     inject_failure: str = option("", "fault injection for tests: pid:round[:raise|nan],...")
+    # differential privacy (README "Privacy"): user-level central DP, strategies/dp.py; record-level DP-SGD,
+    # fedhar/model/dp_sgd.py; accounting, fedhar/privacy.py
+    dp_epsilon: float = option(0.0,
+        "user-level central DP (DP-FedAvg): the epsilon all rounds together may spend at --dp-delta; the noise is "
+        "calibrated to it (the default 0: no DP)", parse="positive")
+    dp_delta: float = option(1e-5, "delta of the DP guarantees (central and DP-SGD); must be below 1/clients")
+    dp_noise_multiplier: float = option(0.0,
+        "central DP with this noise multiplier instead of one calibrated from --dp-epsilon (the epsilon spent is "
+        "reported)", parse="positive")
+    dp_clip: float = option(1.0, "central DP: L2 norm bound of each client's update, over all it sends (the first "
+                            "bound, with --dp-adaptive-clip)")
+    dp_adaptive_clip: bool = option(False, "central DP: the bound follows the median update norm (Andrew et al. 2021)")
+    dp_sgd_noise: float = option(0.0,
+        "record-level DP-SGD on every client (lora, full): noise multiplier of each step (the default 0: off)",
+        parse="positive")
+    dp_sgd_clip: float = option(1.0, "DP-SGD: L2 norm bound of each window's gradient")
 
     def __post_init__(self):
         self.validate()
@@ -258,6 +276,7 @@ class FLConfig:
         if self.resume and self.overwrite:
             raise FedharError("--resume continues the run in --out-dir, --overwrite replaces it: not both")
         _ = self.faults  # parses --inject-failure
+        self._check_privacy()
         self._check_datasets()
         self._check_heldout()
         self._check_task(rule)
@@ -290,6 +309,9 @@ class FLConfig:
         """What needs the number of clients (known once the data is partitioned)."""
         if self.labelled_clients > n_clients:
             raise FedharError(f"--labelled-clients {self.labelled_clients}: the run has {n_clients} clients")
+        from strategies.dp import settings_for
+
+        settings_for(self, n_clients)  # central DP: delta < 1/clients, a noise multiplier that reaches epsilon
         for flag, values in (("client-ranks", self.rank_list), ("client-modes", self.mode_list)):
             if len(values) > n_clients:
                 raise FedharError(f"--{flag} gives {len(values)} values for {n_clients} clients")
@@ -301,6 +323,24 @@ class FLConfig:
             if pid >= n_clients:
                 raise FedharError(f"--inject-failure names client {pid}, but the run has {n_clients} clients "
                                   f"(0..{n_clients - 1})")
+
+    def _check_privacy(self) -> None:
+        for name in ("dp_epsilon", "dp_noise_multiplier", "dp_sgd_noise"):
+            if getattr(self, name) < 0:
+                raise FedharError(f"--{_flag(name)} must be > 0 (0 = off), got {getattr(self, name)}")
+        if self.dp_epsilon > 0 and self.dp_noise_multiplier > 0:
+            raise FedharError("--dp-epsilon calibrates the noise multiplier, --dp-noise-multiplier gives it: not both")
+        for name in ("dp_clip", "dp_sgd_clip"):
+            if getattr(self, name) <= 0:
+                raise FedharError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.dp_delta < 1:
+            raise FedharError(f"--dp-delta must be in (0, 1) (and below 1/clients), got {self.dp_delta}")
+        if self.dp_sgd_noise > 0 and self.strategy == "fedprox":
+            raise FedharError("--dp-sgd-noise clips each window's gradient; FedProx's proximal term is not one: "
+                              "not both (use --strategy fedavg)")
+        if self.dp_sgd_noise > 0 and "qlora" in (self.mode, *self.mode_list):
+            raise FedharError("--dp-sgd-noise: per-example gradients through 4-bit layers are not supported: "
+                              "use --mode lora or full")
 
     def _check_datasets(self) -> None:
         """Known names; the backbone never pretrained on the clients' data or their people."""

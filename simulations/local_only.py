@@ -51,8 +51,10 @@ def run_local_only(cfg: FLConfig, out_dir: Path, log=None) -> pd.DataFrame:
         t0 = time.perf_counter()
         data = client_data(cfg, pid)
         model = build_model(cfg, fed.labels.size, backbone, pid, head_classes=data.n_classes if local_head else None)
+        steps = 0  # DP-SGD steps over all rounds (--dp-sgd-noise): the record-level epsilon below
         for server_round in range(1, cfg.rounds + 1):
             stats = train_local(model, data, cfg, seed=train_seed(cfg, server_round, pid))
+            steps += stats.pop("dp-sgd-steps", 0)
         own = evaluate_local(model, data)
         state = get_trainable(model)
         if local_head:  # the server's probe replaces a local head; the global arrays carry none
@@ -64,6 +66,12 @@ def run_local_only(cfg: FLConfig, out_dir: Path, log=None) -> pd.DataFrame:
             rows.append({"client": name, "phase": r["phase"], "set": r["client"], "accuracy": r["accuracy"],
                          "macro_f1": r["macro_f1"], "num_examples": r["num_examples"],
                          "train_loss": stats["train_loss"], "train_windows": len(data.train_y)})
+        if steps:
+            from fedhar.model.dp_sgd import sampling_rate
+            from fedhar.privacy import epsilon_spent
+
+            spent = epsilon_spent(cfg.dp_sgd_noise, sampling_rate(len(data.train_y), cfg.batch_size), steps, cfg.dp_delta)
+            rows = [{**row, "dp_sgd_epsilon": spent} for row in rows]
         pd.DataFrame(rows).to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
         server = [r for r in rows if r["phase"] == "server"]
         log(f"local-only: client {pid + 1}/{len(fed.client_names)} {name}: own test {own['accuracy']:.3f}"

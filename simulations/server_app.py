@@ -37,6 +37,7 @@ from simulations.startup import default_out_dir
 from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
 from simulations.tracking import tracker_for
 from strategies import RoundLog, get_rule, make_strategy
+from strategies.dp import privacy_summary, settings_for
 
 REPLY_COLUMNS = ("num_examples", "train_loss", "accuracy", "macro_f1", "bytes_sent", "bytes_received")
 
@@ -87,7 +88,25 @@ def summarise(clients_csv: Path) -> pd.DataFrame:
         if "local_accuracy" in t:
             out[-1].update(local_global_gap(t, e))
     table = pd.DataFrame(out)
-    return table.merge(drift_per_round(clients_csv.parent), on="round", how="left") if len(table) else table
+    if not len(table):
+        return table
+    return privacy_per_round(df, table).merge(drift_per_round(clients_csv.parent), on="round", how="left")
+
+
+def privacy_per_round(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the privacy spent: central DP's aggregate rows (strategies/dp.py: epsilon
+    after the round, carried over rounds with no release, delta, noise std, clip, share of
+    updates clipped) and DP-SGD's largest record-level epsilon over the round's clients."""
+    ok = df[df["status"] == "ok"]
+    columns = ["dp_epsilon", "dp_delta", "dp_noise_std", "dp_clip", "dp_clipped"]
+    if "dp_epsilon" in df:
+        rows = ok[(ok["phase"] == "aggregate") & ok["dp_epsilon"].notna()]
+        table = table.merge(rows[["round", *columns]].drop_duplicates("round", keep="last"), on="round", how="left")
+        table[["dp_epsilon", "dp_delta"]] = table[["dp_epsilon", "dp_delta"]].ffill().fillna({"dp_epsilon": 0.0})
+    if "dp_sgd_epsilon" in df:
+        spent = ok[ok["phase"] == "train"].groupby("round")["dp_sgd_epsilon"].max().rename("dp_sgd_epsilon_max")
+        table = table.merge(spent.reset_index(), on="round", how="left")
+    return table
 
 
 def local_global_gap(train: pd.DataFrame, evaluate: pd.DataFrame) -> dict:
@@ -172,13 +191,15 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
         n_clients = len(fed.parts)
         n_train = cfg.clients_per_round(n_clients)
         log = RoundLog(out_dir / "clients.csv", fed.client_names)
-        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, **get_rule(cfg.strategy).server_options(cfg))
+        dp = settings_for(cfg, n_clients)
+        strategy = make_strategy(cfg.strategy, n_train, n_clients, log, dp=dp,
+                                 **get_rule(cfg.strategy).server_options(cfg))
         initial = trainable_state_dict(model)
         if fed.head == "local":  # local heads never travel: the global model has none
             initial = {k: v for k, v in initial.items() if not is_head_key(k)}
         evaluator = ServerEvaluator(cfg, fed, Path(cfg.backbone))
         hook = server_evaluation(strategy, evaluator, cfg, log) if evaluator.active else None
-        arrays, first_round = resume_from(out_dir, cfg, ArrayRecord(initial), strategy, log)
+        arrays, first_round = resume_from(out_dir, cfg, ArrayRecord(initial), strategy, log, dp)
         (out_dir / "config.json").write_text(json.dumps({
             "config": cfg.settings(),
             "code": code_version(),
@@ -190,6 +211,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
             "server_eval": evaluator.describe(),
             **({"few_labels": fed.few_labels} if fed.few_labels else {}),  # --label-fraction, --labelled-clients
+            "privacy": privacy_summary(cfg, dp),
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
@@ -266,15 +288,20 @@ def serve_pretraining(grid: Grid, cfg: FLConfig, out_dir: Path) -> None:
     fed_pretrain.save_backbone(mae, out_dir, fed_pretrain.provenance(cfg, fed, table))
 
 
-def resume_from(out_dir: Path, cfg: FLConfig, arrays: ArrayRecord, strategy, log: RoundLog) -> tuple[ArrayRecord, int]:
+def resume_from(out_dir: Path, cfg: FLConfig, arrays: ArrayRecord, strategy, log: RoundLog,
+                dp=None) -> tuple[ArrayRecord, int]:
     """(global arrays, first round): ``arrays`` and 1, or with ``cfg.resume`` the checkpoint's
-    arrays, strategy state and log rows, and the round after it."""
+    arrays, strategy state and log rows, and the round after it. ``dp``: the run's central DP
+    mechanism, which must be the checkpoint's."""
     if not cfg.resume:
         return arrays, 1
     saved = load_checkpoint(out_dir, cfg)
     if saved is None:  # (claim() checked: no earlier tables either)
         log_info(f"resume: nothing to resume in {out_dir}, starting at round 1")
         return arrays, 1
+    if dp is not None and saved["strategy_state"].get("dp") != dp:  # (--rounds re-calibrates the noise)
+        raise FedharError(f"{out_dir}: cannot resume: the DP mechanism differs from the checkpoint's "
+                          f"({saved['strategy_state'].get('dp')}); keep --rounds and every --dp-* option")
     vars(strategy).update(saved["strategy_state"])
     log.rows = saved["log_rows"]
     log_info(f"resume: continuing after round {saved['round']} from {out_dir / 'checkpoint.pkl'}")

@@ -321,6 +321,17 @@ def train_local(model: Classifier, data: ClientData, cfg: FLConfig, seed: int, p
             prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
             return cross_entropy(out, y) + proximal_mu / 2 * prox
 
+    if cfg.dp_sgd_noise > 0:  # record-level DP-SGD (fedhar/model/dp_sgd.py); the client reports its epsilon
+        if proximal_mu > 0:
+            raise FedharError("--dp-sgd-noise clips each window's gradient; FedProx's proximal term is not one: "
+                              "not both (use --strategy fedavg)")
+        from fedhar.model.dp_sgd import dp_sgd_epoch
+
+        x, y = torch.as_tensor(data.train_x, dtype=torch.float32), torch.as_tensor(data.train_y, dtype=torch.int64)
+        runs = [dp_sgd_epoch(model, x, y, optimizer, cfg.batch_size, cfg.dp_sgd_clip, cfg.dp_sgd_noise)
+                for _ in range(cfg.local_epochs)]
+        return {"train_loss": float(runs[-1][0]), "num-examples": len(data.train_y),
+                "dp-sgd-steps": sum(steps for _, steps in runs)}
     losses = [finetune_epoch(model, loader, optimizer, criterion).loss for _ in range(cfg.local_epochs)]
     return {"train_loss": float(losses[-1]), "num-examples": len(data.train_y)}
 

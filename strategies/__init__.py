@@ -26,11 +26,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")
 
 
-def make_strategy(name: str, n_train: int, n_clients: int, log: RoundLog, **options):
+def make_strategy(name: str, n_train: int, n_clients: int, log: RoundLog, dp=None, **options):
     """A recording strategy of rule ``name`` that trains the nodes it is shown (the round
     loop samples them) and evaluates every node. ``options``: the rule's own keywords
-    (``get_rule(name).server_options(cfg)``)."""
-    return recording(get_rule(name).server_class)(
+    (``get_rule(name).server_options(cfg)``); ``dp``: central DP (``strategies.dp.DPSettings``)."""
+    cls = get_rule(name).server_class
+    if dp is not None:
+        from strategies.dp import private
+
+        cls, options = private(cls), {**options, "dp": dp}
+    return recording(cls)(
         fraction_train=1.0,
         fraction_evaluate=1.0,
         min_train_nodes=n_train,

@@ -62,6 +62,9 @@ class Rule:
     #: whether the rule averages any model's tensors, not only LoRA adapters: it can then
     #: federate MAE pretraining (``fedhar fl --task pretrain``: the whole MAE travels)
     any_model: bool = False
+    # central DP (strategies/dp.py) applies when the new global is, per tensor, the mean of what the clients
+    # send; then this says what it protects ("" = the rule is not such a mean: refused)
+    central_dp: str = ""
 
     @property
     def heterogeneous_ranks(self) -> bool:

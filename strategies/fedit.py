@@ -209,3 +209,4 @@ class FedITRule(Rule):
     summary = "FedAvg on A and B separately (FedIT); also full fine-tuning"
     server_class = FedIT
     any_model = True
+    central_dp = "every tensor a client sends (A, B, a shared head) is clipped as one update and noised"

@@ -46,6 +46,7 @@ class FedSARule(Rule):
     summary = "FedSA-LoRA: A averaged, each B stays on its client (personalised)"
     personalised = True
     server_class = FedSALoRA
+    central_dp = "A and a shared head are clipped and noised; each client's B never leaves it (not released, so not covered)"
 
     def receive(self, state: dict, client: ClientSide) -> dict:
         if LOCAL_B in client.store:  # else: the fresh zero B (first call)

@@ -66,6 +66,7 @@ class FFARule(Rule):
     summary = "FFA-LoRA: A frozen and shared, only B averaged (exact)"
     exact = True
     server_class = FFALoRA
+    central_dp = "B and a shared head are clipped and noised; A is seeded random and frozen, never trained on data, never sent"
 
     def prepare_model(self, model) -> None:
         # A stays at its seeded random init, the same on every side (build_model seeds it)

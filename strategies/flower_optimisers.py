@@ -17,6 +17,7 @@ class FedProxRule(Rule):
     summary = "FedAvg + a client-side proximal term mu/2 ||w - w_global||^2 (Flower's FedProx)"
     server_class = validated(FedProx)
     any_model = True
+    central_dp = "every tensor a client sends (A, B, a shared head) is clipped as one update and noised"
 
     def server_options(self, cfg) -> dict:
         return {"proximal_mu": cfg.proximal_mu}
