@@ -450,3 +450,51 @@ def test_fedhar_data_is_reachable_after_import_fedhar_alone():
     done = subprocess.run([sys.executable, "-c", "import fedhar; print(len(fedhar.data.activities()) > 0)"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+# --------------------------------------------------------------------------- issue 27, second round
+
+
+@pytest.mark.parametrize("option", ["--strategy", "--readers"])
+def test_a_plugin_module_that_raises_at_import_is_one_line(capsys, tmp_path, monkeypatch, option):
+    """Was the module's own traceback: now its exception and where it was raised, in one line."""
+    name = f"broken_plugin_{option.strip('-')}"
+    (tmp_path / f"{name}.py").write_text("import os\n\nraise RuntimeError('needs a GPU driver')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refused(capsys, ["fl", option, f"{name}:Thing", *SMALL, "--out-dir", tmp_path / "run"],
+            f"importing module {name!r} raised RuntimeError: needs a GPU driver", f"{tmp_path / name}.py:3")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def folder_dataset(tmp_path, monkeypatch) -> Path:
+    """A folder dataset of 2 subjects walking (its registration stays in the test)."""
+    from fedhar.data import registry
+
+    monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "gait"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for s in (1, 2):
+        signal = rng.normal(0, 1, (600, 6)) + [0, 0, 9.8, 0, 0, 0]
+        np.save(root / f"s{s}.npy", signal)
+    (root / "manifest.csv").write_text("file,subject,activity,rate_hz,acc_unit,gyro_unit\n"
+                                       "s1.npy,1,walking,50,m/s^2,rad/s\ns2.npy,2,walking,50,m/s^2,rad/s\n")
+    return root
+
+
+def test_lodo_and_evaluate_take_readers_as_fl_does(capsys, tmp_path, folder_dataset):
+    """fedhar lodo / evaluate --readers (issue 27: only fedhar fl had it), and a folder given as
+    --data is told to come through --readers."""
+    out = tmp_path / "lodo"
+    refused(capsys, ["lodo", "--data", folder_dataset, "--out-dir", out],
+            f"--data: unknown dataset '{folder_dataset}'", f"(a folder dataset: --readers {folder_dataset} --data gait)")
+    refused(capsys, ["evaluate", tmp_path / "model", "--data", "gait"], "--data: unknown dataset 'gait'")
+    # with --readers the names are known: the next check is the one that refuses
+    refused(capsys, ["lodo", "--readers", folder_dataset, "--data", "gait", "--heldout-data", "other", "--out-dir", out],
+            "--heldout-data other: not among --data gait")
+    assert not out.exists()
+    model_dir = _saved_model(tmp_path)
+    assert main(["evaluate", str(model_dir), "--readers", str(folder_dataset), "--data", "gait"]) == 0
+    assert "gait: accuracy" in capsys.readouterr().out

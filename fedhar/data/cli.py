@@ -24,7 +24,7 @@ from fedhar.data.registry import (
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
-from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS, check_name, choice
+from fedhar.options import READERS_HELP, SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS, check_name, choice
 
 
 def register(commands) -> None:
@@ -74,6 +74,11 @@ def dataset_arg(text: str) -> str:
     if is_folder_item(text):
         return register_folder(text)
     return choice("dataset", dataset_names)(text)
+
+
+def add_readers_option(p: argparse.ArgumentParser) -> None:
+    """--readers, as `fedhar fl` has it (the command checks its dataset names after registering them)."""
+    p.add_argument("--readers", default="", metavar="ITEM[,ITEM...]", help=READERS_HELP)
 
 
 def add_synthetic_options(p: argparse.ArgumentParser) -> None:

@@ -60,7 +60,9 @@ def warn(report: PrepareReport, message: str, kind: str = "warning") -> None:
     note = f"{kind}: {message}"
     if note not in report.notes:
         report.notes.append(note)
-        print(f"fedhar: {note}", file=sys.stderr, flush=True)
+        from tqdm import tqdm  # its write(): on a line of its own, not after a progress bar's text
+
+        tqdm.write(f"fedhar: {note}", file=sys.stderr)
 
 
 def to_si(signal: np.ndarray, acc_unit: str, gyro_unit: str) -> np.ndarray:
