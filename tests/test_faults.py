@@ -498,3 +498,59 @@ def test_lodo_and_evaluate_take_readers_as_fl_does(capsys, tmp_path, folder_data
     model_dir = _saved_model(tmp_path)
     assert main(["evaluate", str(model_dir), "--readers", str(folder_dataset), "--data", "gait"]) == 0
     assert "gait: accuracy" in capsys.readouterr().out
+
+
+def test_a_second_run_into_an_out_dir_in_use_is_refused_before_any_work(capsys, tmp_path):
+    """issue 27: was refused only when the first run wrote its tables (74 s in, after pretraining)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from simulations.out_dir import claim; "
+        f"claim(Path({str(out)!r}), False, False, hold_it=True); print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        line = refused(capsys, ["fl", *SMALL, "--out-dir", out], f"--out-dir {out} is in use by another run (pid "
+                                                                 f"{holder.pid}, started ")
+        assert time.perf_counter() - t0 < 5 and "wait for it to end" in line
+        assert sorted(p.name for p in out.iterdir()) == [".fedhar-run.lock"]  # nothing written, nothing pretrained
+    finally:
+        holder.communicate("", timeout=30)
+    claim(out, False, False, hold_it=True)  # free again once that process ended
+    claim(out, False, False, hold_it=True)  # (a process may claim its own out-dir again: --seeds, resume)
+
+
+def test_ctrl_c_during_a_tune_fit_stops_tune_gracefully_then_exits_130(monkeypatch):
+    """issue 27: Tune's own SIGINT handler made tuner.fit() return as if done: the sweep exited 0.
+    graceful_interrupt hands the first Ctrl-C to Tune's graceful stop (SIGUSR1, the handler Tune
+    sets in fit()) and raises KeyboardInterrupt when fit() returns (fedhar: exit 130)."""
+    import signal
+
+    from simulations.sweep_run import graceful_interrupt
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    before = signal.getsignal(signal.SIGINT)
+    tune_stopped, env_seen = [], []
+
+    def fit():  # what Tune's fit() does with signals: SIGUSR1 (and SIGINT unless disabled) -> stop, return
+        env_seen.append(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"))
+        signal.signal(signal.SIGUSR1, lambda *_: tune_stopped.append(True))
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+        return "result grid"
+
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with graceful_interrupt():
+                assert fit() == "result grid"
+    finally:
+        signal.signal(signal.SIGUSR1, old_usr1)
+    assert tune_stopped == [True] and env_seen == ["1"]
+    assert signal.getsignal(signal.SIGINT) is before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    with graceful_interrupt():  # no Ctrl-C: nothing raised
+        pass
