@@ -54,7 +54,7 @@ def test_fl_seeds_run_one_federation_per_seed_in_its_own_folder(monkeypatch, tmp
     import simulations.cli
 
     ran = []
-    monkeypatch.setattr(simulations.cli, "run_one", lambda cfg, engine, address: ran.append(cfg))
+    monkeypatch.setattr(simulations.cli, "run_one", lambda cfg, engine, address, cohort_size: ran.append(cfg))
     assert main(["fl", "--seeds", "0,2", "--synthetic-seed", "7", "--out-dir", str(tmp_path / "r")]) == 0
     assert [(c.seed, c.synthetic_seed, c.out_dir) for c in ran] == [
         (0, 7, str(tmp_path / "r" / "seed-0")), (2, 7, str(tmp_path / "r" / "seed-2"))]
@@ -71,7 +71,7 @@ def test_fl_synthetic_seed_draws_another_population():
 
 @pytest.mark.parametrize("argv, message", [
     (["fl", "--threads", "-1"], "--threads must be >= 0"),
-    (["fl", "--synthetic-seed", "-1"], "--synthetic-seed must be >= 0"),
+    (["fl", "--synthetic-seed", "-1"], "--synthetic-seed must be in 0..4294967295"),
     (["fl", "--seeds", "0,-1"], "--seeds must be one or more seeds >= 0"),
     (["fl", "--device", "tpu"], "--device tpu: only cpu or cuda[:N]"),
 ])
