@@ -7,14 +7,17 @@ Checked before any work starts (``claim``), by every runner (``fedhar fl`` on an
     ``--resume`` (continue it) or ``--overwrite`` (its run files are removed first);
   - ``--resume`` continues from an intact checkpoint there; without one it starts at round 1
     only where there is nothing to lose (no earlier tables), never over the earlier tables;
-  - a runner (``hold=True``) holds the out-dir until its process ends (an flock on
-    ``.fedhar-run.lock``, which names its pid): a second run started into it at the same time is
-    refused at once, before its pretraining, not when it first writes a table. (The ServerApp's
-    own check does not hold it: it runs inside the runner's process, or under ``flwr run``.)
+  - a runner (``hold_it=True``) holds the out-dir while it runs (an flock on
+    ``.fedhar-run.lock``, which names its pid; released when the runner returns or raises,
+    ``releases_out_dir``, or its process ends): a second run started into it at the same time
+    is refused at once, before its pretraining, not when it first writes a table. (The
+    ServerApp's own check does not hold it: it runs inside the runner's process, or under
+    ``flwr run``.)
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -51,6 +54,20 @@ def hold(out_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     _HELD[key] = fd
+
+
+def releases_out_dir(runner):
+    """A runner (``run_inprocess``, ``launch``, ``run_local``) releases the out-dirs it took when
+    it returns or raises: a notebook that ran a federation does not keep its out-dir from others."""
+    @functools.wraps(runner)
+    def run(*args, **kwargs):
+        before = set(_HELD)
+        try:
+            return runner(*args, **kwargs)
+        finally:
+            for key in set(_HELD) - before:
+                os.close(_HELD.pop(key))
+    return run
 
 
 def earlier_run(out_dir: Path) -> list[str]:

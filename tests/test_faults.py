@@ -556,3 +556,24 @@ def test_ctrl_c_during_a_tune_fit_stops_tune_gracefully_then_exits_130(monkeypat
     assert signal.getsignal(signal.SIGINT) is before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
     with graceful_interrupt():  # no Ctrl-C: nothing raised
         pass
+
+
+def test_a_finished_run_releases_its_out_dir(tmp_path):
+    """A notebook that ran a federation must not keep its out-dir from a later `fedhar fl`."""
+    import subprocess
+    import sys
+
+    from simulations.out_dir import releases_out_dir
+
+    out = tmp_path / "run"
+
+    @releases_out_dir
+    def runner():
+        claim(out, False, False, hold_it=True)
+
+    runner()
+    other = subprocess.run([sys.executable, "-c", (
+        "from pathlib import Path; from simulations.out_dir import claim; "
+        f"claim(Path({str(out)!r}), False, False, hold_it=True); print('held')")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert other.stdout.strip() == "held", other.stderr
