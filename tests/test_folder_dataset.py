@@ -315,6 +315,7 @@ def test_implausible_magnitudes_are_warned_naming_the_recording(tmp_path, capsys
     assert re.search(r"median \|acc\| is 0\.[6-9]", warned[0]) and "outside 5-20" in warned[0] and "manifest.csv:3" in warned[0]
     assert re.search(r"median \|gyro\| is (9\.[5-9]|10\.)", warned[1]) and "well under 5" in warned[1]
     assert re.search(r"median \|acc\| is 9[4-8] m/s\^2 after conversion from g", warned[2])
-    assert "fedhar: note: units: recordings at 10 Hz are upsampled 5x to 50 Hz" in err
-    assert out.count("Warning: ") == 3 and "Note: units: recordings at 10 Hz are upsampled 5x" in out
+    assert "fedhar: note: units: recordings at ~10 Hz are upsampled ~5x to 50 Hz: their windows hold nothing " \
+           "above ~5 Hz" in err
+    assert out.count("Warning: ") == 3 and "Note: units: recordings at ~10 Hz are upsampled ~5x" in out
     assert "Read: 4 files, 4 recordings, 3200 samples (at their native rates)" in out

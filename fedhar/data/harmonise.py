@@ -13,8 +13,8 @@ samples, and the tail of a run too short for another window, are dropped and cou
 counts (``AT_WINDOW_RATE``) are of samples at the window rate (50 Hz), after resampling, while
 ``PrepareReport.samples_in`` and the readers' own drops count samples at the native rate.
 
-Upsampling by more than 2x is noted once per native rate (``warn``'s stderr line and the
-report's notes): such windows hold nothing above half the native rate.
+Upsampling by more than 2x is noted once per native rate (to 2 significant digits; ``warn``'s
+stderr line and the report's notes): such windows hold nothing above half the native rate.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ def harmonise(items, cfg: WindowConfig, dataset: str, report: PrepareReport) -> 
             raise DataFormatError(item.source, f"sample {sample + 1} is out of range (non-finite after "
                                   "conversion to SI units)")
         if cfg.rate / item.rate > UPSAMPLE_NOTED_ABOVE:
-            warn(report, f"{dataset}: recordings at {item.rate:g} Hz are upsampled {cfg.rate / item.rate:.3g}x to "
-                         f"{cfg.rate:g} Hz: their windows hold nothing above {item.rate / 2:g} Hz", kind="note")
+            rate = float(f"{item.rate:.2g}")  # one note for recordings at 19.8 and 20.1 Hz (measured rates)
+            warn(report, f"{dataset}: recordings at ~{rate:g} Hz are upsampled ~{cfg.rate / rate:.2g}x to "
+                         f"{cfg.rate:g} Hz: their windows hold nothing above ~{rate / 2:g} Hz", kind="note")
         parts.append(cut_windows(resample(item, cfg.rate), cfg, dataset, report))
     out = WindowSet.concat(parts)
     report.windows = len(out)

@@ -409,7 +409,7 @@ def folder_cases(work: Path):
         ("folder: a new activity marked", lambda: shown(folder("newact", ["a.npy,1,juggling,50,m/s^2,rad/s,"],
                                                                 {"a.npy": imu(1000)}), "juggling -> juggling  (new)")),
         ("folder: 10 Hz upsampled 5x", lambda: shown(folder("tenhz", ["a.npy,1,walking,10,m/s^2,rad/s,"],
-                                                             {"a.npy": imu(300)}), "upsampled 5x", err=True)),
+                                                             {"a.npy": imu(300)}), "upsampled ~5x", err=True)),
         ("folder: which rate each count is at", lambda: shown(folder("rates", ["a.npy,1,walking,100,m/s^2,rad/s,"],
                                                                      {"a.npy": imu(1000)}),
                                                               "samples (at their native rates)", "(50 Hz)")),
