@@ -21,7 +21,9 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from fedhar.errors import FedharError
 from simulations.rounds import CHECKPOINT, read_checkpoint
@@ -56,11 +58,15 @@ def hold(out_dir: Path) -> None:
     _HELD[key] = fd
 
 
-def releases_out_dir(runner):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def releases_out_dir(runner: Callable[P, R]) -> Callable[P, R]:
     """A runner (``run_inprocess``, ``launch``, ``run_local``) releases the out-dirs it took when
     it returns or raises: a notebook that ran a federation does not keep its out-dir from others."""
     @functools.wraps(runner)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         before = set(_HELD)
         try:
             return runner(*args, **kwargs)

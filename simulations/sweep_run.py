@@ -41,6 +41,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -342,7 +343,7 @@ def run_experiment(sweep: Sweep, sweep_dir: Path, exp: Experiment, param_space: 
 
 
 @contextlib.contextmanager
-def graceful_interrupt():
+def graceful_interrupt() -> Iterator[None]:
     """Ctrl-C during ``tuner.fit()``: Tune's own graceful stop, then KeyboardInterrupt (exit 130;
     no later experiment or confirmation starts). Tune's SIGINT handler alone makes ``fit()``
     return as if the experiment had ended (the sweep exited 0). Ours takes SIGINT and asks Tune
@@ -355,7 +356,7 @@ def graceful_interrupt():
         return
     interrupted: list[int] = []
 
-    def on_sigint(signum, frame):
+    def on_sigint(signum: int, frame: object) -> None:
         if interrupted:
             raise KeyboardInterrupt
         interrupted.append(signum)

@@ -191,7 +191,7 @@ def _entry(manifest: Path, line: int, header: list[str], cells: list[str]) -> En
     array = path.suffix.lower() != ".csv"
     if channels and array and not all(c.isdigit() for c in channels):
         raise bad(f"channels of an array file are 0-based column numbers, got {' '.join(channels)!r}")
-    keys = [int(c) for c in channels] if array else list(channels)
+    keys = [str(int(c)) for c in channels] if array else list(channels)  # "01" and "1": one column
     twice = next((i for i, k in enumerate(keys) if keys.count(k) > 1), None)
     if twice is not None:
         raise bad(f"channels names column {channels[twice]!r} {keys.count(keys[twice])} times; "
