@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,10 +33,10 @@ def run_lodo(data, out_dir, heldout_data=(), fresh_process: bool = False, **opti
 
     names = [f.name for f in fields(LodoPlan)]
     check_keys(options, [n for n in names if n not in ("datasets", "held_out", "fresh_process")], "fedhar.run_lodo")
-    defaults = {f.name: f.default for f in fields(LodoPlan)}
+    list_defaults = {f.name: f.default for f in fields(LodoPlan) if isinstance(f.default, tuple)}
     # a list option may be given as a comma string, as on the command line: "lora,qlora", "none,other", "4,8"
-    listed = {k: _listed(v, defaults[k]) if isinstance(defaults[k], tuple) and isinstance(v, str) else v
-              for k, v in options.items()}
+    listed: dict[str, Any] = {k: _listed(v, list_defaults[k]) if k in list_defaults and isinstance(v, str) else v
+                              for k, v in options.items()}
     plan = LodoPlan(datasets=tuple(_names(data)), held_out=tuple(_names(heldout_data)), fresh_process=fresh_process,
                     **listed)
     return run(plan, Path(out_dir), command="fedhar.run_lodo(...)")

@@ -120,7 +120,8 @@ def _reject_unknown(parser: argparse.ArgumentParser, argv: list[str], extra: lis
         subs = [a for a in leaf._actions if isinstance(a, argparse._SubParsersAction)]
         if subs and token in subs[0].choices:
             leaf = subs[0].choices[token]
-    leaf.error(leaf.unknown_option(extra) or f"unrecognized arguments: {' '.join(extra)}")
+    suggestion = leaf.unknown_option(extra) if isinstance(leaf, Parser) else ""  # sub-parsers are Parsers too
+    leaf.error(suggestion or f"unrecognized arguments: {' '.join(extra)}")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,8 @@ def _inexactness(factors: list[dict], p: np.ndarray) -> float:
         ideal = term if ideal is None else np.add(ideal, term, out=ideal)
         mean_a = pk * A if mean_a is None else mean_a + pk * A
         mean_b = pk * B if mean_b is None else mean_b + pk * B
+    if ideal is None or mean_a is None or mean_b is None:
+        raise ValueError("inexactness needs at least one client's factors")
     return _ratio(_norm(ideal - mean_b @ mean_a), _norm(ideal))
 
 
@@ -239,6 +241,8 @@ def _drift_rows(layer: str, part: str, ks: list[int], p: np.ndarray,
         d = delta(i)
         d *= wi
         mean = d if mean is None else np.add(mean, d, out=mean)
+    if mean is None:
+        raise ValueError(f"{layer} {part}: drift needs at least one participant")
     mean_norm = _norm(mean)
     flat_mean = mean.ravel()
     rows = []

@@ -172,8 +172,10 @@ def _train_and_report(model, trained, train_x, train_y, test_x, test_y, cfg: Fin
     )
 
 
-def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -> FinetuneResult:
-    """``finetune`` on a backbone loaded from disk: picklable, for a fresh worker process."""
+def finetune_checkpoint(backbone_path: str, train_x, train_y, test_x, test_y, n_classes: int, *,
+                        threads: int = 0, **kwargs) -> FinetuneResult:
+    """``finetune`` on a backbone loaded from disk: picklable, for a fresh worker process.
+    ``kwargs`` are finetune's options by name (backbone_path is set here)."""
     if threads:
         torch.set_num_threads(threads)
     from fedhar.model.adapters import prepare_for_finetune  # noqa: F401  (imports peft before measuring)
@@ -181,7 +183,8 @@ def finetune_checkpoint(backbone_path: str, *args, threads: int = 0, **kwargs) -
 
     if kwargs.get("cfg", FinetuneConfig()).mode != "full":
         import peft  # noqa: F401  (import cost is not training memory)
-    return finetune(load_mae(backbone_path), *args, backbone_path=str(backbone_path), **kwargs)
+    return finetune(load_mae(backbone_path), train_x, train_y, test_x, test_y, n_classes,
+                    backbone_path=str(backbone_path), **kwargs)
 
 
 def _exit_with_parent() -> None:

@@ -113,7 +113,7 @@ def few_labels_section(rows: pd.DataFrame, refused: list[str]) -> list[str]:
     """The probe with a smaller labelled share of the subjects: where the features must carry
     the task, does pretraining show more? Each backbone paired with the random-init control."""
     few = rows[(rows["mode"] == "probe") & (rows["train_fraction"] < 0.7)]
-    out = []
+    out: list[str] = []
     for (held, device), h in few.groupby(["held_out", "device"], sort=True):
         kinds = [k for k in BACKBONES if k in set(h["backbone_kind"]) and k != "none"]
         if "none" not in set(h["backbone_kind"]) or not kinds:
@@ -170,8 +170,8 @@ def main_section(rows: pd.DataFrame, rank: int, refused: list[str]) -> list[str]
     by_metric = [_cells(compared[j::2]) for j in (0, 1)]
     cells = [c for pair_ in zip(*by_metric) for c in pair_]
     for i, ((held, device), _) in enumerate(groups):
-        paper = PAPER_TABLE_II.get(held)
-        paper_cells = [f"{(paper[a][0] - paper[b][0]) * 100:+.1f} pts" if paper else "-"
+        paper_modes = PAPER_TABLE_II.get(held)
+        paper_cells = [f"{(paper_modes[a][0] - paper_modes[b][0]) * 100:+.1f} pts" if paper_modes else "-"
                        for a, b in (("lora", "full"), ("qlora", "lora"))]
         out.append(f"| {held} | {device} | " + " | ".join(cells[4 * i:4 * i + 4] + paper_cells) + " |")
     return out + [""]
@@ -210,9 +210,9 @@ def comparison(rows: pd.DataFrame) -> str:
                 "|---|---|---|---|---|"]
         for f, g in shares.groupby("train_fraction", sort=False):
             full, lora = g[g["mode"] == "full"]["accuracy"], g[g["mode"] == "lora"]["accuracy"]
-            paper = PAPER_TABLE_VII.get(round(f, 2))
+            paper_accs = PAPER_TABLE_VII.get(round(f, 2))
             out.append(f"| {f:.0%} / {1 - f:.0%} | {_pm(full) if len(full) else '-'} | {_pm(lora) if len(lora) else '-'} | "
-                       f"{paper[0] if paper else '-'} | {paper[1] if paper else '-'} |")
+                       f"{paper_accs[0] if paper_accs else '-'} | {paper_accs[1] if paper_accs else '-'} |")
     every = rows[(rows["backbone_kind"] == MAIN_BACKBONE) & (rows["held_out"] == "uci-har")]
     sized = every if len(every) else rows[rows["backbone_kind"] == MAIN_BACKBONE]
     cost = sized[(sized["train_fraction"] == 0.7) & ((sized["mode"] == "full") | (sized["rank"] == rank))].groupby(

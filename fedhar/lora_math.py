@@ -83,7 +83,7 @@ def other_keys(state: State) -> list[str]:
     return [k for k in state if split_adapter_key(k) is None]
 
 
-def normalise_weights(weights: Sequence[float]) -> np.ndarray:
+def normalise_weights(weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """p_k = w_k / sum w; every weight must be finite and > 0."""
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0:
@@ -116,7 +116,8 @@ def _mean_of(states: Sequence[State], p: np.ndarray, keys: Collection[str]) -> d
     return out
 
 
-def _same_keys(states: Sequence[State]) -> list[str]:
+def _same_keys(states: Sequence[Collection[str]]) -> list[str]:
+    """The tensor names every client has (client 0's order); ``states`` may be only their names."""
     keys = list(states[0])
     for k, s in enumerate(states[1:], start=1):
         if set(s) != set(keys):
@@ -150,7 +151,7 @@ def _layer_keys(state: State, layer: str, client: int) -> tuple[str, str]:
         raise ValueError(f"client {client} has no LoRA layer {layer!r}") from None
 
 
-def ideal_product(states: Sequence[State], weights: Sequence[float], layer: str,
+def ideal_product(states: Sequence[State], weights: Sequence[float] | np.ndarray, layer: str,
                   scales: Sequence[float] | None = None) -> np.ndarray:
     """sum_k p_k s_k B_k A_k (d_out x d_in): the aggregate every exact rule reproduces."""
     p, s = normalise_weights(weights), _scales(scales, len(states))

@@ -75,7 +75,8 @@ def pair(a_rows: pd.DataFrame, b_rows: pd.DataFrame, metric: str, *, exempt: tup
     check_unique(b_rows, ["seed"], what)
     checked = [f for f in fields if f not in exempt and (f in a_rows or f in b_rows)]
     a_by, b_by = a_rows.set_index("seed", drop=False), b_rows.set_index("seed", drop=False)
-    refused, batches = [], {}
+    refused: list[str] = []
+    batches: dict[tuple, list] = {}  # the checked fields' values -> the seeds that share them
     for seed in sorted(set(a_by.index) & set(b_by.index)):
         ra, rb = a_by.loc[seed], b_by.loc[seed]
         differ = [(f, _value(ra, f), _value(rb, f)) for f in checked if _value(ra, f) != _value(rb, f)]
@@ -89,11 +90,12 @@ def pair(a_rows: pd.DataFrame, b_rows: pd.DataFrame, metric: str, *, exempt: tup
     for key, seeds in batches.items():
         if key == kept_key:
             continue
+        assert kept_key is not None  # batches is non-empty here, so max() found a key
         other = ", ".join(f"{f} {v}" for f, v, w in zip(checked, key, kept_key) if v != w)
         for seed in seeds:
             refused.append(f"seed {seed}: {_source(a_by.loc[seed])} and {_source(b_by.loc[seed])} are another batch "
                            f"({other}) than the comparison's other seeds {batches[kept_key]}")
-    seeds = batches.get(kept_key, [])
+    seeds = batches[kept_key] if kept_key is not None else []
     prefix = f"{what}: " if what else ""
     return Pairing(a_by.loc[seeds, metric].astype(float), b_by.loc[seeds, metric].astype(float),
                    [prefix + r for r in refused], dict(zip(checked, kept_key)) if kept_key else {})

@@ -412,8 +412,10 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tmp_p
         deadline = time.time() + 240
         while finished is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            for rounds_csv in (out / "tune" / "all").glob("*/run/rounds.csv"):
-                finished = rounds_csv.parent  # written once the run's last round is done
+            started = len(list((out / "tune" / "all").glob("*/params.json")))
+            for rounds_csv in (out / "tune" / "all").glob("*/run/rounds.csv"):  # rewritten every round
+                if started >= 2 and len(pd.read_csv(rounds_csv)) == 2:  # all its rounds, and Tune moved on
+                    finished = rounds_csv.parent
     finally:
         _kill_session(proc)
     assert finished is not None, (tmp_path / "first.log").read_text()[-3000:]

@@ -536,11 +536,11 @@ def _hoist_if_wrapped(staging: Path, source: Source, archive: Path) -> None:
         return
     wrappers = [d for d in sorted(staging.iterdir()) if d.is_dir() and _has_markers(d, source)]
     if len(wrappers) != 1:
-        top = sorted(p.name + ("/" if p.is_dir() else "") for p in staging.iterdir())
+        top_level = sorted(p.name + ("/" if p.is_dir() else "") for p in staging.iterdir())
         raise FedharError(
             f"{source.name}: {archive} does not have the published layout: expected "
             f"{', '.join(source.markers)} at its top or inside one top-level folder; its top "
-            f"level holds {top[:12]}. Nothing was unpacked."
+            f"level holds {top_level[:12]}. Nothing was unpacked."
         )
     wrapper = wrappers[0]
     for child in sorted(wrapper.iterdir()):

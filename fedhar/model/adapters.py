@@ -66,7 +66,8 @@ def prepare_for_finetune(classifier: Classifier, mode: str, rank: int = 8, alpha
             parent_name, _, child = name.rpartition(".")
             parent = encoder.get_submodule(parent_name)
             setattr(parent, child, quantize_linear_nf4(getattr(parent, child), nf4_blocksize, double_quant))
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+    # the ignore: peft annotates lora_alpha as int, but uses it only in alpha / r, so any real alpha works
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
                         target_modules=list(targets), bias="none")
     inject_adapter_in_model(config, encoder)
     if fused:

@@ -31,6 +31,7 @@ cohort share mode, rank and head size (the caller groups them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,10 @@ from fedhar.model.adapters import trainable_tensors
 from fedhar.model.head import Classifier
 from fedhar.model.quantize import is_quantized
 
-ADAMW = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # torch.optim.AdamW's defaults (what clients use)
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
+
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults (what clients use)
 
 
 class Layout:
@@ -58,7 +62,7 @@ class Layout:
         """(n, ...) -> (k, m, ...): a view when the sizes are equal, else zero-padded."""
         if self.equal:
             return x.reshape(self.k, self.m, *x.shape[1:])
-        return nn.utils.rnn.pad_sequence(torch.split(x, self.sizes), batch_first=True)
+        return nn.utils.rnn.pad_sequence(list(torch.split(x, self.sizes)), batch_first=True)
 
     def unpad(self, y: torch.Tensor) -> torch.Tensor:
         """(k, m, ...) -> (n, ...), the padded rows dropped."""
@@ -80,7 +84,7 @@ class StackedLoRA(nn.Module):
     ``base(x) + (x A_c^T) B_c^T * scaling`` for client c's rows: peft's LoRA Linear maths
     (``result + lora_B(lora_A(x)) * scaling``), with A and B from the pass's stacked tensors."""
 
-    def __init__(self, base: nn.Module, scaling: float, key_a: str, key_b: str, current: _Pass):
+    def __init__(self, base: nn.Linear, scaling: float, key_a: str, key_b: str, current: _Pass):
         super().__init__()
         self.base, self.scaling, self.key_a, self.key_b = base, scaling, key_a, key_b
         self._current = current
@@ -118,9 +122,19 @@ class StackedLoRA(nn.Module):
         return out.view(result.shape)
 
 
-def _lora_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in encoder.named_modules()
-            if hasattr(m, "lora_A") and hasattr(m, "get_base_layer") and "default" in m.lora_A]
+def _linear(module: nn.Module, what: str) -> nn.Linear:
+    if not isinstance(module, nn.Linear):  # peft's LoRA Linear: a linear base (or NF4 Linear4bit) and linear A, B
+        raise ValueError(f"cannot train this model in a cohort: {what} is a {type(module).__name__}, not an nn.Linear")
+    return module
+
+
+def _is_lora_layer(m: nn.Module) -> TypeGuard[LoraLayer]:
+    """A peft LoRA layer holding the "default" adapter (duck-typed: importing peft is slow)."""
+    return hasattr(m, "get_base_layer") and "default" in getattr(m, "lora_A", ())
+
+
+def _lora_layers(encoder: nn.Module) -> list[tuple[str, LoraLayer]]:
+    return [(name, m) for name, m in encoder.named_modules() if _is_lora_layer(m)]
 
 
 def supports(model: Classifier) -> str:
@@ -140,6 +154,12 @@ def supports(model: Classifier) -> str:
     if other:
         return f"trainable tensors besides adapters and head: {other[:3]}"
     return ""
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    if param.grad is None:  # every trainable tensor enters the loss, so backward() sets its gradient
+        raise RuntimeError(f"a trainable cohort tensor {tuple(param.shape)} got no gradient")
+    return param.grad
 
 
 @dataclass
@@ -169,16 +189,20 @@ class Cohort:
             for key, linear in ((key_a, layer.lora_A["default"]), (key_b, layer.lora_B["default"])):
                 if key not in own:
                     self.keys.append(key)
-                    self.frozen[key] = linear.weight.detach().clone()
+                    self.frozen[key] = _linear(linear, key).weight.detach().clone()
             parent, _, child = name.rpartition(".")
-            stacked = StackedLoRA(layer.get_base_layer(), float(layer.scaling["default"]), key_a, key_b, self._current)
+            base = _linear(layer.get_base_layer(), f"the base layer of {name}")
+            stacked = StackedLoRA(base, float(layer.scaling["default"]), key_a, key_b, self._current)
             setattr(model.encoder.get_submodule(parent), child, stacked)
         self.encoder = model.encoder.eval()  # frozen; no dropout inside (MAE dropout 0, LoRA dropout 0)
         for p in self.encoder.parameters():
             p.requires_grad_(False)
-        head = model.head
-        self.hidden, self.bn_eps, self.bn_momentum = head[1].num_features, head[1].eps, head[1].momentum
-        self.drop = float(head[3].p)
+        bn, dropout = model.head[1], model.head[3]  # ClassificationHead: Linear - BatchNorm1d - GELU - Dropout - Linear
+        if not (isinstance(bn, nn.BatchNorm1d) and isinstance(dropout, nn.Dropout) and bn.momentum is not None):
+            raise ValueError(f"cannot train this model in a cohort: its head is not Linear - BatchNorm1d (with a momentum) "
+                             f"- GELU - Dropout - Linear: {model.head}")
+        self.hidden, self.bn_eps, self.bn_momentum = bn.num_features, bn.eps, bn.momentum
+        self.drop = float(dropout.p)
 
     def _value(self, state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
         return state[key] if key in state else self.frozen[key]
@@ -201,6 +225,7 @@ class Cohort:
             if layout.equal:
                 mean, var = h.mean(dim=1), h.var(dim=1, unbiased=False)
             else:
+                assert layout.mask is not None, "a Layout of unequal sizes has a mask"
                 w = layout.mask.unsqueeze(-1).to(h.dtype)
                 count = layout.count.view(-1, 1)
                 mean = (h * w).sum(dim=1) / count
@@ -252,6 +277,7 @@ class Cohort:
             logits = self.forward(view, x, layout, train=True, noise=noise)
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(k, layout.m)
             if not layout.equal:
+                assert layout.mask is not None, "a Layout of unequal sizes has a mask"
                 ce = ce * layout.mask
             per_client = ce.sum(dim=1) / layout.count
             for p in params:
@@ -259,9 +285,9 @@ class Cohort:
             per_client.sum().backward()
             with torch.no_grad():
                 steps = [torch.tensor(float(s)) for _ in params]
-                adamw([p[:k] for p in params], [p.grad[:k] for p in params], [a[:k] for a in exp_avg],
+                adamw([p[:k] for p in params], [_grad(p)[:k] for p in params], [a[:k] for a in exp_avg],
                       [a[:k] for a in exp_avg_sq], [], steps, foreach=True, amsgrad=False, lr=lr,
-                      weight_decay=weight_decay, maximize=False, **ADAMW)
+                      weight_decay=weight_decay, maximize=False, beta1=BETA1, beta2=BETA2, eps=EPS)
             for j, value in enumerate(per_client.detach().tolist()):
                 losses[j].append(value)
         out: list[dict] = [{}] * len(states)

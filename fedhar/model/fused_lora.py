@@ -22,16 +22,23 @@ Outputs and gradients equal peft's within float32 rounding, not bit for bit
 (tests/test_fused_lora.py), hence opt-in: ``prepare_for_finetune(..., fused=True)``,
 ``FLConfig.fused_lora``, ``FinetuneConfig.fused_lora``. A layer falls back to peft's own
 forward whenever the shortcut does not apply: adapters disabled or merged, several active
-adapters, a DoRA / other variant, a dropout other than nn.Dropout, a trainable base weight
-or bias, extra forward arguments.
+adapters, a DoRA / other variant, a dropout other than nn.Dropout, a base other than an
+nn.Linear, a trainable base weight or bias, extra forward arguments.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from fedhar.model.quantize import is_quantized
+from fedhar.model.quantize import is_quantized, quant_state
+
+if TYPE_CHECKING:  # the mixin's host class (see _fused_class), for the type checker only
+    from peft.tuners.lora import Linear as _LoraHost
+else:
+    _LoraHost = object  # at run time the host comes second in the MRO, after the mixin
 
 
 class _LoRAFunction(torch.autograd.Function):
@@ -71,16 +78,22 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     return words.view(torch.int16)[:n].view(shape) >= -32768 + round(p * 65536)
 
 
-class _Fused:
+class _Fused(_LoraHost):
     """Mixin placed before peft's LoRA layer class: the fused forward, else peft's."""
 
+    def _base_linear(self) -> nn.Linear:
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):  # _fused_class takes peft's Linear, over an nn.Linear or NF4 Linear4bit
+            raise TypeError(f"fused LoRA needs an nn.Linear base layer, got {type(base).__name__}")
+        return base
+
     def _dense_weight(self) -> torch.Tensor:
-        w = self.get_base_layer().weight
+        w = self._base_linear().weight
         if not is_quantized(w):
             return w
         import bitsandbytes.functional as bnbf  # a bitsandbytes NF4 base (QLoRA): dequantise once
 
-        return bnbf.dequantize_4bit(w.data, w.quant_state).to(torch.float32)
+        return bnbf.dequantize_4bit(w.data, quant_state(w)).to(torch.float32)
 
     def _fusable(self, args, kwargs) -> str | None:
         """The one active adapter if the fused path computes what peft would, else None."""
@@ -92,6 +105,8 @@ class _Fused:
         if not isinstance(self.lora_dropout[name], (nn.Identity, nn.Dropout)):
             return None
         base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):  # e.g. a transformers Conv1D, whose weight is transposed
+            return None
         if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return None
         return name
@@ -107,7 +122,7 @@ class _Fused:
         dropped = flat
         if p > 0:  # the 1 / (1 - p) of inverted dropout goes into the scaling: one pass less
             dropped, scaling = flat.masked_fill(~keep_mask(flat.shape, p), 0.0), scaling / (1 - p)
-        out = _LoRAFunction.apply(flat, dropped, self._dense_weight(), self.get_base_layer().bias,
+        out = _LoRAFunction.apply(flat, dropped, self._dense_weight(), self._base_linear().bias,
                                   self.lora_A[name].weight, self.lora_B[name].weight, scaling)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 

@@ -188,6 +188,8 @@ class Encoder(nn.Module):
     ``ids_keep`` (N, K) only those patches are encoded (MAE pretraining).
     """
 
+    pos: torch.Tensor  # buffer (P, dim); declared so type checkers know it is a tensor
+
     def __init__(self, config: MAEConfig):
         super().__init__()
         self.config = config
@@ -239,6 +241,8 @@ class MAEOutput(NamedTuple):
 
 class MaskedAutoencoder(nn.Module):
     """Encoder + light decoder for masked-patch reconstruction pretraining."""
+
+    decoder_pos: torch.Tensor  # buffer (P, decoder_dim)
 
     def __init__(self, config: MAEConfig | None = None):
         super().__init__()

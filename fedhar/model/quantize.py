@@ -22,8 +22,13 @@ False``): every forward uses the same float32 dequantise-and-matmul path.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bitsandbytes.functional import QuantState
 
 NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -42,7 +47,9 @@ def quantize_linear_nf4(linear: nn.Linear, blocksize: int = 64, double_quant: bo
         linear.weight.detach().to("cpu", torch.float32).clone(), requires_grad=False,
         blocksize=blocksize, compress_statistics=double_quant, quant_type="nf4", module=q,
     )
-    q.weight = weight.to("cpu")  # Params4bit quantises on its first move to a device
+    # Params4bit quantises on its first move to a device. The ignore: bitsandbytes annotates
+    # Params4bit.to with a self type bound to nn.Module, though Params4bit is a tensor
+    q.weight = weight.to("cpu")  # type: ignore[misc]
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.detach().to("cpu", torch.float32).clone(), requires_grad=False)
     q.support_avx512bf16_for_cpu = False  # see module docstring
@@ -54,10 +61,18 @@ def is_quantized(param: torch.Tensor) -> bool:
     return bool(getattr(param, "bnb_quantized", False)) and getattr(param, "quant_state", None) is not None
 
 
+def quant_state(param: torch.Tensor) -> QuantState:
+    """The bitsandbytes QuantState of a parameter that ``is_quantized`` accepts."""
+    state = getattr(param, "quant_state", None)
+    if state is None or not is_quantized(param):
+        raise ValueError(f"not a quantised bitsandbytes parameter: {type(param).__name__} {tuple(param.shape)}")
+    return state
+
+
 def logical_numel(param: torch.Tensor) -> int:
     """Number of weights a parameter stands for (a packed 4-bit tensor holds two per byte)."""
     if is_quantized(param):
-        return int(torch.Size(param.quant_state.shape).numel())
+        return int(torch.Size(quant_state(param).shape).numel())
     return param.numel()
 
 
@@ -70,7 +85,7 @@ def stored_bytes(param: torch.Tensor) -> int:
     """
     n = param.numel() * param.element_size()
     if is_quantized(param):
-        qs = param.quant_state
+        qs = quant_state(param)
         parts = [qs.absmax, qs.code]
         if qs.nested:
             parts += [qs.offset, qs.state2.absmax, qs.state2.code]

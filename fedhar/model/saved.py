@@ -54,7 +54,7 @@ def read_json(path: Path):
         raise FedharError(f"{path}: damaged ({e})") from None
 
 
-def copy_atomically(source: Path, path: Path) -> None:
+def copy_atomically(source: str | Path, path: Path) -> None:
     """``shutil.copyfile`` to a temporary name, then a rename: a full disk leaves no partial copy."""
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
@@ -107,9 +107,10 @@ def load_model(model_dir: str | Path, client: str | None = None):
 
         adapters = load_tensors(model_dir / "adapter_model.safetensors")
         result = set_peft_model_state_dict(model.encoder, {k.removeprefix(PEFT_PREFIX): v for k, v in adapters.items()})
-        if getattr(result, "unexpected_keys", None):
+        unexpected = getattr(result, "unexpected_keys", None)  # torch's _IncompatibleKeys (peft's annotation is vaguer)
+        if unexpected:
             raise FedharError(f"{model_dir / 'adapter_model.safetensors'}: tensors the model does not have: "
-                              f"{result.unexpected_keys[:3]}")
+                              f"{unexpected[:3]}")
     clients = sorted(p.name for p in (model_dir / "clients").glob("*")) if (model_dir / "clients").is_dir() else []
     if meta["head"] == "shared":
         model.head.load_state_dict(load_tensors(model_dir / "head.safetensors"))

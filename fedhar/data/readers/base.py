@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from fedhar.data.schema import PrepareReport, Recording
+from fedhar.data.schema import PrepareReport, Recording, WindowSet
 
 
 class Reader(ABC):
@@ -58,5 +58,6 @@ class Reader(ABC):
         """Every file whose content the prepared windows depend on."""
 
     @abstractmethod
-    def read(self, root: Path, report: PrepareReport) -> Iterator[Recording]:
-        """Yield the dataset's recordings; count files read, repairs and drops in ``report``."""
+    def read(self, root: Path, report: PrepareReport) -> Iterator[Recording | WindowSet]:
+        """Yield the dataset's recordings (or WindowSets, for a dataset published already
+        windowed); count files read, repairs and drops in ``report``."""

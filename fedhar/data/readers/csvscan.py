@@ -18,7 +18,7 @@ def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], head
     that must be numbers (default: all), ``integers`` those of them that must be integers."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     n = len(columns)
-    numeric = set(columns if numeric is None else numeric)
+    must_be_numbers = set(columns if numeric is None else numeric)
     for lineno, line in enumerate(lines[header_lines:], start=header_lines + 1):
         if not line:
             continue  # pandas skips empty lines too
@@ -27,7 +27,7 @@ def raise_first_bad_line(data: bytes, where: str, columns: tuple[str, ...], head
             hint = " (truncated row?)" if len(cells) < n else ""
             raise DataFormatError(where, f"expected {n} comma-separated cells, found {len(cells)}{hint}", line=lineno)
         for name, cell in zip(columns, cells):
-            if name not in numeric:
+            if name not in must_be_numbers:
                 continue
             if name in integers:
                 try:

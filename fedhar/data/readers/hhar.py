@@ -183,7 +183,7 @@ def read_phone_csv(path: Path) -> PhoneTable:
     gt = frame["gt"]
     _check_categories(path, gt, LABEL_MAP, "gt", f"known: {', '.join(LABEL_MAP)}")
     gt_ids = np.array(
-        [_NULL if LABEL_MAP[c] is None else ACTIVITY_ID[LABEL_MAP[c]] for c in gt.cat.categories],
+        [_NULL if (name := LABEL_MAP[c]) is None else ACTIVITY_ID[name] for c in gt.cat.categories],
         dtype=np.int64,
     )
     return PhoneTable(
@@ -289,7 +289,7 @@ def _clock_sessions(table: PhoneTable, keys: np.ndarray) -> _Sessions:
     jump = np.abs(np.diff(creation) - np.diff(arrival_ns))
     new_stream = np.diff(key) != 0
     reset = (jump > CLOCK_RESET_S * _NS) & ~new_stream
-    starts = np.concatenate([[0], np.flatnonzero(new_stream | reset) + 1]) if len(key) else []
+    starts = np.concatenate([[0], np.flatnonzero(new_stream | reset) + 1]) if len(key) else np.zeros(0, np.int64)
     bounds = np.concatenate([starts, [len(key)]]).astype(np.int64)
     lag = arrival_ns - creation
     n = len(bounds) - 1

@@ -284,7 +284,10 @@ class Pamap2Reader(Reader):
             "heart rate, magnetometer and orientation are not used"
         )
         for path in files:
-            subject = int(_SUBJECT_FILE.match(path.name).group(1))
+            named = _SUBJECT_FILE.match(path.name)
+            if named is None:  # source_files builds every name from SUBJECTS
+                raise ValueError(f"pamap2: not a subjectNNN.dat file: {path}")
+            subject = int(named.group(1))
             yield from self._read_subject(path, subject, report)
 
     def _read_subject(self, path: Path, subject: int, report: PrepareReport) -> Iterator[Recording]:

@@ -87,6 +87,8 @@ REPEATED_TIME_KEY = "samples with a repeated attr_time (first kept)"
 def _split_session(rest: str) -> tuple[str, int | None]:
     """'climbingup_2' -> ('climbingup', 2); 'walking' -> ('walking', None)."""
     match = _SESSION.match(rest)
+    if match is None:  # callers pass a non-empty `.+` group, which always matches
+        raise ValueError(f"realworld: not an activity session name: {rest!r}")
     part = match.group("part")
     return match.group("activity"), (int(part) if part else None)
 
@@ -289,7 +291,7 @@ class RealWorldReader(Reader):
         return found
 
     def source_files(self, root: Path) -> list[Path]:
-        files = []
+        files: list[Path] = []
         for _, d in self.probands(root):
             for paths in self.archives(d / "data").values():
                 files.extend(p for _, p in paths)
