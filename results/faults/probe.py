@@ -114,16 +114,17 @@ def option_cases(work: Path):
         if name == "heldout-data = data":
             argv, named = ["--data", "uci-har", "--heldout-data", "hapt"], "same people"
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*fl, *argv]), named)
-    pre = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--out", work / "pre"]
+    # (the option names of issue 24's command line: --data, --synthetic-*, --out-dir, --heldout-data)
+    pre = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--out-dir", work / "pre"]
     for name, argv, named in [("pretrain epochs 0", ["--epochs", "0"], "--epochs"),
                               ("pretrain lr nan", ["--lr", "nan"], "--lr"),
-                              ("pretrain seed -1", ["--pretrain-seed", "-1"], "--pretrain-seed")]:
+                              ("pretrain seed -1", ["--seed", "-1"], "--seed")]:
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*pre, *argv]), named)
-    lodo = ["lodo", "--datasets", "synthetic", "--out", work / "lodo"]
+    lodo = ["lodo", "--data", "synthetic", "--out-dir", work / "lodo"]
     for name, argv, named in [("lodo ranks 0", ["--ranks", "0"], "--ranks"),
                               ("lodo train-fraction 1.5", ["--train-fractions", "1.5"], "--train-fractions"),
                               ("lodo seeds -1", ["--seeds", "-1"], "--seeds"),
-                              ("lodo held-out unknown", ["--held-out", "hapt"], "--held-out"),
+                              ("lodo held-out unknown", ["--heldout-data", "hapt"], "--heldout-data"),
                               ("lodo epochs 0", ["--epochs", "0"], "--epochs")]:
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*lodo, *argv]), named)
 
@@ -442,7 +443,7 @@ def cache_cases(work: Path):
         def case():
             cache = work / f"cache-{damage.replace(' ', '-')}"
             env = {"FEDHAR_CACHE_DIR": str(cache)}
-            argv = ["data", "info", "synthetic", "--domains", "1", "--subjects", "2"]
+            argv = ["data", "info", "synthetic", "--synthetic-domains", "1", "--synthetic-subjects", "2"]
             first = run(argv, env=env)
             npz = next((cache / "windows").glob("*.npz"))
             data = npz.read_bytes()
@@ -522,7 +523,7 @@ def checkpoint_cases(work: Path):
         def case():
             cache = work / f"cache-bb-{damage}"
             env = {"FEDHAR_CACHE_DIR": str(cache)}
-            pre = run(["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "1"],
+            pre = run(["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "1"],
                       env=env)
             path = Path(pre.stdout.strip().splitlines()[-1])
             data = bytearray(path.read_bytes())
@@ -537,7 +538,7 @@ def checkpoint_cases(work: Path):
             if given[0] != "clear":
                 return given
             path.write_bytes(bytes(data))  # the cached one: named, pretrained again
-            again = run(["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "1"],
+            again = run(["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "1"],
                         env=env)
             if again.returncode == 0 and str(path) in again.stderr and "pretraining it again" in again.stderr:
                 return "clear", "--backbone refused; cached one named and pretrained again"
@@ -550,7 +551,7 @@ def checkpoint_cases(work: Path):
     def partial_truncated():
         cache = work / "cache-partial"
         env = {"FEDHAR_CACHE_DIR": str(cache)}
-        argv = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "2"]
+        argv = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "2"]
         first = run(argv, env=env)
         final = Path(first.stdout.strip().splitlines()[-1])
         final.unlink()
@@ -709,7 +710,7 @@ def concurrency_cases(work: Path):
 
     def pretrain_twice():
         env = {"FEDHAR_CACHE_DIR": str(work / "cache-conc-pretrain")}
-        argv = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "2"]
+        argv = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "2"]
         results = together([argv, argv], env)
         trained = sum("pretraining MAE" in err for _, _, err in results)
         if any(code != 0 for code, _, _ in results):
