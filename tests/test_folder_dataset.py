@@ -319,3 +319,18 @@ def test_implausible_magnitudes_are_warned_naming_the_recording(tmp_path, capsys
            "above ~5 Hz" in err
     assert out.count("Warning: ") == 3 and "Note: units: recordings at ~10 Hz are upsampled ~5x" in out
     assert "Read: 4 files, 4 recordings, 3200 samples (at their native rates)" in out
+
+
+def test_a_time_column_that_contradicts_rate_hz_is_warned(tmp_path, capsys):
+    signal = np.column_stack([np.zeros((600, 2)), np.full(600, 9.8), np.zeros((600, 3))])
+    root = write_folder(tmp_path / "clock", ["seconds.csv,1,walking,100,m/s^2,rad/s,ax ay az gx gy gz",
+                                             "millis.csv,1,sitting,100,m/s^2,rad/s,ax ay az gx gy gz",
+                                             "wrong.csv,2,walking,50,m/s^2,rad/s,ax ay az gx gy gz"])
+    for name, times in (("seconds", np.arange(600) / 100), ("millis", np.arange(600) * 10.0),
+                        ("wrong", 1.7e9 + np.arange(600) / 100)):  # wrong: 100 Hz, declared 50
+        write_csv(root / f"{name}.csv", ["time", "ax", "ay", "az", "gx", "gy", "gz"], np.column_stack([times, signal]))
+    assert main(["data", "info", str(root)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fedhar: warning:")]
+    assert len(warned) == 1 and warned[0].startswith(f"fedhar: warning: {root / 'wrong.csv'}: its time column steps by "
+                                                     "0.01 (median): 100 Hz in s, 1e+05 Hz in ms")
+    assert "none is within 10% of rate_hz 50 (manifest.csv:4), which is the rate used" in warned[0]

@@ -309,7 +309,8 @@ def folder_cases(work: Path):
         d.mkdir(parents=True, exist_ok=True)
         for f, a in arrays.items():
             if f.endswith(".csv"):
-                (d / f).write_text("ax,ay,az,gx,gy,gz\n" + "".join(",".join(map(str, r)) + "\n" for r in a))
+                columns = "time,ax,ay,az,gx,gy,gz" if a.shape[1] == 7 else "ax,ay,az,gx,gy,gz"
+                (d / f).write_text(columns + "\n" + "".join(",".join(map(str, r)) + "\n" for r in a))
             else:
                 np.save(d / f, a)
         (d / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
@@ -401,6 +402,9 @@ def folder_cases(work: Path):
         ("folder: gyro in deg/s declared rad/s", lambda: warned(folder("degrees", ["a.npy,1,walking,50,m/s^2,rad/s,"],
                                                                        {"a.npy": imu(1000) * [1, 1, 1, 57, 57, 57]}),
                                                                 "median |gyro|")),
+        ("folder: rate_hz 50, time column at 100 Hz", lambda: warned(
+            folder("clock", ["a.csv,1,walking,50,m/s^2,rad/s,ax ay az gx gy gz"],
+                   {"a.csv": np.column_stack([np.arange(1000) / 100, imu(1000)])}), "its time column", "rate_hz 50")),
         ("folder: 'Walking ' beside 'walking'", lambda: shown(folder("spaces", ["a.npy,1,Walking ,50,m/s^2,rad/s,",
                                                                                "b.npy,2,walking,50,m/s^2,rad/s,"],
                                                                        {"a.npy": imu(1000), "b.npy": imu(1000)}),

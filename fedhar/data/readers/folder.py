@@ -37,6 +37,9 @@ Plausibility (a warning on stderr and in the report's notes, naming the recordin
 conversion the median |acc| should be near 9.8 m/s^2 (gravity included, as fedhar expects;
 warned outside 5-20 m/s^2: a wrong acc_unit, gravity removed, gyro columns given as acc) and the
 median |gyro| well under 5 rad/s (warned above: deg/s declared rad/s, acc columns given as gyro).
+A .csv's numeric ``time`` (or ``timestamp``, ``t``) column is not read as the clock, but its
+median step is checked: a warning when rate_hz is not within 10% of the rate it gives in any of
+s, ms, us, ns (rate_hz is what is used; gaps in the clock are not split at).
 
 Errors (DataFormatError): manifest.csv:<line> for a missing manifest, a missing or unknown
 column, a wrong cell count, a missing or twice-listed file, an unknown file type, a subject that
@@ -76,6 +79,9 @@ RATE_RANGE_HZ = (10.0, 2000.0)  # native rates outside need allow_rate=yes
 ACC_NORM_RANGE = (5.0, 20.0)  # m/s^2: the median |acc| of a recording with gravity is about 9.8
 GYRO_NORM_MAX = 5.0  # rad/s: the median |gyro| of human motion is well below
 INT64 = (-(2**63), 2**63 - 1)
+TIME_COLUMNS = ("time", "timestamp", "t")  # a .csv column checked against rate_hz, when it holds numbers
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+RATE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -215,10 +221,13 @@ def check_plausible(entry: Entry, signal: np.ndarray, report: PrepareReport) -> 
                      f"{MANIFEST}:{entry.line}")
 
 
-def load_signal(entry: Entry) -> np.ndarray:
-    """The recording's six channels (acc x y z, gyro x y z) in its manifest units, (T, 6) float64."""
+def load_signal(entry: Entry, report: PrepareReport | None = None) -> np.ndarray:
+    """The recording's six channels (acc x y z, gyro x y z) in its manifest units, (T, 6) float64;
+    with ``report``, a .csv's numeric time column is checked against rate_hz (``check_declared_rate``)."""
     if entry.path.suffix.lower() == ".csv":
-        values = _csv_channels(entry)
+        values, times = _csv_channels(entry)
+        if times is not None and report is not None:
+            check_declared_rate(entry, *times, report)
     else:
         values = _array_channels(entry)
     if len(values) == 0:
@@ -226,7 +235,24 @@ def load_signal(entry: Entry) -> np.ndarray:
     return values
 
 
-def _csv_channels(entry: Entry) -> np.ndarray:
+def check_declared_rate(entry: Entry, column: str, times: np.ndarray, report: PrepareReport) -> None:
+    """Warn when the median step of a recording's time column gives a rate within 10% of rate_hz
+    in none of the units s, ms, us, ns: rate_hz is then most likely wrong (it is what is used)."""
+    steps = np.diff(times)
+    steps = steps[steps > 0]
+    if len(steps) < 10:
+        return
+    step = float(np.median(steps))
+    rates = {unit: 1 / (step * seconds) for unit, seconds in TIME_UNITS.items()}
+    if any(abs(rate - entry.rate) <= RATE_TOLERANCE * entry.rate for rate in rates.values()):
+        return
+    given = ", ".join(f"{rate:.4g} Hz in {unit}" for unit, rate in rates.items())
+    warn(report, f"{entry.path}: its {column} column steps by {step:.4g} (median): {given}; none is within "
+                 f"{RATE_TOLERANCE:.0%} of rate_hz {entry.rate:g} ({MANIFEST}:{entry.line}), which is the rate used")
+
+
+def _csv_channels(entry: Entry) -> tuple[np.ndarray, tuple[str, np.ndarray] | None]:
+    """The six channels, and (name, values) of a time column holding numbers, if there is one."""
     where = str(entry.path)
     data = entry.path.read_bytes()
     wanted = entry.channels or CHANNELS
@@ -252,7 +278,11 @@ def _csv_channels(entry: Entry) -> np.ndarray:
         values = None
     if values is None or not np.isfinite(values).all():
         raise_first_bad_line(data, where, header, numeric=wanted)
-    return values
+    column = next((c for c in TIME_COLUMNS if c in header and c not in wanted), None)
+    if column is None:
+        return values, None
+    times = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+    return values, ((column, times) if np.isfinite(times).all() else None)  # (date-time text: not checked)
 
 
 def _header(data: bytes) -> tuple[str, ...]:
@@ -312,7 +342,7 @@ class FolderReader(Reader):
             if entry.activity not in ACTIVITY_ID:  # the manifest changed after the dataset was registered
                 raise DataFormatError(root / MANIFEST, f"activity {entry.activity!r} was added after {self.name!r} "
                                                        "was registered: start again", line=entry.line)
-            signal = to_si(load_signal(entry), entry.acc_unit, entry.gyro_unit)
+            signal = to_si(load_signal(entry, report), entry.acc_unit, entry.gyro_unit)
             check_plausible(entry, signal, report)
             report.files_read += 1
             labels = np.full(len(signal), ACTIVITY_ID[entry.activity], np.int64)
