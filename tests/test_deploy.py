@@ -204,12 +204,12 @@ def test_an_offline_node_is_skipped_and_a_restarted_one_rejoins(tmp_path, monkey
 # ---- a real local deployment: SuperLink + 3 SuperNodes --------------------------------
 
 @pytest.mark.slow
+@pytest.mark.long  # about 2 min (test_sigterm_mid_run_stops_every_process_it_started starts the same deployment)
 @pytest.mark.timeout(900)
-def test_three_supernodes_two_rounds_one_without_its_data(tmp_path, monkeypatch, capsys):
+def test_three_supernodes_two_rounds_one_without_its_data(tmp_path, capsys):
     """(i) a 3-node deployment runs 2 rounds, writes its tables and leaves no process or port
     behind; (iii) the node pointed at a missing data directory fails with a message naming
     it, recorded in clients.csv, while the other two train."""
-    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
     before = _descendants()
     missing = tmp_path / "node-2-data"
     out = tmp_path / "run"

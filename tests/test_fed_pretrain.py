@@ -149,6 +149,8 @@ def test_flwr_run_pretrains_federatedly(pretrained, tmp_path):
     assert list(pd.read_csv(out / "rounds.csv")["round"]) == [1, 2]
 
 
+@pytest.mark.slow
+@pytest.mark.long  # about 2.5 min: a SuperLink and SuperNodes (test_flwr_run_pretrains_federatedly covers flwr run)
 @pytest.mark.timeout(900)
 def test_a_local_deployment_pretrains_federatedly(pretrained, tmp_path, capsys):
     """SuperLink + 2 SuperNodes (``fedhar deploy local``): the same backbone as the inline engine."""

@@ -1,6 +1,5 @@
 """The Flower app as `flwr run .` sees it: its pyproject section, and real runs through a SuperLink."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -134,9 +133,7 @@ def test_the_by_hand_script_runs_the_readmes_commands_verbatim():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FEDHAR_LONG_TESTS"),
-                    reason="about 6 min (the README command pretrains 5 epochs): kept out of CI; its committed "
-                    "run is results/flwr_by_hand/output.txt. FEDHAR_LONG_TESTS=1 runs it")
+@pytest.mark.long  # about 6 min (the README command pretrains 5 epochs); also results/flwr_by_hand/output.txt
 def test_readmes_by_hand_flwr_run_completes_from_an_empty_cache_and_leaves_nothing_running(tmp_path):
     """results/flwr_by_hand/run.sh on a copy of the project (its runs/flwr is the copy's)."""
     project = tmp_path / "project"
