@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fedhar.data.cli import add_synthetic_options, synthetic_config
+from fedhar.data.cli import add_readers_option, add_synthetic_options, synthetic_config
 from fedhar.data.registry import SYNTHETIC, dataset_names
 from fedhar.errors import FedharError
 from fedhar.options import MAX_RANK, check_device, name_list, number_list
@@ -48,8 +48,9 @@ def register(commands) -> None:
         description="For each held-out dataset: pretrain on the others (cached), fine-tune on a "
         "subject-disjoint share of it, evaluate on the rest. Rows are appended to OUT_DIR/runs.csv as "
         "runs finish; re-running the same command resumes, and a wider one extends the table.")
-    p.add_argument("--data", type=name_list("dataset", dataset_names), required=True,
-                   metavar="NAME[,NAME...]", help="the study's datasets; 'synthetic' stands for its domains")
+    p.add_argument("--data", type=name_list("dataset"), required=True, metavar="NAME[,NAME...]",
+                   help="the study's datasets; 'synthetic' stands for its domains (checked after --readers)")
+    add_readers_option(p)
     p.add_argument("--heldout-data", type=name_list("dataset or synthetic domain"), default=(),
                    metavar="NAME[,NAME...]", help="hold out only these (default: each dataset in turn)")
     p.add_argument("--backbones", type=name_list("backbone", lambda: _lodo().BACKBONES, plus=False),
@@ -57,7 +58,7 @@ def register(commands) -> None:
                    help="what the frozen backbone is pretrained on: none (random init, the control), synthetic, "
                    "other (the other datasets, same people excluded), other+synthetic, file (--backbone PATH); "
                    "comma-separated")
-    p.add_argument("--pretrain-pool", type=name_list("dataset", dataset_names), default=(), metavar="NAME[,NAME...]",
+    p.add_argument("--pretrain-pool", type=name_list("dataset"), default=(), metavar="NAME[,NAME...]",
                    help="datasets used only for pretraining (never held out), e.g. hapt")
     p.add_argument("--modes", type=name_list("mode", lambda: _finetune().MODES), default=("full", "lora", "qlora"),
                    metavar="MODE[,MODE...]",
@@ -141,8 +142,10 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_lodo(args) -> int:
+    from fedhar.data.registry import load_readers_and_check
     from fedhar.lodo import LodoPlan, run_lodo
 
+    load_readers_and_check(args.readers, {"data": args.data, "pretrain-pool": args.pretrain_pool})
     check_options(args, at_least_one=("epochs", "pretrain_epochs", "synthetic_domains", "synthetic_subjects"),
                   non_negative=("seeds", "threads"), fractions=("train_fractions",), ranks=("ranks",))
     known = set(args.data) | ({f"synthetic-d{i}" for i in range(args.synthetic_domains)} if SYNTHETIC in args.data else set())

@@ -28,6 +28,11 @@ SYNTHETIC_DOMAINS = 3
 SYNTHETIC_SUBJECTS = 6
 SYNTHETIC_SEED = 0
 
+#: --readers of every command that reads datasets (`fedhar fl`, `lodo`, `evaluate`)
+READERS_HELP = ("datasets from outside fedhar, registered in every process of the run: a folder with a manifest.csv "
+                "(path, or name=path), module:Class (a Reader), module:function (registers them) or module, "
+                "comma-separated (README: Bring your own dataset)")
+
 DEVICE_HELP = "where to train: cpu or cuda[:N]"
 
 

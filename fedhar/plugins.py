@@ -4,6 +4,7 @@ error that says what failed and where: shared by the dataset and the strategy re
 from __future__ import annotations
 
 import importlib
+import traceback
 
 from fedhar.errors import FedharError
 
@@ -16,6 +17,14 @@ def import_target(target: str, what: str):
     except ImportError as e:
         raise FedharError(f"{what} {target!r}: cannot import module {module_name!r} ({e}); it must be importable "
                           f"wherever the run's processes start (installed, or on PYTHONPATH)") from None
+    except Exception as e:  # the module's own code failed: its error, where it was raised, in one line
+        if isinstance(e, SyntaxError):
+            where = f"{e.filename}:{e.lineno}"
+        else:
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+        raise FedharError(f"{what} {target!r}: importing module {module_name!r} raised {type(e).__name__}: "
+                          f"{e} (at {where})") from None
     if not attr:
         return module
     try:

@@ -7,8 +7,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from fedhar.data.cli import add_synthetic_options
-from fedhar.data.registry import dataset_names
+from fedhar.data.cli import add_readers_option, add_synthetic_options
 from fedhar.options import choice, name_list, number_list
 from simulations.config import FLConfig, run_config_key
 
@@ -124,7 +123,8 @@ def register(commands) -> None:
         "statistics. Windows of activities the head does not know count as errors.")
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
                    help="a model folder: a federated run's OUT_DIR/model, or a LODO run's OUT_DIR/models/RUN")
-    p.add_argument("--data", type=choice("dataset", dataset_names), required=True, help="the dataset to score on")
+    p.add_argument("--data", required=True, help="the dataset to score on (checked after --readers)")
+    add_readers_option(p)
     p.add_argument("--client", help="add this client's local parts (FedSA's B, a local head)")
     p.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: the search path)")
     add_synthetic_options(p)
@@ -133,8 +133,10 @@ def register(commands) -> None:
 
 def cmd_evaluate(args) -> int:
     from fedhar.data.cli import synthetic_config
+    from fedhar.data.registry import load_readers_and_check
     from fedhar.model.saved import score
 
+    load_readers_and_check(args.readers, {"data": [args.data]})
     m = score(args.model_dir, args.data, args.data_dir, args.client,
               synthetic=synthetic_config(args) if args.data == "synthetic" else None)
     print(f"{m['data']}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "

@@ -43,11 +43,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from fedhar.errors import FedharError
 from fedhar.options import (
     MAX_RANK,
+    READERS_HELP,
     SYNTHETIC_DOMAINS,
     SYNTHETIC_SEED,
     SYNTHETIC_SUBJECTS,
@@ -94,10 +94,7 @@ class FLConfig:
     # data
     data: str = option("synthetic", "datasets the clients hold, comma-separated")
     data_dir: str = option("", "folder holding the datasets (default: the search path of `fedhar data list`)")
-    readers: str = option("",
-        "datasets from outside fedhar, registered in every process of the run: a folder with a manifest.csv "
-        "(path, or name=path), module:Class (a Reader), module:function (registers them) or module, "
-        "comma-separated (README: Bring your own dataset)")
+    readers: str = option("", READERS_HELP)
     partition: str = option("dataset",
         "clients: one per dataset, one per subject, or Dirichlet label skew (--num-clients)")
     num_clients: int = option(8, "clients of a Dirichlet partition")
@@ -207,7 +204,7 @@ class FLConfig:
 
     def validate(self) -> None:
         """Every option checked before any work starts; errors name the option (--flag)."""
-        from fedhar.data.registry import dataset_names, is_folder_item, load_readers
+        from fedhar.data.registry import check_dataset, load_readers
 
         load_readers(self.readers)  # first: they add dataset names (every process that reads this config)
 
@@ -220,12 +217,7 @@ class FLConfig:
         for flag, names in (("data", self.datasets), ("heldout-data", self.heldout_datasets),
                             ("pretrain-data", self.pretrain_datasets)):
             for name in names:
-                try:
-                    check_name("dataset", name, dataset_names())
-                except FedharError as e:
-                    hint = (f" (a folder dataset: --readers {name} --data {Path(name).name or 'NAME'})"
-                            if is_folder_item(name) else "")
-                    raise FedharError(f"--{flag}: {e}{hint}") from None
+                check_dataset(name, flag)
         for name in ("rounds", "local_epochs", "batch_size", "rank", "pretrain_epochs", "probe_epochs",
                      "server_eval_every", "client_eval_every", "num_clients", "min_train_replies", "synthetic_domains",
                      "synthetic_subjects"):

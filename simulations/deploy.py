@@ -55,6 +55,7 @@ from simulations.flwr_launch import (
     toml_value,
     write_run_config,
 )
+from simulations.out_dir import releases_out_dir
 from simulations.startup import prepare_run
 
 CONNECTION = "fedhar-deploy"  # the Flower CLI connection name in <out-dir>/.flwr/config.toml
@@ -297,6 +298,7 @@ def prepare(cfg: FLConfig, n_nodes: int) -> FLConfig:
     return cfg
 
 
+@releases_out_dir
 def run_local(cfg: FLConfig, n_nodes: int, data_dirs: dict[int, str] | None = None, stream=None,
               timeout: float | None = None) -> Path:
     """Run ``cfg`` on a local deployment of ``n_nodes`` SuperNodes; returns the out-dir, raises

@@ -34,6 +34,7 @@ import psutil
 from fedhar.data import paths
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.out_dir import releases_out_dir
 from simulations.startup import gpus_per_client, prepare_run
 
 COMPLETED = "finished:completed"
@@ -171,6 +172,7 @@ def run_status(env: dict, run_id: str, connection: str | None = None) -> dict:
     raise FedharError(f"run {run_id} is not in `flwr list` ({len(runs)} runs)")
 
 
+@releases_out_dir
 def launch(cfg: FLConfig, cpus_per_client: int = 1, stream=None) -> Path:
     """Run ``cfg`` through ``flwr run``; returns the out-dir, raises FedharError unless it completed.
 

@@ -27,11 +27,13 @@ import pandas as pd
 from fedhar.console import quiet_flower, verbose
 from fedhar.errors import FedharError
 from simulations.config import FLConfig
+from simulations.out_dir import releases_out_dir
 from simulations.startup import announce, gpus_per_client, prepare_run
 
 ENGINES = ("ray", "inline", "cohort")
 
 
+@releases_out_dir
 def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray", address: str = "",
                   cohort_size: int = 32) -> Path:
     """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv.

@@ -40,7 +40,7 @@ def prepare_run(cfg: FLConfig) -> tuple[FLConfig, int]:
     from simulations.task import ensure_backbone, federation
 
     cfg = absolute_paths(cfg)
-    claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
+    claim(Path(cfg.out_dir), cfg.resume, cfg.overwrite, hold_it=True)  # a second run into it: refused now
     n_clients = len(federation(cfg).parts)
     if cfg.task == "pretrain":  # the backbone is what the run makes: --backbone, if any, is where it starts
         if cfg.backbone:

@@ -15,7 +15,9 @@ trials early on the rounds reported so far (``ASHAScheduler(time_attr="round")``
 
 Resume: running the same command again restores each experiment (``Tuner.restore``,
 errored trials resumed): finished trials are not run again, interrupted ones continue
-from their federation's checkpoint.
+from their federation's checkpoint. Ctrl-C stops Tune gracefully (it saves its state; a
+second Ctrl-C stops at once), writes results.csv and ends the command with exit status 130
+(``graceful_interrupt``): never as if the sweep had finished.
 
 ``<sweep dir>/results.csv``, rewritten whenever a trial ends, one row per (trial, round):
   experiment, trial_id, status   ok | stopped (by ASHA) | failed | running | pending
@@ -39,6 +41,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -335,7 +338,44 @@ def run_experiment(sweep: Sweep, sweep_dir: Path, exp: Experiment, param_space: 
                              callbacks=[_tune_callback(sweep, sweep_dir, exp.name, total, log)])
         tuner = tune.Tuner(fn, param_space=param_space, run_config=run,
                            tune_config=tune_config(sweep, exp, scheduler, num_samples, max_concurrent))
-    tuner.fit()
+    with graceful_interrupt():
+        tuner.fit()
+
+
+@contextlib.contextmanager
+def graceful_interrupt() -> Iterator[None]:
+    """Ctrl-C during ``tuner.fit()``: Tune's own graceful stop, then KeyboardInterrupt (exit 130;
+    no later experiment or confirmation starts). Tune's SIGINT handler alone makes ``fit()``
+    return as if the experiment had ended (the sweep exited 0). Ours takes SIGINT and asks Tune
+    to stop through SIGUSR1, which Tune handles the same way; a second Ctrl-C stops at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        say("fedhar sweep: interrupted; stopping the trials and saving Tune's state (Ctrl-C again: at once)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous, env = signal.getsignal(signal.SIGINT), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune keeps its hands off SIGINT (ours)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _write_sweep_json(sweep: Sweep, sweep_dir: Path, command: str, options: dict) -> None:
@@ -414,16 +454,22 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, address: str | None =
         f"{sum(e.size(num_samples) for e in experiments)} trials ({scheduler} scheduler, {s.algorithm} search) "
         f"-> {sweep_dir}")
     comparison = None
-    with ray_session(address) as ray:
-        check_capacity(ray, sweep)
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        resources = ray.cluster_resources()
-        log(f"sweep {s.name}: Ray has {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on {nodes} "
-            f"node(s); {s.cpus_per_trial:g} CPU per trial")
-        for exp in experiments:
-            run_experiment(sweep, sweep_dir, exp, exp.param_space(), scheduler=scheduler, num_samples=num_samples,
-                           max_concurrent=limit, log=log)
-        if sweep.confirm:
-            comparison = confirm_stage(sweep, sweep_dir, max_concurrent=limit, log=log)
+    try:
+        with ray_session(address) as ray:
+            check_capacity(ray, sweep)
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            resources = ray.cluster_resources()
+            log(f"sweep {s.name}: Ray has {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on {nodes} "
+                f"node(s); {s.cpus_per_trial:g} CPU per trial")
+            for exp in experiments:
+                run_experiment(sweep, sweep_dir, exp, exp.param_space(), scheduler=scheduler, num_samples=num_samples,
+                               max_concurrent=limit, log=log)
+            if sweep.confirm:
+                comparison = confirm_stage(sweep, sweep_dir, max_concurrent=limit, log=log)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):  # the table of what finished, if it can be read
+            write_results(sweep, sweep_dir)
+        log(f"sweep {s.name}: interrupted; the same command resumes it ({sweep_dir})")
+        raise
     results = write_results(sweep, sweep_dir)
     return SweepOutcome(sweep_dir, results, comparison)

@@ -452,3 +452,128 @@ def test_fedhar_data_is_reachable_after_import_fedhar_alone():
     done = subprocess.run([sys.executable, "-c", "import fedhar; print(len(fedhar.data.activities()) > 0)"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+# --------------------------------------------------------------------------- issue 27, second round
+
+
+@pytest.mark.parametrize("option", ["--strategy", "--readers"])
+def test_a_plugin_module_that_raises_at_import_is_one_line(capsys, tmp_path, monkeypatch, option):
+    """Was the module's own traceback: now its exception and where it was raised, in one line."""
+    name = f"broken_plugin_{option.strip('-')}"
+    (tmp_path / f"{name}.py").write_text("import os\n\nraise RuntimeError('needs a GPU driver')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refused(capsys, ["fl", option, f"{name}:Thing", *SMALL, "--out-dir", tmp_path / "run"],
+            f"importing module {name!r} raised RuntimeError: needs a GPU driver", f"{tmp_path / name}.py:3")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def folder_dataset(tmp_path, monkeypatch) -> Path:
+    """A folder dataset of 2 subjects walking (its registration stays in the test)."""
+    from fedhar.data import registry
+
+    monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "gait"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for s in (1, 2):
+        signal = rng.normal(0, 1, (600, 6)) + [0, 0, 9.8, 0, 0, 0]
+        np.save(root / f"s{s}.npy", signal)
+    (root / "manifest.csv").write_text("file,subject,activity,rate_hz,acc_unit,gyro_unit\n"
+                                       "s1.npy,1,walking,50,m/s^2,rad/s\ns2.npy,2,walking,50,m/s^2,rad/s\n")
+    return root
+
+
+def test_lodo_and_evaluate_take_readers_as_fl_does(capsys, tmp_path, folder_dataset):
+    """fedhar lodo / evaluate --readers (issue 27: only fedhar fl had it), and a folder given as
+    --data is told to come through --readers."""
+    out = tmp_path / "lodo"
+    refused(capsys, ["lodo", "--data", folder_dataset, "--out-dir", out],
+            f"--data: unknown dataset '{folder_dataset}'", f"(a folder dataset: --readers {folder_dataset} --data gait)")
+    refused(capsys, ["evaluate", tmp_path / "model", "--data", "gait"], "--data: unknown dataset 'gait'")
+    # with --readers the names are known: the next check is the one that refuses
+    refused(capsys, ["lodo", "--readers", folder_dataset, "--data", "gait", "--heldout-data", "other", "--out-dir", out],
+            "--heldout-data other: not among --data gait")
+    assert not out.exists()
+    model_dir = _saved_model(tmp_path)
+    assert main(["evaluate", str(model_dir), "--readers", str(folder_dataset), "--data", "gait"]) == 0
+    assert "gait: accuracy" in capsys.readouterr().out
+
+
+def test_a_second_run_into_an_out_dir_in_use_is_refused_before_any_work(capsys, tmp_path):
+    """issue 27: was refused only when the first run wrote its tables (74 s in, after pretraining)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from simulations.out_dir import claim; "
+        f"claim(Path({str(out)!r}), False, False, hold_it=True); print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        line = refused(capsys, ["fl", *SMALL, "--out-dir", out], f"--out-dir {out} is in use by another run (pid "
+                                                                 f"{holder.pid}, started ")
+        assert time.perf_counter() - t0 < 5 and "wait for it to end" in line
+        assert sorted(p.name for p in out.iterdir()) == [".fedhar-run.lock"]  # nothing written, nothing pretrained
+    finally:
+        holder.communicate("", timeout=30)
+    claim(out, False, False, hold_it=True)  # free again once that process ended
+    claim(out, False, False, hold_it=True)  # (a process may claim its own out-dir again: --seeds, resume)
+
+
+def test_ctrl_c_during_a_tune_fit_stops_tune_gracefully_then_exits_130(monkeypatch):
+    """issue 27: Tune's own SIGINT handler made tuner.fit() return as if done: the sweep exited 0.
+    graceful_interrupt hands the first Ctrl-C to Tune's graceful stop (SIGUSR1, the handler Tune
+    sets in fit()) and raises KeyboardInterrupt when fit() returns (fedhar: exit 130)."""
+    import signal
+
+    from simulations.sweep_run import graceful_interrupt
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    before = signal.getsignal(signal.SIGINT)
+    tune_stopped, env_seen = [], []
+
+    def fit():  # what Tune's fit() does with signals: SIGUSR1 (and SIGINT unless disabled) -> stop, return
+        env_seen.append(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"))
+        signal.signal(signal.SIGUSR1, lambda *_: tune_stopped.append(True))
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+        return "result grid"
+
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with graceful_interrupt():
+                assert fit() == "result grid"
+    finally:
+        signal.signal(signal.SIGUSR1, old_usr1)
+    assert tune_stopped == [True] and env_seen == ["1"]
+    assert signal.getsignal(signal.SIGINT) is before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    with graceful_interrupt():  # no Ctrl-C: nothing raised
+        pass
+
+
+def test_a_finished_run_releases_its_out_dir(tmp_path):
+    """A notebook that ran a federation must not keep its out-dir from a later `fedhar fl`."""
+    import subprocess
+    import sys
+
+    from simulations.out_dir import releases_out_dir
+
+    out = tmp_path / "run"
+
+    @releases_out_dir
+    def runner():
+        claim(out, False, False, hold_it=True)
+
+    runner()
+    other = subprocess.run([sys.executable, "-c", (
+        "from pathlib import Path; from simulations.out_dir import claim; "
+        f"claim(Path({str(out)!r}), False, False, hold_it=True); print('held')")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert other.stdout.strip() == "held", other.stderr

@@ -135,6 +135,23 @@ MANIFEST_ERRORS = [
     ("file type", [HEADER, "a.txt,1,walking,50,g,deg/s,"], r"manifest.csv:2: a.txt: unknown file type"),
     ("channels", [HEADER, "a.npy,1,walking,50,g,deg/s,0 1 2"], r"manifest.csv:2: channels names 3 columns"),
     ("empty", [HEADER], r"manifest.csv: lists no recordings"),
+    # issue 27: each of these was a traceback or accepted silently
+    ("absolute path", [HEADER, "/tmp/a.npy,1,walking,50,g,deg/s,"],
+     r"manifest.csv:2: /tmp/a.npy: an absolute path; a recording is given relative to the dataset folder"),
+    ("outside the folder", [HEADER, "sub/../../a.npy,1,walking,50,g,deg/s,"],
+     r"manifest.csv:2: sub/../../a.npy: leaves the dataset folder"),
+    ("subject past int64", [HEADER, "a.npy,9223372036854775808,walking,50,g,deg/s,"],
+     r"manifest.csv:2: subject 9223372036854775808 does not fit 64 bits"),
+    ("rate 10000", [HEADER, "a.npy,1,walking,10000,g,deg/s,"],
+     r"manifest.csv:2: rate_hz 10000 is outside 10-2000 Hz: .* add a column allow_rate"),
+    ("rate 0.5", [HEADER, "a.npy,1,walking,0.5,g,deg/s,"], r"manifest.csv:2: rate_hz 0.5 is outside 10-2000 Hz"),
+    ("allow_rate value", [HEADER + ",allow_rate", "a.npy,1,walking,5,g,deg/s,,true"],
+     r"manifest.csv:2: allow_rate is 'yes' or empty, got 'true'"),
+    ("channel twice", [HEADER, "a.npy,1,walking,50,g,deg/s,0 0 0 3 4 5"],
+     r"manifest.csv:2: channels names column '0' 3 times"),
+    ("csv channel twice", [HEADER, "a.csv,1,walking,50,g,deg/s,ax ax ay gx gy gz"],
+     r"manifest.csv:2: channels names column 'ax' 2 times"),
+    ("activity blank", [HEADER, "a.npy,1, - ,50,g,deg/s,"], r"manifest.csv:2: empty activity cell"),
 ]
 
 
@@ -143,6 +160,7 @@ def test_a_bad_manifest_is_one_line_naming_its_line(tmp_path, what, rows, messag
     root = tmp_path / "bad"
     root.mkdir()
     np.save(root / "a.npy", imu(5, 50, 1.0))
+    (root / "a.csv").write_text("ax,ay,az,gx,gy,gz\n1,2,3,4,5,6\n")
     if rows is not None:
         (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataFormatError) as e:
@@ -231,3 +249,88 @@ def test_the_readme_example_federates_on_ray(tmp_path, monkeypatch):
     rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
     assert len(rounds) == 2 and (rounds["failed"] == 0).all() and (rounds["clients_trained"] >= 2).all()
     assert rounds["accuracy"].notna().all()
+
+
+def test_a_manifest_not_in_utf8_is_named_with_its_line(tmp_path, capsys):
+    root = tmp_path / "latin"
+    root.mkdir()
+    np.save(root / "a.npy", imu(5, 50, 1.0))
+    (root / "manifest.csv").write_bytes(f"{HEADER}\na.npy,1,gehen\xe9,50,g,deg/s,\n".encode("latin-1"))
+    assert main(["data", "info", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fedhar: error: {root}/manifest.csv:2: not UTF-8 text (byte 0xe9): save it as UTF-8 (e.g. iconv -f " \
+                  "latin1 -t utf-8)"
+
+
+def test_a_rate_outside_the_range_is_read_with_allow_rate(tmp_path):
+    root = write_folder(tmp_path / "slow", [])
+    np.save(root / "a.npy", imu(200, 5, 0.5))
+    (root / "manifest.csv").write_text(f"{HEADER},allow_rate\na.npy,1,walking,5,g,deg/s,,yes\n")
+    registry.register_folder(str(root))
+    assert len(load("slow", cache=False).windows) == 1 + (200 * 50 - 128) // 64
+
+
+def test_a_folder_without_a_single_window_is_one_line(tmp_path, capsys):
+    root = write_folder(tmp_path / "short", ["a.npy,1,walking,100,g,deg/s,", "b.npy,2,walking,50,g,deg/s,"])
+    np.save(root / "a.npy", imu(2, 100, 2.0))  # 100 samples at 50 Hz: no 128-sample window
+    np.save(root / "b.npy", imu(1, 50, 2.0))
+    assert main(["data", "info", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"fedhar: error: {root}: no 128-sample window at 50 Hz (2.56 s) in 2 recordings of 250 samples (at "
+                   "their native rates): every recording or activity run is shorter than a window, or unlabelled "
+                   "(dropped: 150 samples in activity runs shorter than a window (at 50 Hz))")
+
+
+def test_activity_names_are_normalised_and_merged_and_new_ones_marked(tmp_path, capsys):
+    root = write_folder(tmp_path / "names", ["a.npy,1,Walking ,50,g,deg/s,", "b.npy,1,walking,50,g,deg/s,",
+                                             "c.npy,2,jogging,50,g,deg/s,", "d.npy,2,Rope Skipping,50,g,deg/s,"])
+    for i, f in enumerate("abcd"):
+        np.save(root / f"{f}.npy", imu(10, 50, 2.0, seed=i))
+    assert labels.normalise_activity(" Walking Upstairs ") == "upstairs"
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^activities\s+3$", out, re.M)  # walking, running, rope_skipping: no class 'Walking '
+    assert re.search(r"Walking -> walking$", out, re.M) and re.search(r"jogging -> running$", out, re.M)
+    assert re.search(r"Rope Skipping -> rope_skipping  \(new\)$", out, re.M)
+    ws = load("names").windows
+    assert sorted(set(np.asarray(labels.activities())[ws.y])) == ["rope_skipping", "running", "walking"]
+
+
+def test_implausible_magnitudes_are_warned_naming_the_recording(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    good = np.column_stack([rng.normal(0, 1, (1000, 2)), 9.8 + rng.normal(0, 1, 1000), rng.normal(0, 0.5, (1000, 3))])
+    root = write_folder(tmp_path / "units", ["good.npy,1,walking,50,m/s^2,rad/s,",
+                                             "swapped.npy,1,sitting,50,m/s^2,rad/s,3 4 5 0 1 2",
+                                             "tenfold.npy,2,walking,50,g,rad/s,",
+                                             "slow.npy,2,sitting,10,m/s^2,deg/s,"])
+    np.save(root / "good.npy", good)
+    np.save(root / "swapped.npy", good)
+    np.save(root / "tenfold.npy", good)  # m/s^2 declared g
+    np.save(root / "slow.npy", good[:200] * [1, 1, 1, 60, 60, 60])  # gyro in deg/s: fine
+    assert main(["data", "info", str(root)]) == 0
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if line.startswith("fedhar: warning:")]
+    assert [line.split(": ")[2] for line in warned] == [str(root / "swapped.npy"), str(root / "swapped.npy"),
+                                                        str(root / "tenfold.npy")]
+    assert re.search(r"median \|acc\| is 0\.[6-9]", warned[0]) and "outside 5-20" in warned[0] and "manifest.csv:3" in warned[0]
+    assert re.search(r"median \|gyro\| is (9\.[5-9]|10\.)", warned[1]) and "well under 5" in warned[1]
+    assert re.search(r"median \|acc\| is 9[4-8] m/s\^2 after conversion from g", warned[2])
+    assert "fedhar: note: units: recordings at ~10 Hz are upsampled ~5x to 50 Hz: their windows hold nothing " \
+           "above ~5 Hz" in err
+    assert out.count("Warning: ") == 3 and "Note: units: recordings at ~10 Hz are upsampled ~5x" in out
+    assert "Read: 4 files, 4 recordings, 3200 samples (at their native rates)" in out
+
+
+def test_a_time_column_that_contradicts_rate_hz_is_warned(tmp_path, capsys):
+    signal = np.column_stack([np.zeros((600, 2)), np.full(600, 9.8), np.zeros((600, 3))])
+    root = write_folder(tmp_path / "clock", ["seconds.csv,1,walking,100,m/s^2,rad/s,ax ay az gx gy gz",
+                                             "millis.csv,1,sitting,100,m/s^2,rad/s,ax ay az gx gy gz",
+                                             "wrong.csv,2,walking,50,m/s^2,rad/s,ax ay az gx gy gz"])
+    for name, times in (("seconds", np.arange(600) / 100), ("millis", np.arange(600) * 10.0),
+                        ("wrong", 1.7e9 + np.arange(600) / 100)):  # wrong: 100 Hz, declared 50
+        write_csv(root / f"{name}.csv", ["time", "ax", "ay", "az", "gx", "gy", "gz"], np.column_stack([times, signal]))
+    assert main(["data", "info", str(root)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fedhar: warning:")]
+    assert len(warned) == 1 and warned[0].startswith(f"fedhar: warning: {root / 'wrong.csv'}: its time column steps by "
+                                                     "0.01 (median): 100 Hz in s, 1e+05 Hz in ms")
+    assert "none is within 10% of rate_hz 50 (manifest.csv:4), which is the rate used" in warned[0]

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from fedhar.data import paths
-from fedhar.data.labels import activities
+from fedhar.data.harmonise import AT_WINDOW_RATE
+from fedhar.data.labels import ACTIVITIES, activities
 from fedhar.data.loading import Prepared, find_dataset, load
 from fedhar.data.registry import (
     SYNTHETIC,
@@ -23,7 +24,7 @@ from fedhar.data.registry import (
 from fedhar.data.schema import CHANNEL_UNITS, CHANNELS
 from fedhar.data.splits import subject_split
 from fedhar.errors import DatasetNotFoundError, FedharError
-from fedhar.options import SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS, check_name, choice
+from fedhar.options import READERS_HELP, SYNTHETIC_DOMAINS, SYNTHETIC_SEED, SYNTHETIC_SUBJECTS, check_name, choice
 
 
 def register(commands) -> None:
@@ -73,6 +74,11 @@ def dataset_arg(text: str) -> str:
     if is_folder_item(text):
         return register_folder(text)
     return choice("dataset", dataset_names)(text)
+
+
+def add_readers_option(p: argparse.ArgumentParser) -> None:
+    """--readers, as `fedhar fl` has it (the command checks its dataset names after registering them)."""
+    p.add_argument("--readers", default="", metavar="ITEM[,ITEM...]", help=READERS_HELP)
 
 
 def add_synthetic_options(p: argparse.ArgumentParser) -> None:
@@ -149,21 +155,26 @@ def cmd_info(args) -> int:
         reader = get_reader(args.name)
         if reader.channels_note:
             print(f"channels     {reader.channels_note}")
-        print("\nLabel mapping (native -> fedhar activity; None = dropped on purpose):")
+        print("\nLabel mapping (native -> fedhar activity; None = dropped on purpose; new = not one of fedhar's "
+              "built-in activities, added to the union label space):")
         for native, name in reader.label_map.items():
-            print(f"  {native!s:>20} -> {name}")
+            new = "  (new)" if name is not None and name not in ACTIVITIES else ""
+            print(f"  {native!s:>20} -> {name}{new}")
         if reader.published_test_subjects:
             train, test = subject_split(ws, test_subjects={args.name: reader.published_test_subjects})
             print(f"\nPublished split: test subjects {list(reader.published_test_subjects)}: "
                   f"{len(train)} train / {len(test)} test windows")
-    print(f"\nRead: {report.files_read} files, {report.recordings} recordings, {report.samples_in} samples")
-    for title, counter in (("Repairs (deliberate, known quirks)", report.repairs), ("Dropped", report.dropped)):
+    print(f"\nRead: {report.files_read} files, {report.recordings} recordings, {report.samples_in} samples "
+          "(at their native rates)")
+    for title, counter in (("Repairs (deliberate, known quirks)", report.repairs),
+                           ("Dropped (at the native rate unless marked 50 Hz: counted after resampling)", report.dropped)):
         if counter:
             print(f"{title}:")
             for what, n in sorted(counter.items()):
-                print(f"  {n:>10}  {what}")
+                print(f"  {n:>10}  {what}{'  (50 Hz)' if what in AT_WINDOW_RATE else ''}")
     for note in report.notes:
-        print(f"Note: {note}")
+        kind, _, text = note.partition(": ")
+        print(f"{kind.capitalize()}: {text}" if kind in ("warning", "note") else f"Note: {note}")
     print("\nWindows per subject and activity:")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
         print(counts_table(prepared).to_string())

@@ -9,11 +9,17 @@ Labels are carried to the new clock by nearest sample.
 
 Window label rule: windows are cut only inside runs of one activity, so every sample of
 a window has the window's label ("pure" windows, the UCI-HAR convention). Unlabelled
-samples, and the tail of a run too short for another window, are dropped and counted.
+samples, and the tail of a run too short for another window, are dropped and counted: these
+counts (``AT_WINDOW_RATE``) are of samples at the window rate (50 Hz), after resampling, while
+``PrepareReport.samples_in`` and the readers' own drops count samples at the native rate.
+
+Upsampling by more than 2x is noted once per native rate (to 2 significant digits; ``warn``'s
+stderr line and the report's notes): such windows hold nothing above half the native rate.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import pi
@@ -38,6 +44,25 @@ class WindowConfig:
 #: unit name -> factor to the common unit (schema.CHANNEL_UNITS)
 ACC_UNITS: dict[str, float] = {"m/s^2": 1.0, "m/s2": 1.0, "m/s²": 1.0, "g": STANDARD_GRAVITY}
 GYRO_UNITS: dict[str, float] = {"rad/s": 1.0, "deg/s": pi / 180.0, "dps": pi / 180.0}
+
+
+DROP_UNLABELLED = "unlabelled samples"
+DROP_SHORT_RUN = "samples in activity runs shorter than a window"
+DROP_RUN_END = "samples at the end of a run, after its last window"
+#: drop reasons counted in samples at the window rate (after resampling), not the native rate
+AT_WINDOW_RATE = frozenset({DROP_UNLABELLED, DROP_SHORT_RUN, DROP_RUN_END})
+UPSAMPLE_NOTED_ABOVE = 2.0
+
+
+def warn(report: PrepareReport, message: str, kind: str = "warning") -> None:
+    """Tell the user now (one stderr line) and keep it in the report's notes (`fedhar data info`
+    shows them, also from the cache); each message once per report."""
+    note = f"{kind}: {message}"
+    if note not in report.notes:
+        report.notes.append(note)
+        from tqdm import tqdm  # its write(): on a line of its own, not after a progress bar's text
+
+        tqdm.write(f"fedhar: {note}", file=sys.stderr)
 
 
 def to_si(signal: np.ndarray, acc_unit: str, gyro_unit: str) -> np.ndarray:
@@ -76,15 +101,15 @@ def cut_windows(rec: Recording, cfg: WindowConfig, dataset: str, report: Prepare
     for start, stop, label in label_runs(rec.labels):
         n = stop - start
         if label == UNLABELLED:
-            report.dropped["unlabelled samples"] += n
+            report.dropped[DROP_UNLABELLED] += n
             continue
         if n < cfg.length:
-            report.dropped["samples in activity runs shorter than a window"] += n
+            report.dropped[DROP_SHORT_RUN] += n
             continue
         k = 1 + (n - cfg.length) // cfg.step
         covered = (k - 1) * cfg.step + cfg.length
         if covered < n:
-            report.dropped["samples at the end of a run, after its last window"] += n - covered
+            report.dropped[DROP_RUN_END] += n - covered
         idx = start + np.arange(k)[:, None] * cfg.step + np.arange(cfg.length)[None, :]
         xs.append(rec.signal[idx])  # (k, L, 6)
         ys.append(np.full(k, label, np.int64))
@@ -117,6 +142,10 @@ def harmonise(items, cfg: WindowConfig, dataset: str, report: PrepareReport) -> 
             sample = int(np.flatnonzero(~np.isfinite(item.signal).all(axis=1))[0])
             raise DataFormatError(item.source, f"sample {sample + 1} is out of range (non-finite after "
                                   "conversion to SI units)")
+        if cfg.rate / item.rate > UPSAMPLE_NOTED_ABOVE:
+            rate = float(f"{item.rate:.2g}")  # one note for recordings at 19.8 and 20.1 Hz (measured rates)
+            warn(report, f"{dataset}: recordings at ~{rate:g} Hz are upsampled ~{cfg.rate / rate:.2g}x to "
+                         f"{cfg.rate:g} Hz: their windows hold nothing above ~{rate / 2:g} Hz", kind="note")
         parts.append(cut_windows(resample(item, cfg.rate), cfg, dataset, report))
     out = WindowSet.concat(parts)
     report.windows = len(out)

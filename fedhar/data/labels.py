@@ -60,6 +60,35 @@ UNLABELLED = -1
 _ALL: list[str] = list(ACTIVITIES)  # the built-in activities, then those readers added
 
 
+#: the merges above, for names readers without a label table give (a folder dataset's manifest):
+#: a name, normalised by ``normalise_activity``, -> the union's activity
+MERGES: dict[str, str] = {
+    "jogging": "running",
+    "jog": "running",
+    "biking": "cycling",
+    "bike": "cycling",
+    "climbing_up": "upstairs",
+    "climbingup": "upstairs",
+    "walking_upstairs": "upstairs",
+    "upstairs_walking": "upstairs",
+    "climbing_down": "downstairs",
+    "climbingdown": "downstairs",
+    "walking_downstairs": "downstairs",
+    "downstairs_walking": "downstairs",
+    "laying": "lying",
+    "sleeping": "lying",
+    "walking_forward": "walking",
+}
+
+
+def normalise_activity(name: str) -> str:
+    """A free-text activity name in the union's form: outer spaces stripped, lower case, inner
+    spaces and '-' as '_' ("Walking " -> walking, "Walking Upstairs" -> upstairs), then the
+    union's merges (MERGES: jogging -> running, ...)."""
+    key = "_".join(name.strip().lower().replace("-", " ").split())
+    return MERGES.get(key, key)
+
+
 def activities() -> tuple[str, ...]:
     """Every activity name, by id: the built-in ones, then those registered readers added."""
     return tuple(_ALL)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhar.data import paths
-from fedhar.data.harmonise import WindowConfig, harmonise
+from fedhar.data.harmonise import AT_WINDOW_RATE, WindowConfig, harmonise
 from fedhar.data.labels import ACTIVITIES, ACTIVITY_ID
 from fedhar.data.mapped import npz_member
 from fedhar.data.registry import SYNTHETIC, get_reader
@@ -251,7 +251,7 @@ def load(
         parts, report = prepare()
         ws = WindowSet.concat(list(parts))
         report.windows = len(ws)
-        return Prepared(ws, report, root, None, False, time.perf_counter() - t0)
+        return _windowed(Prepared(ws, report, root, None, False, time.perf_counter() - t0), window)
     cache_file = paths.window_cache_dir() / f"{name}-{_cache_key(key_parts)}.npz"
     found = None if rebuild else _cached(cache_file)
     if found is None:
@@ -261,9 +261,24 @@ def load(
                 parts, report = prepare()
                 _save(cache_file, parts, report, {"key": key_parts})
                 ws, report = _load(cache_file)  # as every later load gives them (large windows stay in the file)
-                return Prepared(ws, report, root, cache_file, False, time.perf_counter() - t0)
+                return _windowed(Prepared(ws, report, root, cache_file, False, time.perf_counter() - t0), window)
     ws, report = found
-    return Prepared(ws, report, root, cache_file, True, time.perf_counter() - t0)
+    return _windowed(Prepared(ws, report, root, cache_file, True, time.perf_counter() - t0), window)
+
+
+def _windowed(prepared: Prepared, window: WindowConfig) -> Prepared:
+    """``prepared``, unless it holds no window at all: then an error naming the data and why
+    (every recording shorter than a window, or unlabelled), not an empty table later."""
+    if len(prepared.windows):
+        return prepared
+    report = prepared.report
+    dropped = "; ".join(f"{n} {why}{f' (at {window.rate:g} Hz)' if why in AT_WINDOW_RATE else ''}"
+                        for why, n in sorted(report.dropped.items())) or "nothing"
+    where = prepared.root if prepared.root is not None else report.dataset
+    raise DataFormatError(where, f"no {window.length}-sample window at {window.rate:g} Hz ({window.length / window.rate:g} s) "
+                                 f"in {report.recordings} recordings of {report.samples_in} samples (at their native "
+                                 f"rates): every recording or activity run is shorter than a window, or unlabelled "
+                                 f"(dropped: {dropped})")
 
 
 def cache_lock(path: Path):

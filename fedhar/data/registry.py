@@ -100,6 +100,28 @@ def load_readers(spec: str) -> None:
             raise FedharError(f"readers {item!r}: neither a Reader subclass nor a function")
 
 
+def check_dataset(name: str, flag: str) -> str:
+    """``name`` if it is a known dataset (after --readers registered theirs), else a FedharError
+    naming ``--flag``; a folder given as a dataset is told to come through --readers."""
+    from fedhar.options import check_name
+
+    try:
+        return check_name("dataset", name, dataset_names())
+    except FedharError as e:
+        hint = (f" (a folder dataset: --readers {name} --data {Path(name).name or 'NAME'})"
+                if is_folder_item(name) else "")
+        raise FedharError(f"--{flag}: {e}{hint}") from None
+
+
+def load_readers_and_check(readers: str, datasets: dict[str, tuple[str, ...] | list[str]]) -> None:
+    """A command's --readers registered (they add dataset names), then the datasets of each
+    option (flag -> names) checked against them: `fedhar lodo`, `fedhar evaluate`."""
+    load_readers(readers)
+    for flag, names in datasets.items():
+        for name in names:
+            check_dataset(name, flag)
+
+
 def is_folder_item(item: str) -> bool:
     """A ``readers`` item naming a folder dataset (a path, or NAME=path), not a module."""
     return "/" in item or os.sep in item or "=" in item or (Path(item) / "manifest.csv").is_file()

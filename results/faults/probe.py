@@ -91,6 +91,8 @@ def option_cases(work: Path):
         ("rank 100000", ["--rank", "100000"], "--rank"),
         ("rank 0", ["--rank", "0"], "--rank"),
         ("seed -1", ["--seed", "-1"], "--seed"),
+        ("seed 2^64", ["--seed", str(2**64)], "--seed"),
+        ("min-train-replies above the clients", ["--min-train-replies", "1000"], "--min-train-replies"),
         ("lr nan", ["--lr", "nan"], "--lr"),
         ("lr -1", ["--lr", "-1"], "--lr"),
         ("lora-alpha nan", ["--lora-alpha", "nan"], "--lora-alpha"),
@@ -112,16 +114,17 @@ def option_cases(work: Path):
         if name == "heldout-data = data":
             argv, named = ["--data", "uci-har", "--heldout-data", "hapt"], "same people"
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*fl, *argv]), named)
-    pre = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--out", work / "pre"]
+    # (the option names of issue 24's command line: --data, --synthetic-*, --out-dir, --heldout-data)
+    pre = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--out-dir", work / "pre"]
     for name, argv, named in [("pretrain epochs 0", ["--epochs", "0"], "--epochs"),
                               ("pretrain lr nan", ["--lr", "nan"], "--lr"),
-                              ("pretrain seed -1", ["--pretrain-seed", "-1"], "--pretrain-seed")]:
+                              ("pretrain seed -1", ["--seed", "-1"], "--seed")]:
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*pre, *argv]), named)
-    lodo = ["lodo", "--datasets", "synthetic", "--out", work / "lodo"]
+    lodo = ["lodo", "--data", "synthetic", "--out-dir", work / "lodo"]
     for name, argv, named in [("lodo ranks 0", ["--ranks", "0"], "--ranks"),
                               ("lodo train-fraction 1.5", ["--train-fractions", "1.5"], "--train-fractions"),
                               ("lodo seeds -1", ["--seeds", "-1"], "--seeds"),
-                              ("lodo held-out unknown", ["--held-out", "hapt"], "--held-out"),
+                              ("lodo held-out unknown", ["--heldout-data", "hapt"], "--heldout-data"),
                               ("lodo epochs 0", ["--epochs", "0"], "--epochs")]:
         yield name, "options", lambda argv=argv, named=named: judge_refusal(run([*lodo, *argv]), named)
 
@@ -157,10 +160,28 @@ def out_dir_cases(work: Path):
         os.chmod(work / "ro", 0o500)
         return judge_refusal(run([*fl, "--out-dir", work / "ro" / "run"]), "--out-dir")
 
+    def two_at_once():
+        # issue 27: the second run was refused only when the first wrote its tables (74 s in)
+        d = work / "two-at-once"
+        first = subprocess.Popen([*FEDHAR, *map(str, [*fl, "--rounds", "2", "--out-dir", d])], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (d / ".fedhar-run.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        second = run([*fl, "--rounds", "2", "--out-dir", d])
+        seconds = time.monotonic() - t0
+        first_code = first.wait(timeout=600)
+        verdict, note = judge_refusal(second, "in use by another run")
+        if verdict == "clear" and (first_code != 0 or seconds > 30):
+            return "silent", f"second refused after {seconds:.0f} s; first exit {first_code}"
+        return verdict, f"{note} ({seconds:.0f} s; the first run: exit {first_code})"
+
     yield "out-dir of an earlier run", "out-dir", earlier
     yield "resume without checkpoint", "out-dir", resume_missing
     yield "out-dir is a file", "out-dir", out_file
     yield "out-dir not writable", "out-dir", out_readonly
+    yield "two runs into one out-dir at once", "out-dir", two_at_once
 
 
 def data_cases(work: Path):
@@ -270,12 +291,163 @@ def data_cases(work: Path):
         yield name, "data", fn
 
 
+MANIFEST_HEADER = "file,subject,activity,rate_hz,acc_unit,gyro_unit,channels"
+
+
+def folder_cases(work: Path):
+    """Folder datasets (fedhar/data/readers/folder.py) of issue 27: its traceback table, its silent
+    list and the folder route (lodo / evaluate --readers)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def imu(n: int, acc: float = 9.8) -> np.ndarray:  # at rest-ish: |acc| ~ acc m/s^2, |gyro| ~ 0.9 rad/s
+        return np.column_stack([rng.normal(0, 0.5, (n, 2)), acc + rng.normal(0, 0.5, n), rng.normal(0, 0.5, (n, 3))])
+
+    def folder(name: str, rows: list[str], arrays: dict, header: str = MANIFEST_HEADER) -> Path:
+        d = work / "folders" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for f, a in arrays.items():
+            if f.endswith(".csv"):
+                columns = "time,ax,ay,az,gx,gy,gz" if a.shape[1] == 7 else "ax,ay,az,gx,gy,gz"
+                (d / f).write_text(columns + "\n" + "".join(",".join(map(str, r)) + "\n" for r in a))
+            else:
+                np.save(d / f, a)
+        (d / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
+        return d
+
+    def info(d: Path, *named: str):
+        return judge_refusal(run(["data", "info", d]), *named)
+
+    def fl_readers(d: Path, *named: str):
+        return judge_refusal(run(["fl", *TINY, "--engine", "inline", "--rounds", "1", "--readers", d, "--data",
+                                  d.name, "--partition", "subject", "--out-dir", work / f"fl-{d.name}"]), *named)
+
+    def short():
+        return folder("short", ["a.npy,1,walking,50,m/s^2,rad/s,", "b.npy,2,walking,100,m/s^2,rad/s,"],
+                      {"a.npy": imu(100), "b.npy": imu(200)})
+
+    def absolute():
+        target = folder("abs-target", ["a.npy,1,walking,50,m/s^2,rad/s,"], {"a.npy": imu(1000)}) / "a.npy"
+        return folder("absolute", [f"{target},1,walking,50,m/s^2,rad/s,"], {})
+
+    def latin1():
+        d = folder("latin1", [], {"a.npy": imu(1000)})
+        (d / "manifest.csv").write_bytes(f"{MANIFEST_HEADER}\na.npy,1,gehen\xe9,50,m/s^2,rad/s,\n".encode("latin-1"))
+        return d
+
+    def big_subject():
+        return folder("bigsubject", ["a.npy,99999999999999999999,walking,50,m/s^2,rad/s,"], {"a.npy": imu(1000)})
+
+    def warned(d: Path, needle: str, *named: str):
+        """Exit 0 with a warning line naming the recording (the silent list of issue 27)."""
+        p = run(["data", "info", d])
+        lines = [line for line in p.stderr.splitlines() if line.startswith("fedhar: warning:")]
+        if "Traceback (most recent call last)" in p.stderr:
+            return "traceback", p.stderr.strip().splitlines()[-1][:160]
+        if p.returncode == 0 and any(needle in line and all(n in line for n in named) for line in lines):
+            return "clear", next(line for line in lines if needle in line)[:200]
+        return ("silent" if p.returncode == 0 else "unclear"), (lines or p.stderr.strip().splitlines()[-1:] or ["?"])[0][:200]
+
+    def shown(d: Path, *wanted: str, err: bool = False):
+        """Exit 0 and every ``wanted`` text in the output of `data info`."""
+        p = run(["data", "info", d])
+        text = p.stderr if err else p.stdout
+        if "Traceback (most recent call last)" in p.stderr:
+            return "traceback", p.stderr.strip().splitlines()[-1][:160]
+        missing = [w for w in wanted if w not in text]
+        if p.returncode == 0 and not missing:
+            return "clear", "; ".join(w.strip() for w in wanted)[:200]
+        return ("silent" if p.returncode == 0 else "unclear"), f"missing {missing}: {p.stderr.strip()[-150:]}"
+
+    def lodo_readers():
+        d = folder("mylab", [f"s{s}_{a}.npy,{s},{a},50,m/s^2,rad/s," for s in (1, 2, 3, 4) for a in ("walking", "juggling")],
+                   {f"s{s}_{a}.npy": imu(1500) * (1 if a == "walking" else 1.3) for s in (1, 2, 3, 4)
+                    for a in ("walking", "juggling")})
+        out = work / "lodo-readers"
+        p = run(["lodo", "--readers", d, "--data", "mylab", "--backbones", "none", "--modes", "lora", "--epochs", "1",
+                 "--threads", "1", "--out-dir", out])
+        if p.returncode != 0:
+            return judge_refusal(p, "")
+        models = sorted((out / "models").glob("*/"))
+        e = run(["evaluate", models[0], "--readers", d, "--data", "mylab"]) if models else None
+        if e is None or e.returncode != 0 or "mylab: accuracy" not in e.stdout:
+            return "silent", f"lodo ran; evaluate --readers: {e.stderr.strip()[-150:] if e else 'no model'}"
+        return "clear", f"lodo: 1 row; evaluate: {e.stdout.strip()[:120]}"
+
+    gyro_as_acc = folder("swapped", ["a.npy,1,walking,50,m/s^2,rad/s,3 4 5 0 1 2"], {"a.npy": imu(1000)})
+    cases = [
+        ("folder: every recording shorter than a window (data info)", lambda: info(short(), "short", "no 128-sample window")),
+        ("folder: every recording shorter than a window (fl --readers)",
+         lambda: fl_readers(short(), "short", "no 128-sample window")),
+        ("folder: rate_hz 10000", lambda: info(folder("rate10k", ["a.npy,1,walking,10000,m/s^2,rad/s,"],
+                                                      {"a.npy": imu(3000)}), "manifest.csv:2", "allow_rate")),
+        ("folder: rate_hz 0.5", lambda: info(folder("rate05", ["a.npy,1,walking,0.5,m/s^2,rad/s,"],
+                                                    {"a.npy": imu(300)}), "manifest.csv:2", "allow_rate")),
+        ("folder: absolute path in file (data info)", lambda: info(absolute(), "manifest.csv:2", "absolute path")),
+        ("folder: absolute path in file (fl --readers)", lambda: fl_readers(absolute(), "manifest.csv:2", "absolute")),
+        ("folder: ../outside.npy", lambda: info(folder("outside", ["../abs-target/a.npy,1,walking,50,m/s^2,rad/s,"], {}),
+                                                "manifest.csv:2", "leaves the dataset folder")),
+        ("folder: subject past int64 (data info)", lambda: info(big_subject(), "manifest.csv:2", "64 bits")),
+        ("folder: subject past int64 (fl --readers)", lambda: fl_readers(big_subject(), "manifest.csv:2", "64 bits")),
+        ("folder: Latin-1 manifest (data info)", lambda: info(latin1(), "manifest.csv:2", "UTF-8")),
+        ("folder: Latin-1 manifest (fl --readers)", lambda: fl_readers(latin1(), "manifest.csv:2", "UTF-8")),
+        ("folder: channels ax ax ax gx gy gz", lambda: info(folder("dupchannels", ["a.csv,1,walking,50,m/s^2,rad/s,ax ax ax gx gy gz"],
+                                                                 {"a.csv": imu(1000)}), "manifest.csv:2", "'ax' 3 times")),
+        ("folder: gyro columns given as acc", lambda: warned(gyro_as_acc, "median |acc|", str(gyro_as_acc / "a.npy"))),
+        ("folder: acc in m/s^2 declared g", lambda: warned(folder("tenfold", ["a.npy,1,walking,50,g,rad/s,"],
+                                                                  {"a.npy": imu(1000)}), "median |acc| is 9", "from g")),
+        ("folder: acc with gravity removed", lambda: warned(folder("nogravity", ["a.npy,1,walking,50,m/s^2,rad/s,"],
+                                                                   {"a.npy": imu(1000, acc=0.0)}), "median |acc|")),
+        ("folder: gyro in deg/s declared rad/s", lambda: warned(folder("degrees", ["a.npy,1,walking,50,m/s^2,rad/s,"],
+                                                                       {"a.npy": imu(1000) * [1, 1, 1, 57, 57, 57]}),
+                                                                "median |gyro|")),
+        ("folder: rate_hz 50, time column at 100 Hz", lambda: warned(
+            folder("clock", ["a.csv,1,walking,50,m/s^2,rad/s,ax ay az gx gy gz"],
+                   {"a.csv": np.column_stack([np.arange(1000) / 100, imu(1000)])}), "its time column", "rate_hz 50")),
+        ("folder: 'Walking ' beside 'walking'", lambda: shown(folder("spaces", ["a.npy,1,Walking ,50,m/s^2,rad/s,",
+                                                                               "b.npy,2,walking,50,m/s^2,rad/s,"],
+                                                                       {"a.npy": imu(1000), "b.npy": imu(1000)}),
+                                                              "activities   1\n", "Walking -> walking")),
+        ("folder: jogging (the union's running)", lambda: shown(folder("jogging", ["a.npy,1,jogging,50,m/s^2,rad/s,"],
+                                                                        {"a.npy": imu(1000)}), "jogging -> running\n")),
+        ("folder: a new activity marked", lambda: shown(folder("newact", ["a.npy,1,juggling,50,m/s^2,rad/s,"],
+                                                                {"a.npy": imu(1000)}), "juggling -> juggling  (new)")),
+        ("folder: 10 Hz upsampled 5x", lambda: shown(folder("tenhz", ["a.npy,1,walking,10,m/s^2,rad/s,"],
+                                                             {"a.npy": imu(300)}), "upsampled ~5x", err=True)),
+        ("folder: which rate each count is at", lambda: shown(folder("rates", ["a.npy,1,walking,100,m/s^2,rad/s,"],
+                                                                     {"a.npy": imu(1000)}),
+                                                              "samples (at their native rates)", "(50 Hz)")),
+        ("folder: lodo --data DIR", lambda: judge_refusal(run(["lodo", "--data", work / "folders" / "mylab-absent",
+                                                               "--out-dir", work / "lodo-dir"]), "--readers")),
+        ("folder: lodo and evaluate --readers", lodo_readers),
+    ]
+    for name, fn in cases:
+        yield name, "folder", fn
+
+
+def plugin_cases(work: Path):
+    """A user's module:Name that raises at import (issue 27: its own traceback)."""
+    plugins = work / "plugins"
+    plugins.mkdir(exist_ok=True)
+    env = {"PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
+    for option in ("--strategy", "--readers"):
+        module = f"raises_{option.strip('-')}"
+        (plugins / f"{module}.py").write_text("raise RuntimeError('needs a licence server')\n")
+
+        def case(option=option, module=module):
+            p = run(["fl", *TINY, "--engine", "inline", option, f"{module}:Thing", "--out-dir", work / f"plug-{module}"],
+                    env=env)
+            return judge_refusal(p, module, "RuntimeError: needs a licence server", f"{module}.py:1")
+        yield f"{option} module raising at import", "plugins", case
+
+
 def cache_cases(work: Path):
     def damaged_window_cache(damage):
         def case():
             cache = work / f"cache-{damage.replace(' ', '-')}"
             env = {"FEDHAR_CACHE_DIR": str(cache)}
-            argv = ["data", "info", "synthetic", "--domains", "1", "--subjects", "2"]
+            argv = ["data", "info", "synthetic", "--synthetic-domains", "1", "--synthetic-subjects", "2"]
             first = run(argv, env=env)
             npz = next((cache / "windows").glob("*.npz"))
             data = npz.read_bytes()
@@ -355,7 +527,7 @@ def checkpoint_cases(work: Path):
         def case():
             cache = work / f"cache-bb-{damage}"
             env = {"FEDHAR_CACHE_DIR": str(cache)}
-            pre = run(["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "1"],
+            pre = run(["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "1"],
                       env=env)
             path = Path(pre.stdout.strip().splitlines()[-1])
             data = bytearray(path.read_bytes())
@@ -370,7 +542,7 @@ def checkpoint_cases(work: Path):
             if given[0] != "clear":
                 return given
             path.write_bytes(bytes(data))  # the cached one: named, pretrained again
-            again = run(["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "1"],
+            again = run(["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "1"],
                         env=env)
             if again.returncode == 0 and str(path) in again.stderr and "pretraining it again" in again.stderr:
                 return "clear", "--backbone refused; cached one named and pretrained again"
@@ -383,7 +555,7 @@ def checkpoint_cases(work: Path):
     def partial_truncated():
         cache = work / "cache-partial"
         env = {"FEDHAR_CACHE_DIR": str(cache)}
-        argv = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "2"]
+        argv = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "2"]
         first = run(argv, env=env)
         final = Path(first.stdout.strip().splitlines()[-1])
         final.unlink()
@@ -478,9 +650,47 @@ def signal_cases(work: Path):
             return ("clear" if ok else "silent"), notes
         return case
 
+    def sweep_interrupted():
+        # issue 27: exited 0 ("1 ok, 1 pending"); now 130, and the same command finishes the sweep
+        out = work / "sweep-ctrl-c"
+        argv = ["sweep", ROOT / "simulations" / "sweeps" / "tiny.toml", "--out-dir", out, "--max-concurrent", "1"]
+        proc = subprocess.Popen([*FEDHAR, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        family: set[int] = set()
+        deadline = time.monotonic() + 400
+        while not list(out.glob("tune/all/*/run/rounds.csv")) and proc.poll() is None and time.monotonic() < deadline:
+            family |= descendants(proc.pid)
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            return "unclear", f"ended before a trial finished: {proc.stdout.read()[-300:]}"
+        family |= descendants(proc.pid)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out_text, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return "silent", "still running 90 s after Ctrl-C"
+        stop_s = time.monotonic() - t0
+        time.sleep(3)
+        left = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        for p in left:
+            try:
+                psutil.Process(p).kill()
+            except psutil.NoSuchProcess:
+                pass
+        again = run(argv, timeout=600)
+        finished = again.returncode == 0 and "2 ok" in again.stdout
+        notes = (f"exit {proc.returncode} after {stop_s:.0f} s; {len(left)} processes left; the same command again: "
+                 f"{'2 ok' if finished else 'exit ' + str(again.returncode)}")
+        if "Traceback (most recent call last)" in out_text.split("fedhar: interrupted")[-1]:
+            return "traceback", notes
+        return ("clear" if proc.returncode == 130 and not left and finished else "silent"), notes
+
     for engine in ("ray", "inline", "flwr"):
         for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
             yield f"{name} on the {engine} engine", "signals", interrupt(engine, sig)
+    yield "Ctrl-C on a sweep", "signals", sweep_interrupted
 
 
 def concurrency_cases(work: Path):
@@ -504,7 +714,7 @@ def concurrency_cases(work: Path):
 
     def pretrain_twice():
         env = {"FEDHAR_CACHE_DIR": str(work / "cache-conc-pretrain")}
-        argv = ["pretrain", "--datasets", "synthetic", "--domains", "2", "--subjects", "2", "--epochs", "2"]
+        argv = ["pretrain", "--data", "synthetic", "--synthetic-domains", "2", "--synthetic-subjects", "2", "--epochs", "2"]
         results = together([argv, argv], env)
         trained = sum("pretraining MAE" in err for _, _, err in results)
         if any(code != 0 for code, _, _ in results):
@@ -523,8 +733,8 @@ def concurrency_cases(work: Path):
     yield "another Ray cluster announced (RAY_ADDRESS)", "concurrency", foreign_ray
 
 
-GROUPS = (option_cases, out_dir_cases, data_cases, cache_cases, checkpoint_cases, failure_cases, signal_cases,
-          concurrency_cases)
+GROUPS = (option_cases, out_dir_cases, data_cases, folder_cases, plugin_cases, cache_cases, checkpoint_cases,
+          failure_cases, signal_cases, concurrency_cases)
 
 
 def main() -> int:
