@@ -4,10 +4,13 @@
 
 reads every finished run (RUNS_DIR/NAME/done, rounds.csv, config.json) and writes
 OUT_PREFIX.csv (one row per run: rule, participation q, seed, target epsilon, epsilon spent,
-final accuracy), OUT_PREFIX.md (mean ± std over seeds per rule, q and epsilon, and the gap to
-the same rule without DP) and OUT_PREFIX.png (accuracy vs epsilon, a line per rule and q,
+final accuracy), OUT_PREFIX.md (mean ± std over seeds per rule, q and epsilon, and the paired gap to
+the same rule without DP: 95% interval, Holm-corrected verdict over the table, and whether it is
+within 2 points by an equivalence test) and OUT_PREFIX.png (accuracy vs epsilon, a line per rule and q,
 no DP drawn at the right as "inf"). Accuracy: the server's on its held-out test subjects
 where the run had them, else the clients' example-weighted accuracy, after the last round.
+Pairs are formed only within one batch (fedhar.pairing: same code, device, threads, epochs,
+backbone); a refused pair is listed, never silently used.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedhar.stats import mean_std
+from fedhar.pairing import cell, pair, refused_section, run_batch
+from fedhar.stats import holm, mean_std, paired_difference
+
+WITHIN = 0.02  # the issue's question: which rules stay within 2 points of no DP at epsilon 8
 
 
 def collect(runs: Path) -> pd.DataFrame:
@@ -31,7 +37,7 @@ def collect(runs: Path) -> pd.DataFrame:
         last = rounds.iloc[-1]
         central = (cfg.get("privacy") or {}).get("central_dp")
         server = "server_accuracy" in rounds and not math.isnan(last.get("server_accuracy", math.nan))
-        rows.append({"run": run.name, "data": settings.get("data", "?"), "clients": len(cfg.get("clients", [])),
+        rows.append({**run_batch(run, cfg), "run": run.name, "data": settings.get("data", "?"), "clients": len(cfg.get("clients", [])),
                      "rounds": len(rounds), "strategy": settings["strategy"], "q": settings["fraction-train"],
                      "seed": settings["seed"], "target_epsilon": settings.get("dp-epsilon") or math.inf,
                      "epsilon_spent": float(last["dp_epsilon"]) if central else math.inf,
@@ -43,16 +49,36 @@ def collect(runs: Path) -> pd.DataFrame:
 
 
 def summary(table: pd.DataFrame) -> str:
-    lines = ["| rule | q | epsilon | accuracy | gap to no DP (points) | noise multiplier | updates clipped |",
-             "|---|---|---|---|---|---|---|"]
+    """Per rule, q and epsilon: accuracy, and the gap to the same rule and q without DP on the
+    same seeds (one batch), with its interval and Holm-corrected verdict over the whole table."""
+    rows, diffs, pairings, refused = [], [], [], []
     for (strategy, q), group in table.groupby(["strategy", "q"]):
-        free = group[group["target_epsilon"] == math.inf].set_index("seed")["accuracy"]
-        for eps, cell in group.groupby("target_epsilon"):
-            gap = (cell.set_index("seed")["accuracy"] - free).dropna() * 100
-            lines.append(f"| {strategy} | {q} | {eps:g} | {mean_std(cell['accuracy'])} | "
-                         f"{mean_std(gap, 1) if eps != math.inf else '-'} | {cell['noise_multiplier'].mean():.3g} | "
-                         f"{cell['clipped_share'].mean():.2f} |")
-    return "\n".join(lines) + "\n"
+        free = group[group["target_epsilon"] == math.inf]
+        for eps, cells in group.groupby("target_epsilon"):
+            rows.append((strategy, q, eps, cells))
+            if eps == math.inf:
+                continue
+            pairing = pair(cells, free, "accuracy", what=f"{strategy} q={q} epsilon {eps:g} vs no DP")
+            diffs.append(paired_difference(pairing.a, pairing.b, margin=WITHIN))
+            pairings.append(pairing)
+            refused += pairing.refused
+    corrected = iter(zip(holm(diffs), pairings))
+    lines = [f"| rule | q | epsilon | accuracy | gap to no DP (points, 95% interval; Holm over {len(diffs)}) "
+             f"| within {WITHIN * 100:g} points? | noise multiplier | updates clipped |",
+             "|---|---|---|---|---|---|---|---|"]
+    for strategy, q, eps, cells in rows:
+        gap, within = "-", "-"
+        if eps != math.inf:
+            diff, pairing = next(corrected)
+            gap = cell(diff, pairing)
+            within = ("one seed: no test" if diff.n < 2 else
+                      "yes (equivalence test)" if diff.p_equivalent < diff.alpha else
+                      "no" if diff.high < -WITHIN else "not shown")
+        lines.append(f"| {strategy} | {q} | {eps:g} | {mean_std(cells['accuracy'])} | {gap} | {within} | "
+                     f"{cells['noise_multiplier'].mean():.3g} | {cells['clipped_share'].mean():.2f} |")
+    batches = sorted({" / ".join(map(str, r)) for r in table[["code", "device", "threads"]].itertuples(index=False)})
+    lines += ["", f"Runs: {len(table)}; code / device / threads: {'; '.join(batches)}.", ""]
+    return "\n".join(lines + refused_section(refused))
 
 
 def figure(table: pd.DataFrame, path: Path) -> None:

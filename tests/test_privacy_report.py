@@ -36,5 +36,21 @@ def test_the_table_pairs_each_budget_with_the_same_seeds_without_dp(tmp_path, ca
     assert table["scored_on"].iloc[0] == "clients' test windows"  # no server test subjects in these runs
     assert main([str(runs), str(tmp_path / "out")]) == 0
     md = (tmp_path / "out.md").read_text()
-    assert "| ffa | 1.0 | 8 | 0.830 ± 0.042 (n=2) | -8.0 ± 2.8 (n=2) | 1.5 | 0.50 |" in md
+    # gaps -10 and -6 points: mean -8, t interval -8 ± 12.706 * 2 / sqrt 2 -> [-33.4, +17.4]
+    assert "| ffa | 1.0 | 8 | 0.830 ± 0.042 (n=2) | -8.0 pts [-33.4, +17.4] (n=2) (inconclusive" in md
+    assert "| not shown | 1.5 | 0.50 |" in md and "Holm over 1" in md
     assert (tmp_path / "out.png").stat().st_size > 0 and (tmp_path / "out.csv").exists()
+
+
+def test_a_budget_clearly_costing_more_than_two_points_says_no_and_another_batch_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (free, private) in enumerate([(0.90, 0.50), (0.92, 0.51), (0.91, 0.49)]):
+        fake_run(runs, f"fedavg-inf-s{seed}", "fedavg", seed, 0.0, free)
+        fake_run(runs, f"fedavg-8-s{seed}", "fedavg", seed, 8.0, private)
+    meta = json.loads((runs / "fedavg-8-s2" / "config.json").read_text())
+    meta["code"] = "another-commit"
+    (runs / "fedavg-8-s2" / "config.json").write_text(json.dumps(meta))
+    assert main([str(runs), str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out.md").read_text()
+    assert "| fedavg | 1.0 | 8 | " in md and "(n=2)" in md and "| no |" in md
+    assert "## Pairs refused: not one batch" in md and "seed 2:" in md and "another-commit" in md

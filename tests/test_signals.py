@@ -53,7 +53,10 @@ def interrupt(tmp_path: Path, cache: Path, engine: str, sig: int, moment: str, p
     argv = [sys.executable, "-m", "fedhar", "fl", *TINY, "--pretrain-epochs", str(pretrain_epochs),
             "--rounds", "1000", "--engine", engine, "--out-dir", str(out)]
     with open(log, "w") as sink:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        # a shell that starts pytest in the background (``pytest &`` in a script) has SIGINT ignored, and
+        # children inherit that: give the run the terminal's default, as a user's Ctrl-C meets it
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     family: set[int] = set()
     try:
         deadline = time.monotonic() + 240

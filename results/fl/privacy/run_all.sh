@@ -3,6 +3,8 @@
 # is skipped, a cut one continues (--resume). Run from the repository root:
 #   bash results/fl/privacy/run_all.sh            the real sweep (below; hours of CPU)
 #   DEMO=1 bash results/fl/privacy/run_all.sh     the same pipeline on tiny synthetic data (minutes)
+#   JOBS=2 ...                                    runs two at a time (each on one thread)
+#   SEEDS="0 1 2" EPSILONS="8 inf" STRATEGIES=fedavg FRACTIONS=1.0 ...   a part of the grid
 # (FEDHAR=.venv/bin/fedhar PYTHON=.venv/bin/python outside the venv)
 #
 # Real sweep: UCI-HAR, one client per training subject (21); the server holds the 9 test
@@ -28,6 +30,8 @@ else
           --mode lora --rank 16 --lora-alpha 32 --lr 1e-3 --rounds 10 --local-epochs 2 --engine inline"
   epsilons="1 2 4 8 inf"; strategies="fedavg ffa fedsa"; seeds="0 1 2"; fractions="1.0 0.5"
 fi
+epsilons=${EPSILONS:-$epsilons}; strategies=${STRATEGIES:-$strategies}; seeds=${SEEDS:-$seeds}
+fractions=${FRACTIONS:-$fractions}; jobs=${JOBS:-1}; failed=0
 mkdir -p "$runs"
 
 run() {  # run NAME OPTIONS...: one run into $runs/NAME, resumed if it was cut short
@@ -45,9 +49,12 @@ for fraction in $fractions; do
       for eps in $epsilons; do
         dp=""; [[ $eps != inf ]] && dp="--dp-epsilon $eps --dp-clip $clip"
         # shellcheck disable=SC2086
-        run "$strategy-eps$eps-q$fraction-s$seed" --strategy "$strategy" --fraction-train "$fraction" --seed "$seed" $dp
+        run "$strategy-eps$eps-q$fraction-s$seed" --strategy "$strategy" --fraction-train "$fraction" --seed "$seed" $dp &
+        while (( $(jobs -rp | wc -l) >= jobs )); do wait -n || failed=1; done
       done
     done
   done
 done
+while (( $(jobs -rp | wc -l) > 0 )); do wait -n || failed=1; done
+(( failed == 0 )) || { echo "some runs failed (above); the table holds the finished ones" >&2; }
 ${PYTHON:-python} -m simulations.privacy_report "$runs" "$here/$(basename "$runs")-table"
