@@ -360,8 +360,8 @@ class FLConfig:
 
         if not get_rule(self.strategy).averages_replies:
             ok = [n for n in rule_names() if get_rule(n).averages_replies]
-            raise FedharError(f"--secagg: --strategy {self.strategy} needs each client's reply (not a mean of them), "
-                              f"which secure aggregation withholds: use one of {', '.join(ok)}")
+            raise FedharError(f"--secagg: --strategy {self.strategy} is not the weighted mean of what the clients send, "
+                              f"the one thing secure aggregation reveals: use one of {', '.join(ok)}")
         if self.dp_epsilon > 0 or self.dp_noise_multiplier > 0:
             raise FedharError("--secagg with central DP (--dp-epsilon / --dp-noise-multiplier): the server clips each "
                               "client's update, which secure aggregation withholds: not both")

@@ -51,14 +51,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
+import flwr.compat.common.recorddict_compat as legacy_records
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import mod as flower_mods
-from flwr.common import Code, FitIns, FitRes, Parameters, Status, bytes_to_ndarray, ndarrays_to_parameters
+from flwr.common import Code, FitIns, FitRes, Parameters, Status, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common import log as flwr_log
-from flwr.common import parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.compat.common import recorddict_compat as legacy_records
 from flwr.server import LegacyContext, ServerConfig, SimpleClientManager, workflow
 from flwr.server import strategy as legacy
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
@@ -76,6 +75,7 @@ MAX_CLIENTS = MODULUS_RANGE // QUANTIZATION_RANGE - 1  # the sum of this many qu
 WEIGHT_KEY = "num-examples"
 MAX_WEIGHT_KEY = "secagg-max-weight"  # in the train message's config: the weight bound of this run
 CLIP_KEY = "secagg-clip"
+BYTES_SENT_KEY = "bytes-sent"  # the client's uplink in clients.csv (simulations/client_app.py)
 
 
 def travelling_keys(arrays: ArrayRecord) -> list[str]:
@@ -241,8 +241,11 @@ class _Exchange:
         if reply.has_error():
             return reply
         try:
-            masked = [bytes_to_ndarray(b) for b in reply.content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+            payload = reply.content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+            masked = [bytes_to_ndarray(b) for b in payload]
             legacy_records.recorddict_to_fitres(reply.content, keep_input=True)
+            # what the client uploaded is the masked vector (integers), not the tensors it measured
+            reply.content["metrics"][BYTES_SENT_KEY] = sum(len(b) for b in payload)
         except Exception as e:  # noqa: BLE001  a reply the workflow could not read
             return _error(reply, f"secure aggregation: unreadable masked reply ({type(e).__name__}: {e})")
         shapes = [a.shape for a in masked[1:]]

@@ -110,6 +110,8 @@ def test_the_unmasked_aggregate_is_the_plain_weighted_mean_within_quantisation(t
     train = [r for r in rows if r["phase"] == "train"]
     assert [r["status"] for r in train] == ["ok"] * 4
     assert {r["partition_id"]: r["num_examples"] for r in train} == WEIGHTS  # the metrics travel in the clear
+    coordinates = 1 + 12 + 4  # the weight, then the two float tensors
+    assert all(8 * coordinates < r["bytes_sent"] < 8 * coordinates + 1000 for r in train)  # 64-bit masked integers
     assert [(r["status"], r["secagg_clients"]) for r in rows if r["phase"] == "aggregate"] == [("ok", 4)]
     # and far from what a single client sent: the mean is of all four
     assert not np.allclose(got["head.0.bias"].numpy(), GLOBAL["head.0.bias"] + UPDATES[1]["head.0.bias"], atol=1e-3)
@@ -182,7 +184,7 @@ def test_the_client_refuses_what_secagg_could_not_sum_faithfully(change, message
 @pytest.mark.parametrize("strategy", ["fedex", "flora", "hetlora", "flexlora", "fedavgm", "fedadam", "fedyogi",
                                       "fedadagrad"])
 def test_rules_that_need_each_reply_are_refused(strategy):
-    with pytest.raises(FedharError, match=f"--secagg: --strategy {strategy} needs each client's reply"):
+    with pytest.raises(FedharError, match=f"--secagg: --strategy {strategy} is not the weighted mean"):
         FLConfig(secagg=True, strategy=strategy)
 
 
