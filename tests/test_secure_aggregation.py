@@ -14,6 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as legacy_records
 
 from fedhar.errors import FedharError
@@ -40,12 +41,19 @@ UPDATES = {pid: {k: RNG.normal(scale=0.05, size=v.shape) for k, v in GLOBAL.item
 WEIGHTS = {0: 30, 1: 50, 2: 20, 3: 45}
 
 
-def toy_app(fail: int | None = None, nan: int | None = None) -> ClientApp:
+def toy_app(fail: int | None = None, nan: int | None = None, gone_before_unmask: int | None = None) -> ClientApp:
     """Clients that add UPDATES[pid] to what they received and report WEIGHTS[pid]; ``fail``
-    raises in training (after sharing its keys: a dropout mid-round), ``nan`` sends NaN."""
+    raises in training (after sharing its keys: a dropout mid-round), ``nan`` sends NaN,
+    ``gone_before_unmask`` sends its masked update and then fails the unmask stage."""
     app = ClientApp()
 
-    @app.train(mods=[secure_mod])
+    def vanish(msg: Message, context: Context, call_next) -> Message:
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)
+        if stage == Stage.UNMASK and context.node_config["partition-id"] == gone_before_unmask:
+            raise RuntimeError("gone before the unmask stage")
+        return call_next(msg, context)
+
+    @app.train(mods=[vanish, secure_mod])
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         if pid == fail:
@@ -65,13 +73,13 @@ def toy_app(fail: int | None = None, nan: int | None = None) -> ClientApp:
     return app
 
 
-def one_round(tmp_path, app: ClientApp, n: int = 4, secure: SecureAggregation | None = None):
+def one_round(tmp_path, app: ClientApp, n: int = 4, secure: SecureAggregation | None = None, rule: str = "fedavg"):
     """(new global, rows of clients.csv, the SecureRound) of one train phase over ``n`` toy nodes."""
     grid = InlineGrid(app, n)
     tmp_path.mkdir(parents=True, exist_ok=True)
     log = RoundLog(tmp_path / "clients.csv", [f"c{p}" for p in range(n)])
     log.partition_of = {node_id_of(p): p for p in range(n)}
-    strategy = make_strategy("fedavg", n, n, log)
+    strategy = make_strategy(rule, n, n, log, **({"proximal_mu": 0.01} if rule == "fedprox" else {}))
     with task_identity(1):
         messages = list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
                                                  ConfigRecord({}), NodeView(grid, [node_id_of(p) for p in range(n)])))
@@ -100,9 +108,10 @@ def assert_within_quantisation(got: ArrayRecord, want: ArrayRecord, weights: lis
     return worst
 
 
-def test_the_unmasked_aggregate_is_the_plain_weighted_mean_within_quantisation(tmp_path):
-    plain, _, _ = one_round(tmp_path / "plain", toy_app())
-    got, rows, result = one_round(tmp_path, toy_app(), secure=secure())
+@pytest.mark.parametrize("rule", ["fedavg", "fedprox"])  # FedIT's validation and Flower's FedProx's
+def test_the_unmasked_aggregate_is_the_plain_weighted_mean_within_quantisation(tmp_path, rule):
+    plain, _, _ = one_round(tmp_path / "plain", toy_app(), rule=rule)
+    got, rows, result = one_round(tmp_path, toy_app(), secure=secure(), rule=rule)
     worst = assert_within_quantisation(got, plain, list(WEIGHTS.values()))
     print(f"largest |secure - plain| {worst:.3g}; tolerance {tolerance(8.0, list(WEIGHTS.values()), 50):.3g}")
     # the server never held a client's tensors: each reply is its metrics and a masked vector
@@ -127,6 +136,14 @@ def test_a_client_dropped_mid_round_is_unmasked_from_the_others_shares(tmp_path)
     assert [r["secagg_clients"] for r in rows if r["phase"] == "aggregate"] == [3]
     assert by_pid[1]["status"] == "failed" and "client 1 crashed mid-round" in by_pid[1]["error"]
     assert all(by_pid[p]["status"] == "ok" for p in (0, 2, 3))
+
+
+def test_a_client_gone_after_sending_its_masked_update_is_still_in_the_mean(tmp_path):
+    """Its private mask is rebuilt from the others' shares of its seed: its update counts."""
+    plain, _, _ = one_round(tmp_path / "plain", toy_app())
+    got, rows, _ = one_round(tmp_path, toy_app(gone_before_unmask=2), secure=secure())
+    assert_within_quantisation(got, plain, list(WEIGHTS.values()))
+    assert [r["secagg_clients"] for r in rows if r["phase"] == "aggregate"] == [4]
 
 
 def test_a_client_sending_nan_is_dropped_before_masking(tmp_path):
