@@ -113,7 +113,8 @@ def test_the_unmasked_aggregate_is_the_plain_weighted_mean_within_quantisation(t
     plain, _, _ = one_round(tmp_path / "plain", toy_app(), rule=rule)
     got, rows, result = one_round(tmp_path, toy_app(), secure=secure(), rule=rule)
     worst = assert_within_quantisation(got, plain, list(WEIGHTS.values()))
-    print(f"largest |secure - plain| {worst:.3g}; tolerance {tolerance(8.0, list(WEIGHTS.values()), 50):.3g}")
+    print(f"toy {rule}, 4 clients: largest |secure - plain| {worst:.3g}; tolerance "
+          f"{tolerance(8.0, list(WEIGHTS.values()), 50):.3g}")
     # the server never held a client's tensors: each reply is its metrics and a masked vector
     assert all(len(rec) == 0 for r in result.replies for rec in r.content.array_records.values())
     train = [r for r in rows if r["phase"] == "train"]
