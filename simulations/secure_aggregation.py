@@ -92,6 +92,17 @@ def tolerance(clip: float, weights: list[float], max_weight: float) -> float:
     return len(weights) * 3 * clip / (QUANTIZATION_RANGE * sum(weights) / max_weight)
 
 
+def describe_secure_aggregation(cfg) -> dict | None:
+    """config.json's ``privacy.secure_aggregation``: what SecAgg+ hides and what it does not."""
+    if not cfg.secagg:
+        return None
+    return {"protocol": "SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod)",
+            "server_sees": "the example-weighted mean of the clients' updates, who took part and who dropped out, "
+                           "each client's metrics (num-examples, loss, accuracy), the shapes of the masked vectors",
+            "server_never_sees": "one client's tensors",
+            "clip": cfg.secagg_clip, "quantization_levels": QUANTIZATION_RANGE, "threshold": cfg.secagg_threshold}
+
+
 # ---- client ---------------------------------------------------------------------------
 
 def secure_mod(msg: Message, context: Context, call_next) -> Message:

@@ -143,14 +143,7 @@ def privacy_summary(cfg, dp: DPSettings | None) -> dict:
         local = {"guarantee": "record-level (one window of a client), per client, over the rounds it trained",
                  "noise_multiplier": cfg.dp_sgd_noise, "clip": cfg.dp_sgd_clip, "delta": cfg.dp_delta,
                  "epsilon": "per client and round in clients.csv (dp_sgd_epsilon); the largest in rounds.csv"}
-    secure = None
-    if getattr(cfg, "secagg", False):
-        secure = {"protocol": "SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod)",
-                  "server_sees": "the example-weighted mean of the clients' updates, who took part and who dropped "
-                                 "out, each client's metrics (num-examples, loss, accuracy)",
-                  "server_never_sees": "one client's tensors",
-                  "clip": cfg.secagg_clip, "quantization_levels": 2**22, "threshold": cfg.secagg_threshold}
-    return {"central_dp": central, "dp_sgd": local, "secure_aggregation": secure}
+    return {"central_dp": central, "dp_sgd": local}
 
 
 def check_rule(name: str) -> None:
