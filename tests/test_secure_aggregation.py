@@ -222,10 +222,12 @@ def test_central_dp_and_other_settings_are_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fedavg", "ffa", "fedsa"])
-def test_a_federation_with_secagg_matches_the_plain_one_and_survives_a_dropout(tmp_path, strategy):
-    """fedhar's own ClientApp (inline engine), 3 synthetic clients, client 1 failing in
-    round 1 after sharing its keys: the new global equals the plain run's within quantisation."""
+@pytest.mark.parametrize("strategy, engine", [("fedavg", "inline"), ("ffa", "inline"), ("fedsa", "inline"),
+                                              ("fedavg", "cohort")])
+def test_a_federation_with_secagg_matches_the_plain_one_and_survives_a_dropout(tmp_path, strategy, engine):
+    """fedhar's own ClientApp, 3 synthetic clients, client 1 failing in round 1 after sharing
+    its keys: the new global equals the plain run's (inline engine) within quantisation. The
+    cohort engine hands SecAgg+ messages to the ClientApp one by one, as the inline engine."""
     from simulations.run import run_inprocess
     from simulations.task import federation
     from tests.test_deploy import tiny
@@ -233,7 +235,7 @@ def test_a_federation_with_secagg_matches_the_plain_one_and_survives_a_dropout(t
     outs = {}
     for name, secagg in (("plain", False), ("secure", True)):
         outs[name] = run_inprocess(tiny(tmp_path / name, rounds=1, secagg=secagg, inject_failure="1:1",
-                                        strategy=strategy), engine="inline")
+                                        strategy=strategy), engine=engine if secagg else "inline")
     privacy = json.loads((outs["secure"] / "config.json").read_text())["privacy"]
     assert privacy["secure_aggregation"]["protocol"].startswith("SecAgg+")
     rounds = pd.read_csv(outs["secure"] / "rounds.csv")
@@ -256,5 +258,5 @@ def test_a_federation_with_secagg_matches_the_plain_one_and_survives_a_dropout(t
             worst = max(worst, float(np.abs(value.astype(np.float64) - plain_arrays[key]).max()))
     up = {name: int(pd.read_csv(out / "rounds.csv")["bytes_up"].sum()) for name, out in outs.items()}
     assert 1.9 < up["secure"] / up["plain"] < 2.1  # the masked vector is 64-bit integers
-    print(f"{strategy}: largest |secure - plain| {worst:.3g} over {len(secure_arrays)} tensors; tolerance {tol:.3g}; "
+    print(f"{strategy} ({engine} engine): largest |secure - plain| {worst:.3g} over {len(secure_arrays)} tensors; tolerance {tol:.3g}; "
           f"uplink {up['secure']} bytes with SecAgg+, {up['plain']} without")
