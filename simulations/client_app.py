@@ -35,6 +35,7 @@ from fedhar.model import trainable_state_dict
 from simulations.client_cache import client_model, record_nbytes, warm
 from simulations.config import FLConfig
 from simulations.export import save_local_parts
+from simulations.secure_aggregation import secure_mod
 from simulations.task import (
     BACKBONE_KEY,
     ClientData,
@@ -194,7 +195,7 @@ def build_client_app(fixed: FLConfig | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         return cfg, pid, load_client_data(cfg, pid)
 
-    @app.train()
+    @app.train(mods=[secure_mod])  # SecAgg+ messages (--secagg) through Flower's secaggplus_mod
     def train(msg: Message, context: Context) -> Message:
         if (pre := pretraining(context)) is not None:
             from simulations.fed_pretrain import client_train

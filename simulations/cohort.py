@@ -19,7 +19,8 @@ Results equal the inline engine's within float32 rounding, not bit for bit
 (tests/test_cohort.py states the tolerance). What is delivered to the ClientApp instead, one
 message at a time as the inline engine does, with a one-line notice the first time:
 full fine-tuning, rules with fresh adapters every round or dense base updates (FLoRA,
-FedEx-LoRA), FedProx's proximal term, LoRA dropout, and query messages.
+FedEx-LoRA), FedProx's proximal term, LoRA dropout, query messages and the messages of
+secure aggregation (``--secagg``: Flower's SecAgg+ mod runs in the ClientApp).
 
 What differs from the inline engine besides speed: a message's ClientApp time is its
 cohort's time shared out (``seconds`` in clients.csv is the cohort's training time / its
@@ -50,6 +51,7 @@ from simulations.client_cache import cache_key, client_model
 from simulations.config import FLConfig
 from simulations.inline import DEFAULT_RUN_ID, InlineGrid, InlineResult, task_identity
 from simulations.messages import client_app_raised, unavailable_reply
+from simulations.secure_aggregation import is_secure
 from simulations.task import build_model
 
 DEFAULT_COHORT_SIZE = 32
@@ -109,7 +111,7 @@ class CohortGrid(InlineGrid):
         for mid in ids:
             msg = self._pending[mid]
             kind = msg.metadata.message_type
-            if kind not in ("train", "evaluate"):
+            if kind not in ("train", "evaluate") or is_secure(msg):  # SecAgg+ runs through the ClientApp's mods
                 self._deliver(mid, deadline=None if timeout is None else time.monotonic() + timeout)
                 continue
             member = self._prepare(mid, msg, kind, numpy_of)

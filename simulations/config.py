@@ -198,6 +198,17 @@ class FLConfig:
         "record-level DP-SGD on every client (lora, full): noise multiplier of each step (the default 0: off)",
         parse="positive")
     dp_sgd_clip: float = option(1.0, "DP-SGD: L2 norm bound of each window's gradient")
+    # secure aggregation (README "Privacy"; simulations/secure_aggregation.py)
+    secagg: bool = option(False,
+        "secure aggregation with Flower's SecAgg+: the server unmasks only the example-weighted mean of the clients' "
+        "updates, never one client's (rules that average what clients send: fedavg/fedit, ffa, fedsa, fedprox; not "
+        "with central DP; the clients' metrics still travel in the clear)")
+    secagg_clip: float = option(8.0,
+        "SecAgg+: each coordinate of a client's update (what it sends minus what it received) must lie in [-C, C], "
+        "which is quantised to 2^22 levels (a client with a larger update fails its round with a message)")
+    secagg_threshold: float = option(0.5,
+        "SecAgg+: share of a round's clients whose key shares unmask the sum; the others may drop out after "
+        "sharing keys (higher: fewer dropouts tolerated, more clients needed to collude)")
 
     def __post_init__(self):
         self.validate()
@@ -308,6 +319,9 @@ class FLConfig:
             if len(values) > n_clients:
                 raise FedharError(f"--{flag} gives {len(values)} values for {n_clients} clients")
         per_round = self.clients_per_round(n_clients)
+        if self.secagg and not 2 <= per_round <= 1023:  # SecAgg+ sums >= 2 inputs; 1023 x 2^22 < 2^32, no wrap-around
+            raise FedharError(f"--secagg: SecAgg+ needs 2..1023 clients per round, got {per_round} "
+                              f"(--fraction-train {self.fraction_train} of {n_clients} clients)")
         if self.min_train_replies > per_round:  # every round would aggregate nothing
             raise FedharError(f"--min-train-replies {self.min_train_replies}: only {per_round} of {n_clients} clients "
                               f"train each round (--fraction-train {self.fraction_train})")
@@ -330,9 +344,30 @@ class FLConfig:
         if self.dp_sgd_noise > 0 and self.strategy == "fedprox":
             raise FedharError("--dp-sgd-noise clips each window's gradient; FedProx's proximal term is not one: "
                               "not both (use --strategy fedavg)")
+        self._check_secure_aggregation()
         if self.dp_sgd_noise > 0 and "qlora" in (self.mode, *self.mode_list):
             raise FedharError("--dp-sgd-noise: per-example gradients through 4-bit layers are not supported: "
                               "use --mode lora or full")
+
+    def _check_secure_aggregation(self) -> None:
+        if self.secagg_clip <= 0:
+            raise FedharError(f"--secagg-clip must be > 0, got {self.secagg_clip}")
+        if not 0 < self.secagg_threshold <= 1:
+            raise FedharError(f"--secagg-threshold must be in (0, 1], got {self.secagg_threshold}")
+        if not self.secagg:
+            return
+        from strategies.registry import get_rule, rule_names
+
+        if not get_rule(self.strategy).averages_replies:
+            ok = [n for n in rule_names() if get_rule(n).averages_replies]
+            raise FedharError(f"--secagg: --strategy {self.strategy} is not the weighted mean of what the clients send, "
+                              f"the one thing secure aggregation reveals: use one of {', '.join(ok)}")
+        if self.dp_epsilon > 0 or self.dp_noise_multiplier > 0:
+            raise FedharError("--secagg with central DP (--dp-epsilon / --dp-noise-multiplier): the server clips each "
+                              "client's update, which secure aggregation withholds: not both")
+        if self.task != "finetune" or self.arm != "federated":
+            raise FedharError("--secagg: secure aggregation is for federated fine-tuning (--task finetune, "
+                              "--arm federated)")
 
     def _check_datasets(self) -> None:
         """Known names; the backbone never pretrained on the clients' data or their people."""

@@ -193,10 +193,12 @@ def load_checkpoint(out_dir: Path, cfg: FLConfig) -> dict | None:
 
 def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir: Path,
                node_of: dict[int, int], first_round: int = 1, after_aggregation=None,
-               after_round=None) -> ArrayRecord:
+               after_round=None, secure=None) -> ArrayRecord:
     """Rounds first_round..cfg.rounds; ``after_aggregation(round, arrays)`` sees each round's
     new global arrays before the clients evaluate them (server-side evaluation);
-    ``after_round(round)`` is called once the round is recorded (progress, tracking)."""
+    ``after_round(round)`` is called once the round is recorded (progress, tracking).
+    ``secure``: a ``simulations.secure_aggregation.SecureAggregation``, which then runs each
+    train phase (SecAgg+: the server gets the clients' metrics and the mean of their updates)."""
     members = Membership(node_of, log, cfg.round_timeout)
     n_train = cfg.clients_per_round(len(members.partitions))
     for server_round in range(first_round, cfg.rounds + 1):
@@ -212,7 +214,8 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
                 messages = list(strategy.configure_train(server_round, arrays, round_config(cfg), NodeView(grid, chosen)))
         # in partition order: aggregation sums in a fixed order, so reruns agree bit for bit
         pid_of = {n: p for p, n in members.node_of.items()}
-        replies = sorted(exchange(grid, messages, cfg.round_timeout),
+        secured = secure.train(grid, messages, server_round) if secure is not None and messages else None
+        replies = sorted(secured.replies if secured else exchange(grid, messages, cfg.round_timeout),
                          key=lambda r: pid_of.get(r.metadata.src_node_id, -1))
         _timeout_rows(log, server_round, "train", chosen, replies, cfg.round_timeout)
         arrived = [r for r in replies if not r.has_error()]
@@ -225,7 +228,11 @@ def run_rounds(strategy, grid, arrays: ArrayRecord, cfg: FLConfig, log, out_dir:
                 log.add(row)
             log.flush()
         else:
-            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            if secured is not None:
+                secured.replies = replies
+                new_arrays = secure.aggregate(strategy, server_round, secured, log)
+            else:
+                new_arrays, _ = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = as_float32(new_arrays)
         _check_trained(log, server_round)

@@ -32,6 +32,7 @@ from simulations.export import save_global_model
 from simulations.out_dir import claim
 from simulations.progress import RoundProgress
 from simulations.rounds import discover_partitions, load_checkpoint, run_rounds
+from simulations.secure_aggregation import SecureAggregation, describe_secure_aggregation
 from simulations.server_eval import ServerEvaluator
 from simulations.startup import default_out_dir
 from simulations.task import build_model, data_sources, ensure_backbone, federation, is_head_key
@@ -211,7 +212,7 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             "client_labels": {n: list(c.names) for n, c in zip(fed.client_names, fed.client_labels)},
             "server_eval": evaluator.describe(),
             **({"few_labels": fed.few_labels} if fed.few_labels else {}),  # --label-fraction, --labelled-clients
-            "privacy": privacy_summary(cfg, dp),
+            "privacy": {**privacy_summary(cfg, dp), "secure_aggregation": describe_secure_aggregation(cfg)},
             "trainable_parameters": params.trainable,
             "total_parameters": params.total,
         }, indent=1))
@@ -226,8 +227,10 @@ def build_server_app(fixed: FLConfig | None = None) -> ServerApp:
             live.update(table[table["round"] == server_round].iloc[0].to_dict())
 
         try:
+            # SecAgg+'s weight bound: the most training windows a client holds (its num-examples)
+            secure = SecureAggregation.for_run(cfg, max(len(train) for train, _ in fed.splits))
             arrays = run_rounds(strategy, grid, arrays, cfg, log, out_dir, node_of, first_round,
-                                after_aggregation=hook, after_round=after_round)
+                                after_aggregation=hook, after_round=after_round, secure=secure)
         finally:
             live.close()
         log.flush()

@@ -72,6 +72,13 @@ class Rule:
         return bool(getattr(self.server_class, "any_rank", False))
 
     @property
+    def averages_replies(self) -> bool:
+        """Whether the new global is, tensor by tensor, the example-weighted mean of what the
+        clients send (the rules ``central_dp`` describes): what central DP (strategies/dp.py)
+        and secure aggregation (simulations/secure_aggregation.py) need."""
+        return bool(self.central_dp)
+
+    @property
     def fresh_adapters(self) -> bool:
         """Whether clients start every round from fresh adapters seeded with the round."""
         return bool(getattr(self.server_class, "fresh_adapters", False))

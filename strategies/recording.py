@@ -112,7 +112,8 @@ class RoundLog:
         tmp.replace(self.path)
 
 
-def _rows(server_round: int, phase: str, replies: list[Message]) -> list[dict]:
+def reply_rows(server_round: int, phase: str, replies: list[Message]) -> list[dict]:
+    """One clients.csv row per reply: its metrics, or its error."""
     rows = []
     for msg in replies:
         row = {"round": server_round, "phase": phase, "node_id": msg.metadata.src_node_id}
@@ -176,7 +177,7 @@ def recording(strategy_cls: type) -> type:
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             replies = list(replies)
-            rows = _rows(server_round, "train", replies)
+            rows = reply_rows(server_round, "train", replies)
             result = super().aggregate_train(server_round, replies)
             rejected = getattr(self, "last_rejected", {})  # set by validating strategies
             for row in rows:
@@ -190,6 +191,12 @@ def recording(strategy_cls: type) -> type:
             except Exception as e:  # a diagnostic must not end a federated run
                 flwr_log(WARNING, "round %d: drift / inexactness not recorded: %r", server_round, e)
             return result
+
+        def aggregate_unrecorded(self, server_round: int, replies: Iterable[Message]):
+            """The rule's own aggregate_train, without rows or drift: secure aggregation
+            (simulations/secure_aggregation.py) writes the clients' rows itself and hands the
+            rule one reply, the unmasked mean."""
+            return super().aggregate_train(server_round, replies)
 
         def _record_drift(self, server_round: int, replies: list[Message], rejected, sent: dict) -> None:
             """drift.csv and inexactness.csv rows for the accepted replies of the nodes sent to."""
@@ -229,7 +236,7 @@ def recording(strategy_cls: type) -> type:
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
             replies = list(replies)
-            for row in _rows(server_round, "evaluate", replies):
+            for row in reply_rows(server_round, "evaluate", replies):
                 self.log.add(row)
             self.log.flush()
             return super().aggregate_evaluate(server_round, replies)

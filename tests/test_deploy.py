@@ -8,6 +8,7 @@ two busy cores: simulations/deploy_faults.py runs them, results/deploy/faults.md
 record. Here: the same code paths, smaller.
 """
 
+import json
 import re
 import signal
 import socket
@@ -275,3 +276,32 @@ def test_sigterm_mid_run_stops_every_process_it_started(tmp_path):
             proc.kill()
             proc.wait()
         _kill_by_pid(family)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_secagg_on_three_supernodes_with_one_dropping_mid_round(tmp_path, capsys):
+    """`fedhar deploy local --secagg`: SecAgg+ between real SuperNodes; partition 1 shares its
+    keys, then fails while training (--inject-failure 1:1): the others' shares unmask the sum
+    and the round completes with the 2 others (about 2 min on two busy cores)."""
+    before = _descendants()
+    out = tmp_path / "run"
+    try:
+        code = main(["deploy", "local", "--nodes", "3", *tiny_options(out, "--rounds", "1", "--round-timeout", "300",
+                                                                          "--secagg", "--inject-failure", "1:1")])
+    finally:
+        text = capsys.readouterr().out
+        print(text)
+    assert code == 0 and "fedhar deploy: finished" in text
+    rounds, clients = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "clients.csv")
+    assert list(rounds["clients_trained"]) == [2] and list(rounds["failed"]) == [1]
+    train = clients[clients["phase"] == "train"].set_index(["round", "partition_id"])
+    assert train.loc[(1, 1), "status"] == "failed" and "client 1 fails in round 1" in train.loc[(1, 1), "error"]
+    assert (clients[clients["phase"] == "evaluate"]["status"] == "ok").all()
+    aggregate = clients[clients["phase"] == "aggregate"]  # SecAgg+ summed and unmasked the 2 masked updates
+    assert list(aggregate["status"]) == ["ok"] and list(aggregate["secagg_clients"]) == [2]
+    bytes_up = clients[(clients["phase"] == "train") & (clients["status"] == "ok")]["bytes_sent"]
+    bytes_down = clients[(clients["phase"] == "train") & (clients["status"] == "ok")]["bytes_received"]
+    assert (bytes_up > 1.9 * bytes_down).all()  # what went up: 64-bit masked integers, not float32 tensors
+    assert json.loads((out / "config.json").read_text())["privacy"]["secure_aggregation"]["threshold"] == 0.5
+    assert _descendants() <= before

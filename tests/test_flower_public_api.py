@@ -13,9 +13,14 @@ PUBLIC = {  # Flower 1.41's API reference: the new packages and the legacy top-l
     "flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.simulation",
     "flwr.common", "flwr.client", "flwr.server",
 }
-# The one exception, documented where it is used (simulations.inline.task_identity): Flower's
+# The exceptions, documented where they are used. simulations.inline.task_identity: Flower's
 # Message constructor reads TaskIdentity, which only Flower's own runtimes set.
-ALLOWED = {("simulations/inline.py", "flwr.supercore.task_identity")}
+# simulations/secure_aggregation.py: Flower's SecAgg+ speaks its legacy records (the fitres.*
+# layout, the protocol's record keys, the workflow's round record), defined only there.
+ALLOWED = {("simulations/inline.py", "flwr.supercore.task_identity"),
+           ("simulations/secure_aggregation.py", "flwr.compat.common.recorddict_compat"),
+           ("simulations/secure_aggregation.py", "flwr.common.secure_aggregation.secaggplus_constants"),
+           ("simulations/secure_aggregation.py", "flwr.server.workflow.constant")}
 FLWR_DIR = Path(importlib.util.find_spec("flwr").origin).parent  # finding it does not import it
 
 
