@@ -578,8 +578,11 @@ def failure_cases(work: Path):
         d = work / "all-fail"
         p = run([*fl, "--inject-failure", "0:2,1:2", "--out-dir", d])
         verdict = judge_refusal(p, "round 2: no client trained")
-        if verdict[0] == "clear" and (d / "rounds.csv").exists():
-            return "silent", "rounds.csv written for a failed run"
+        # rounds.csv is written after every round (issue 27): it must hold round 1, which finished, and
+        # nothing of round 2, which did not
+        rounds = (d / "rounds.csv").read_text().splitlines() if (d / "rounds.csv").exists() else []
+        if verdict[0] == "clear" and [r.split(",")[0] for r in rounds[1:]] != ["1"]:
+            return "silent", f"rounds.csv should hold round 1 only, holds {len(rounds) - 1} rows"
         return verdict
 
     def all_nan():
