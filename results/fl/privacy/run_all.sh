@@ -22,13 +22,13 @@ if [[ -n ${DEMO:-} ]]; then
   runs=${RUNS:-$here/demo}
   common="--data synthetic --partition subject --synthetic-domains 2 --synthetic-subjects 5 --pretrain-epochs 2
           --mode lora --rounds 3 --batch-size 32 --engine inline"
-  epsilons="2 8 inf"; strategies="fedavg ffa"; seeds="0"; fractions="1.0"
+  epsilons="inf 8 2"; strategies="fedavg ffa"; seeds="0"; fractions="1.0"
 else
   runs=${RUNS:-$here/runs}
   backbone=$($fedhar pretrain --data usc-had --epochs 30 | tail -n 1)
   common="--data uci-har --partition subject --server-test-fraction 0.3 --normalise dataset --backbone $backbone
           --mode lora --rank 16 --lora-alpha 32 --lr 1e-3 --rounds 10 --local-epochs 2 --engine inline"
-  epsilons="1 2 4 8 inf"; strategies="fedavg ffa fedsa"; seeds="0 1 2"; fractions="1.0 0.5"
+  epsilons="inf 8 4 2 1"; strategies="fedavg ffa fedsa"; seeds="0 1 2"; fractions="1.0 0.5"
 fi
 epsilons=${EPSILONS:-$epsilons}; strategies=${STRATEGIES:-$strategies}; seeds=${SEEDS:-$seeds}
 fractions=${FRACTIONS:-$fractions}; jobs=${JOBS:-1}; failed=0
@@ -43,10 +43,11 @@ run() {  # run NAME OPTIONS...: one run into $runs/NAME, resumed if it was cut s
     && touch "$runs/$name/done" && echo "done $name" || { echo "FAILED $name: see $runs/$name.log"; return 1; }
 }
 
+# no DP and epsilon 8 first (the issue's question), then the smaller budgets
 for fraction in $fractions; do
-  for seed in $seeds; do
-    for strategy in $strategies; do
-      for eps in $epsilons; do
+  for eps in $epsilons; do
+    for seed in $seeds; do
+      for strategy in $strategies; do
         dp=""; [[ $eps != inf ]] && dp="--dp-epsilon $eps --dp-clip $clip"
         # shellcheck disable=SC2086
         run "$strategy-eps$eps-q$fraction-s$seed" --strategy "$strategy" --fraction-train "$fraction" --seed "$seed" $dp &
