@@ -149,8 +149,8 @@ def privacy_summary(cfg, dp: DPSettings | None) -> dict:
 def check_rule(name: str) -> None:
     from strategies.registry import get_rule, rule_names
 
-    if not get_rule(name).central_dp:
-        ok = [n for n in rule_names() if get_rule(n).central_dp]
+    if not get_rule(name).averages_replies:
+        ok = [n for n in rule_names() if get_rule(n).averages_replies]
         raise FedharError(f"--strategy {name} does not average what the clients send, so clipping cannot bound its "
                           f"result: central DP needs one of {', '.join(ok)}")
 
