@@ -214,31 +214,89 @@ def main(argv=None) -> int:
                         continue
                     name = f"ft-{kind}-{args.data}-f{fraction:g}-r{args.finetune_rounds}-p{key['pretrain_rounds']}-s{seed}"
                     cell = lora(path, fraction, args, seed, name) if mode == "lora" else probe(path, fraction, args, seed)
-                    row = {**key, **cell, "backbone_file": path.name, "code": code_version(), "study": command,
+                    row = {**key, **cell, "backbone_file": path.name, "code": code_version(), "device": "cpu", "threads": 1,
+                           "study": command,
                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                     append(results, row)
                     print(f"{kind} backbone, {fraction:.0%} labels, {mode}, seed {seed}: accuracy {row['accuracy']:.3f} "
                           f"({row['seconds']:.0f} s)", flush=True)
-    (out / "table.md").write_text(table(pd.read_csv(results)))
+    rows = pd.read_csv(results)
+    (out / "table.md").write_text(table(rows))
+    figure(rows, out / "accuracy_vs_labels.png", args.data)
     return 0
 
 
-def table(rows: pd.DataFrame) -> str:
-    """Accuracy per (mode, label fraction, backbone) over seeds, and the paired differences the issue asks for."""
-    from fedhar.stats import mean_std, paired_difference
+COMPARISONS = (("federated", "random"), ("federated", "central"), ("federated", "other"), ("central", "random"))
 
-    lines = ["| mode | labels | backbone | pretrain rounds | accuracy | macro-F1 | federated − this (accuracy) |",
-             "|---|---|---|---|---|---|---|"]
-    for (mode, fraction), cell in rows.groupby(["mode", "label_fraction"], sort=True):
-        fed = cell[cell["backbone"] == "federated"].set_index("seed")["accuracy"]
+
+def table(rows: pd.DataFrame) -> str:
+    """Accuracy per (mode, label fraction, backbone) over seeds, and the paired differences the
+    issue asks for: within one batch (fedhar.pairing: same code, device, threads; the backbone
+    varies on purpose), Holm-corrected over every comparison of the table."""
+    from fedhar.pairing import cell, pair, refused_section
+    from fedhar.stats import holm, mean_std, paired_difference
+
+    rows = rows.assign(source=[f"results.csv line {i + 2}" for i in range(len(rows))])
+    cells, diffs, pairings, refused = [], [], [], []
+    for (mode, fraction), group in rows.groupby(["mode", "label_fraction"], sort=True):
+        for a, b in COMPARISONS:
+            arm_a, arm_b = group[group["backbone"] == a], group[group["backbone"] == b]
+            if arm_a.empty or arm_b.empty:
+                continue
+            pairing = pair(arm_a, arm_b, "accuracy", exempt=("backbone",),
+                           what=f"{mode} {fraction:.0%} labels {a} - {b}")
+            cells.append((mode, fraction, a, b))
+            diffs.append(paired_difference(pairing.a, pairing.b))
+            pairings.append(pairing)
+            refused += pairing.refused
+    corrected = dict(zip(cells, zip(holm(diffs), pairings)))
+    lines = ["| mode | labels | backbone | pretrain rounds | accuracy | macro-F1 |", "|---|---|---|---|---|---|"]
+    for (mode, fraction), group in rows.groupby(["mode", "label_fraction"], sort=True):
         for kind in BACKBONES:
-            these = cell[cell["backbone"] == kind]
+            these = group[group["backbone"] == kind]
+            if len(these):
+                lines.append(f"| {mode} | {fraction:.0%} | {kind} | {int(these['pretrain_rounds'].iloc[0])} | "
+                             f"{mean_std(these['accuracy'])} | {mean_std(these['macro_f1'])} |")
+    lines += ["", f"Paired differences in accuracy (points; 95% interval; verdict Holm-corrected over the table's "
+                  f"{len(diffs)} comparisons; equivalence margin ±1 point; MDD = minimum detectable difference):", "",
+              "| mode | labels | comparison | difference |", "|---|---|---|---|"]
+    for (mode, fraction, a, b), (diff, pairing) in corrected.items():
+        lines.append(f"| {mode} | {fraction:.0%} | {a} − {b} | {cell(diff, pairing)} |")
+    batch = sorted({" / ".join(map(str, r)) for r in rows[[c for c in ("code", "device", "threads") if c in rows]]
+                    .itertuples(index=False)})
+    lines += ["", f"Rows: {len(rows)}; code / device / threads: {'; '.join(batch)}.", ""]
+    return "\n".join(lines + refused_section(refused))
+
+
+def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
+    """Accuracy against the label fraction, one series per backbone, one panel per fine-tuning mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted(rows["mode"].unique())
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False, sharey=True)
+    styles = dict(zip(BACKBONES, [("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "D"), ("tab:green", "^")]))
+    for ax, mode in zip(axes[0], modes):
+        for kind in BACKBONES:
+            these = rows[(rows["mode"] == mode) & (rows["backbone"] == kind)]
             if these.empty:
                 continue
-            diff = "" if kind == "federated" or fed.empty else paired_difference(fed, these.set_index("seed")["accuracy"]).text()
-            lines.append(f"| {mode} | {fraction:.0%} | {kind} | {int(these['pretrain_rounds'].iloc[0])} | "
-                         f"{mean_std(these['accuracy'])} | {mean_std(these['macro_f1'])} | {diff} |")
-    return "\n".join(lines) + "\n"
+            stats_ = these.groupby("label_fraction")["accuracy"].agg(["mean", "std", "count"]).sort_index()
+            colour, marker = styles[kind]
+            ax.errorbar(stats_.index * 100, stats_["mean"], yerr=stats_["std"].fillna(0), color=colour, marker=marker,
+                        capsize=3, label=f"{kind} (n={int(stats_['count'].min())}-{int(stats_['count'].max())} seeds)")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled share of each client's training windows (%)")
+        ax.set_title(f"{mode}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("accuracy on the server's test subjects (mean ± std)")
+    fig.suptitle(f"real {data}: backbone vs label fraction (subject clients; frozen backbone)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
