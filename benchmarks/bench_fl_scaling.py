@@ -12,6 +12,9 @@ What it measures (every configuration in a fresh subprocess, one torch thread):
   domains x 1,250 subjects, ~1.3 million windows, ~3.9 GiB: read from the window cache on
   demand, never all in memory), 10 train per round, every client evaluates every 10th
   round (``client_eval_every=10``); ``--rounds-10000`` rounds (default 10).
+* ``cohort-10000``: the same run with the cohort engine (``engine="cohort"``,
+  simulations/cohort.py, ``--cohort-size`` clients trained together; evaluation of clients
+  that received the same adapters batched), issue 25's all-evaluate-round target.
 * ``inline-1000-eval10``: the same 1000 clients, but only 10 of them (a seeded sample per
   round) evaluate: a knob of this benchmark only (``EvalSampleGrid`` below drops the other
   evaluate messages), since FLConfig has none.
@@ -74,7 +77,7 @@ CSV_COLUMNS = [
     "round1_s", "steady_round_s", "steady_min_s", "steady_max_s", "rounds_s", "round1_cpu_s", "steady_round_cpu_s",
     "rounds_cpu_s",
     "train_calls_s", "evaluate_calls_s", "train_local_s", "evaluate_local_s", "build_model_s", "client_data_s",
-    "clientapp_other_s", "checkpoint_s", "server_rest_s",
+    "clientapp_other_s", "checkpoint_s", "server_rest_s", "evaluate_calls_rounds_s",
     "peak_rss_tree_mib", "peak_pss_tree_mib", "max_processes", "driver_peak_rss_mib", "rss_before_rounds_mib", "rss_after_round1_mib",
     "rss_end_mib", "data_mib", "grid_bytes_per_node", "state_bytes", "last_accuracy", "setup_s", "total_s",
     "load_start", "load_end", "date", "commit", "command",
@@ -94,6 +97,9 @@ def plan(args) -> list[dict]:
         if n != 10:
             rounds = args.rounds if n < 1000 else args.rounds_1000 if n < 10000 else args.rounds_10000
             rows.append(dict(name=f"inline-{n}", kind="inline", clients=n, rounds=rounds, rep=1))
+            if n == 10000:
+                rows.append(dict(name=f"cohort-{n}", kind="cohort", clients=n, rounds=rounds, rep=1,
+                                 cohort_size=args.cohort_size))
     rows.append(dict(name="ray-10", kind="ray", clients=10, rounds=args.rounds, rep=1))
     if 1000 in clients:  # the same work as inline-1000 without Flower
         rows.append(dict(name="bare-1000", kind="bare", clients=1000, rounds=args.rounds_1000, rep=1))
@@ -215,6 +221,16 @@ def federated(spec: dict, t_start: float) -> dict:
     grids = []
 
     original_grid = inline.InlineGrid
+    if spec["kind"] == "cohort":  # register the cohort engine's grid too (its stats: time per message type)
+        import simulations.cohort as cohort
+
+        cohort_init = cohort.CohortGrid.__init__
+
+        def register(self, *a, **k):
+            cohort_init(self, *a, **k)
+            grids.append(self)
+
+        cohort.CohortGrid.__init__ = register
 
     class EvalSampleGrid(original_grid):
         """Registers itself; with eval_sample, only a seeded sample of k nodes evaluates."""
@@ -258,7 +274,8 @@ def federated(spec: dict, t_start: float) -> dict:
 
     server_app.run_rounds, rounds.save_checkpoint = run_rounds, save_checkpoint
     cfg = fl_config(spec["clients"], spec["rounds"], spec["out_dir"], spec["backbone"])
-    run_inprocess(cfg, engine=spec["kind"])  # (no federation() here: a second cache entry would double the data)
+    extra = {"cohort_size": spec["cohort_size"]} if spec["kind"] == "cohort" else {}
+    run_inprocess(cfg, engine=spec["kind"], **extra)  # (no federation() here: a second cache entry would double the data)
     import pandas as pd
 
     table = pd.read_csv(Path(spec["out_dir"]) / "rounds.csv")
@@ -268,7 +285,7 @@ def federated(spec: dict, t_start: float) -> dict:
            "rss_after_round": [m[1] for m in marks[1:]], "data_bytes": spec["data_bytes"],
            "last_accuracy": float(table["accuracy"].iloc[-1]),
            "trained_per_round": float(table["clients_trained"].median())}
-    if spec["kind"] == "inline":
+    if spec["kind"] in ("inline", "cohort"):
         per_round = []
         for (_, _, s0, g0, _), (_, _, s1, g1, _) in zip(marks, marks[1:]):
             d = {k: s1.get(k, 0.0) - s0.get(k, 0.0) for k in set(s1) | set(s0)}
@@ -277,6 +294,7 @@ def federated(spec: dict, t_start: float) -> dict:
                 d[f"{kind}_n"] = g1.get(kind, {}).get("calls", 0) - g0.get(kind, {}).get("calls", 0)
             per_round.append(d)
         out["per_round"] = per_round
+    if spec["kind"] == "inline":
         grid = grids[0]
         out["state_bytes"] = sum(len(a.data) for c in grid.contexts.values() for rec in c.state.values()
                                  if isinstance(rec, ArrayRecord) for a in rec.values())
@@ -427,8 +445,9 @@ def csv_row(spec: dict, out: dict, outer: dict, commit: str, command: str) -> di
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit,
         "command": command,
     }
-    if spec["kind"] == "inline":
+    if spec["kind"] in ("inline", "cohort"):  # (cohort: a message's time is its cohort's time shared out)
         row.update({
+            "evaluate_calls_rounds_s": ";".join(f"{d['evaluate_calls']:.3f}" for d in per_round),
             "train_calls_s": steady_median("train_calls"), "evaluate_calls_s": steady_median("evaluate_calls"),
             "train_local_s": steady_median("train_local"), "evaluate_local_s": steady_median("evaluate_local"),
             "build_model_s": steady_median("build_model"), "client_data_s": steady_median("client_data"),
@@ -557,7 +576,7 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
             f"{fnum(pooled(name, 'setup_s'), 1)} | "
             f"{fnum(pooled(name, 'last_accuracy'), 3)} | {len(rs)} | "
             f"{min(float(r['load_start']) for r in rs):.1f}..{max(float(r['load_end']) for r in rs):.1f} |")
-    inline_rows = [n for n in order if by_name[n][0]["engine"] == "inline"]
+    inline_rows = [n for n in order if by_name[n][0]["engine"] in ("inline", "cohort")]
     lines += [
         "",
         "## Where an inline round's time goes",
@@ -624,6 +643,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rounds-1000", type=int, default=2)
     ap.add_argument("--rounds-10000", type=int, default=10, help="rounds of inline-10000 (clients evaluate in the 10th)")
+    ap.add_argument("--cohort-size", type=int, default=32, help="clients trained together in cohort-10000")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of inline-10 and bare-10")
     ap.add_argument("--only", nargs="*", help="only these configuration names")
     ap.add_argument("--fresh", action="store_true", help="forget the finished rows in the csv")

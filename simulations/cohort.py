@@ -55,6 +55,7 @@ from simulations.secure_aggregation import is_secure
 from simulations.task import build_model
 
 DEFAULT_COHORT_SIZE = 32
+PREPARED_AT_ONCE = 1024  # messages prepared (their clients' windows in memory) at a time: 10,000 would be ~4 GiB
 MAX_COHORT_MODELS = 4  # distinct (mode, rank, head size) cohort models kept per process
 
 
@@ -107,6 +108,17 @@ class CohortGrid(InlineGrid):
                 converted[id(record)] = (record, {k: v.numpy() for k, v in record.items()})
             return converted[id(record)][1]
 
+        last: _Member | None = None
+        step = self.cohort_size * max(1, PREPARED_AT_ONCE // self.cohort_size)  # whole cohorts per slice
+        for first in range(0, len(ids), step):
+            last = self._run_slice(ids[first:first + step], t_start, timeout, numpy_of) or last
+        if last is not None:  # the global generator as the last client's inline call would leave it
+            torch.set_rng_state(last.rng_after)
+        return [self._replies.pop(mid) for mid in ids if mid in self._replies]
+
+    def _run_slice(self, ids: list[str], t_start: float, timeout: float | None, numpy_of) -> _Member | None:
+        """Prepare and run one slice of a round's messages (only a slice's client data is held
+        at once); the replies are stored. Returns the slice's last prepared message, if any."""
         members: list[_Member] = []
         for mid in ids:
             msg = self._pending[mid]
@@ -123,7 +135,7 @@ class CohortGrid(InlineGrid):
                 if m.msg.metadata.message_type == kind:
                     groups.setdefault(m.key, []).append(m)
             for group in groups.values():
-                # evaluation stacks only distinct adapters (cohort_size at a time): one pass for a whole group
+                # evaluation stacks only distinct adapters (cohort_size at a time): one pass for the slice's group
                 size = self.cohort_size if kind == "train" else len(group)
                 for start in range(0, len(group), size):
                     cohort = group[start:start + size]
@@ -133,10 +145,7 @@ class CohortGrid(InlineGrid):
                             len(cohort), kind, timeout)
                         continue
                     self._run_cohort(kind, cohort, timeout if self.timeout_mode == "per-message" else None)
-        if members:  # the global generator as the last client's inline call would leave it
-            last = max(members, key=lambda m: ids.index(m.mid))
-            torch.set_rng_state(last.rng_after)
-        return [self._replies.pop(mid) for mid in ids if mid in self._replies]
+        return members[-1] if members else None  # (members are in message order)
 
     # -- preparing ------------------------------------------------------------------------
 

@@ -210,3 +210,28 @@ def test_rules_the_cohort_does_not_stack_run_inline_with_a_notice(cache, tmp_pat
         pd.testing.assert_frame_equal(inline[name], cohort[name])
     notices = [r for r in caplog.records if "cohort engine:" in r.getMessage()]
     assert len(notices) == 1 and "one at a time" in notices[0].getMessage()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fedavg", "hetlora"])
+def test_a_round_prepared_in_slices_gives_the_inline_tables(case, cache, tmp_path, monkeypatch):
+    """Large federations are prepared a slice of messages at a time (only a slice's windows in
+    memory): slices of 2 messages, cohorts of 2, give the inline engine's tables."""
+    import simulations.cohort
+    from simulations.run import run_inprocess
+
+    monkeypatch.setenv("FEDHAR_CACHE_DIR", str(cache))
+    monkeypatch.setattr(simulations.cohort, "PREPARED_AT_ONCE", 2)
+    prepared = []
+    inner = simulations.cohort.CohortGrid._run_slice
+
+    def run_slice(self, ids, *a, **k):
+        prepared.append(len(ids))
+        return inner(self, ids, *a, **k)
+
+    monkeypatch.setattr(simulations.cohort.CohortGrid, "_run_slice", run_slice)
+    inline = reference_runs.run_case(case, tmp_path / "inline", engine="inline")
+    cohort = reference_runs.results(run_inprocess(reference_runs.config(case, tmp_path / "cohort"), engine="cohort",
+                                                  cohort_size=2))
+    assert max(prepared) == 2 and len(prepared) > 4
+    assert_tables_close(inline, cohort)
