@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -114,6 +115,11 @@ def register(commands) -> None:
                    "of this run's own, never one already running on the machine")
     p.add_argument("--cohort-size", type=int, default=32, metavar="N",
                    help="cohort engine: clients trained or evaluated together in one pass (default 32)")
+    p.add_argument("--cpus-per-client", type=float, default=1.0, metavar="X",
+                   help="ray engine: Ray CPUs per client (Flower's client_resources num_cpus), so Ray CPUs / X "
+                   "actors train clients in parallel (default 1: one actor per CPU). Each actor is a process "
+                   "with torch and peft (~750 MiB): the machine's CPU count gives one actor, its clients one "
+                   "after the other. Torch threads per client stay --threads")
     p.set_defaults(run=cmd_fl)
 
     p = commands.add_parser(
@@ -154,8 +160,9 @@ def cmd_fl(args) -> int:
         raise FedharError(f"--address is for the ray engine, not --engine {args.engine}")
     if args.cohort_size < 1:
         raise FedharError(f"--cohort-size must be >= 1, got {args.cohort_size}")
+    check_cpus_per_client(args)
     if args.seeds is None:
-        run_one(cfg, args.engine, args.address, args.cohort_size)
+        run_one(cfg, args.engine, args.address, args.cohort_size, cpus_per_client=args.cpus_per_client)
         return 0
     if not args.seeds or min(args.seeds) < 0:
         raise FedharError(f"--seeds must be one or more seeds >= 0, got {','.join(map(str, args.seeds))}")
@@ -164,11 +171,25 @@ def cmd_fl(args) -> int:
     root = Path(cfg.out_dir or default_out_dir())
     for seed in args.seeds:  # one federation per seed, as `fedhar lodo --seeds` runs one per seed
         run_one(replace(cfg, seed=seed, out_dir=str(root / f"seed-{seed}")), args.engine, args.address,
-                args.cohort_size)
+                args.cohort_size, cpus_per_client=args.cpus_per_client)
     return 0
 
 
-def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int) -> None:
+def check_cpus_per_client(args) -> None:
+    """--cpus-per-client: > 0, for the ray engine, and (on this run's own Ray) at most the CPUs it has."""
+    from fedhar.errors import FedharError
+
+    x = args.cpus_per_client
+    if not x > 0:
+        raise FedharError(f"--cpus-per-client must be > 0, got {x:g}")
+    if x != 1.0 and args.engine != "ray":
+        raise FedharError(f"--cpus-per-client is for the ray engine, not --engine {args.engine}")
+    cpus = os.cpu_count() or 1
+    if not args.address and x > cpus:  # Flower would find room for no actor
+        raise FedharError(f"--cpus-per-client {x:g} is more than the {cpus} CPUs of this run's Ray: no client could run")
+
+
+def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int, cpus_per_client: float = 1.0) -> None:
     if engine == "flwr":
         from simulations.flwr_launch import launch
         from simulations.run import report
@@ -178,4 +199,4 @@ def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int) -> None:
         return
     from simulations.run import run_inprocess
 
-    run_inprocess(cfg, engine=engine, address=address, cohort_size=cohort_size)
+    run_inprocess(cfg, engine=engine, address=address, cohort_size=cohort_size, cpus_per_client=cpus_per_client)

@@ -54,10 +54,20 @@ def test_fl_seeds_run_one_federation_per_seed_in_its_own_folder(monkeypatch, tmp
     import simulations.cli
 
     ran = []
-    monkeypatch.setattr(simulations.cli, "run_one", lambda cfg, engine, address, cohort_size: ran.append(cfg))
+    monkeypatch.setattr(simulations.cli, "run_one", lambda cfg, engine, address, cohort_size, **_: ran.append(cfg))
     assert main(["fl", "--seeds", "0,2", "--synthetic-seed", "7", "--out-dir", str(tmp_path / "r")]) == 0
     assert [(c.seed, c.synthetic_seed, c.out_dir) for c in ran] == [
         (0, 7, str(tmp_path / "r" / "seed-0")), (2, 7, str(tmp_path / "r" / "seed-2"))]
+
+
+def test_fl_cpus_per_client_reaches_the_ray_engine(monkeypatch):
+    """Fewer Ray actors (each a process with torch and peft): Flower's client_resources num_cpus."""
+    import simulations.run
+
+    seen = {}
+    monkeypatch.setattr(simulations.run, "run_inprocess", lambda cfg, **k: seen.update(k))
+    assert main(["fl", "--cpus-per-client", "1.5"]) == 0
+    assert seen["cpus_per_client"] == 1.5 and seen["engine"] == "ray"
 
 
 def test_fl_synthetic_seed_draws_another_population():
@@ -74,6 +84,9 @@ def test_fl_synthetic_seed_draws_another_population():
     (["fl", "--synthetic-seed", "-1"], "--synthetic-seed must be in 0..4294967295"),
     (["fl", "--seeds", "0,-1"], "--seeds must be one or more seeds >= 0"),
     (["fl", "--device", "tpu"], "--device tpu: only cpu or cuda[:N]"),
+    (["fl", "--cpus-per-client", "0"], "--cpus-per-client must be > 0"),
+    (["fl", "--cpus-per-client", "2", "--engine", "inline"], "--cpus-per-client is for the ray engine"),
+    (["fl", "--cpus-per-client", "100000"], "CPUs of this run's Ray: no client could run"),
 ])
 def test_fl_refuses_bad_values_of_the_new_options(capsys, argv, message):
     assert main(argv) == 2
