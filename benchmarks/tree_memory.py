@@ -22,18 +22,23 @@ from pathlib import Path
 import psutil
 
 MIB = 2 ** 20
-# (substring of the command line, role); first match wins
+# (substring of the command line, role); first match wins. A Ray worker renames itself
+# (ray::IDLE, then ray::ClientAppActor...): the role is that of the last command line seen.
 ROLES = [
     ("ray::IDLE", "Ray idle worker (pre-started)"),
     ("ray::ClientAppActor", "Ray actor (ClientAppActor)"),
     ("ray::DashboardAgent", "Ray dashboard agent"),
     ("ray::RuntimeEnvAgent", "Ray runtime-env agent"),
     ("ray::", "Ray worker (other)"),
+    ("default_worker.py", "Ray worker (starting)"),
     ("gcs_server", "Ray GCS server"),
-    ("raylet", "Ray raylet"),
+    ("raylet/raylet", "Ray raylet"),
+    ("runtime_env/agent", "Ray runtime-env agent"),
+    ("dashboard/agent.py", "Ray dashboard agent"),
     ("dashboard.py", "Ray dashboard (head)"),
     ("log_monitor.py", "Ray log monitor"),
     ("monitor.py", "Ray autoscaler monitor"),
+    ('"name": "prepare"', "benchmark's data step (ends before the run)"),
     ("--child", "benchmark child (the driver)"),
 ]
 
@@ -43,14 +48,13 @@ def role(cmdline: list[str]) -> str:
     return next((name for key, name in ROLES if key in line), "other: " + line[:60])
 
 
-def sample(root: psutil.Process, peaks: dict, tree: dict) -> None:
+def sample(root: psutil.Process, peaks: dict, tree: dict, skip_root: bool) -> None:
     rss_sum = pss_sum = 0
-    for p in [root, *root.children(recursive=True)]:
+    for p in [*([] if skip_root else [root]), *root.children(recursive=True)]:
         try:
             mem = p.memory_full_info()
             key = (p.pid, p.create_time())
-            if key not in peaks:
-                peaks[key] = {"pid": p.pid, "role": role(p.cmdline()), "rss": 0, "pss": 0}
+            peaks.setdefault(key, {"pid": p.pid, "rss": 0, "pss": 0})["role"] = role(p.cmdline())
             peaks[key]["rss"] = max(peaks[key]["rss"], mem.rss)
             peaks[key]["pss"] = max(peaks[key]["pss"], mem.pss)
             rss_sum, pss_sum = rss_sum + mem.rss, pss_sum + mem.pss
@@ -63,6 +67,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="csv: one row per process, then the tree's peaks")
     ap.add_argument("--every", type=float, default=0.5, help="seconds between samples")
+    ap.add_argument("--skip-root", action="store_true",
+                    help="leave the command's own process out (a benchmark's parent that only launches the run)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -71,7 +77,7 @@ def main(argv=None) -> int:
     proc = subprocess.Popen(command)
     root, peaks, tree = psutil.Process(proc.pid), {}, {"rss": 0, "pss": 0}
     while proc.poll() is None:
-        sample(root, peaks, tree)
+        sample(root, peaks, tree, args.skip_root)
         time.sleep(args.every)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
