@@ -30,9 +30,9 @@ ROLES = [
     ("ray::DashboardAgent", "Ray dashboard agent"),
     ("ray::RuntimeEnvAgent", "Ray runtime-env agent"),
     ("ray::", "Ray worker (other)"),
-    ("default_worker.py", "Ray worker (starting)"),
     ("gcs_server", "Ray GCS server"),
-    ("raylet/raylet", "Ray raylet"),
+    ("raylet/raylet", "Ray raylet"),  # (before default_worker.py: the raylet's command line names it)
+    ("default_worker.py", "Ray worker (starting)"),
     ("runtime_env/agent", "Ray runtime-env agent"),
     ("dashboard/agent.py", "Ray dashboard agent"),
     ("dashboard.py", "Ray dashboard (head)"),
@@ -54,7 +54,10 @@ def sample(root: psutil.Process, peaks: dict, tree: dict, skip_root: bool) -> No
         try:
             mem = p.memory_full_info()
             key = (p.pid, p.create_time())
-            peaks.setdefault(key, {"pid": p.pid, "rss": 0, "pss": 0})["role"] = role(p.cmdline())
+            entry = peaks.setdefault(key, {"pid": p.pid, "rss": 0, "pss": 0, "role": "?"})
+            cmdline = p.cmdline()
+            if cmdline:  # (empty while the process exits)
+                entry["role"] = role(cmdline)
             peaks[key]["rss"] = max(peaks[key]["rss"], mem.rss)
             peaks[key]["pss"] = max(peaks[key]["pss"], mem.pss)
             rss_sum, pss_sum = rss_sum + mem.rss, pss_sum + mem.pss
