@@ -20,9 +20,7 @@ What it measures (every configuration in a fresh subprocess, one torch thread):
   evaluate messages), since FLConfig has none.
 * ``ray-10``: ``run_inprocess(cfg, engine="ray")`` at 10 clients (Flower's simulation
   engine, one CPU per client: two actors here); with ``--cpus-per-client 2`` the row
-  ``ray-10-cpus2``: one actor on 2 CPUs (``fedhar fl --cpus-per-client``); with
-  ``--ray-cpus 1`` the row ``ray-10-raycpus1``: Ray given one CPU, so one actor and no idle
-  pre-started worker (``fedhar fl --ray-cpus``).
+  ``ray-10-cpus2``: one actor on 2 CPUs (``fedhar fl --cpus-per-client``).
 * ``bare-10`` (and ``bare-1000``): the same local training and evaluation as ``inline-10``
   (same model, backbone, data, epochs, client sampling, FedAvg weighting; since issue 12
   also each trained client's evaluation of its local model, as a client does for its
@@ -103,9 +101,9 @@ def plan(args) -> list[dict]:
             if n == 10000:
                 rows.append(dict(name=f"cohort-{n}", kind="cohort", clients=n, rounds=rounds, rep=1,
                                  cohort_size=args.cohort_size))
-    cpus, ray_cpus = args.cpus_per_client, args.ray_cpus  # fewer actors: ray-10-cpus2, ray-10-raycpus1: one
-    rows.append(dict(name="ray-10" + (f"-cpus{cpus:g}" if cpus != 1 else "") + (f"-raycpus{ray_cpus}" if ray_cpus else ""),
-                     kind="ray", clients=10, rounds=args.rounds, rep=1, cpus_per_client=cpus, ray_cpus=ray_cpus))
+    cpus = args.cpus_per_client  # fewer actors: ray-10-cpus2 is one actor on 2 CPUs
+    rows.append(dict(name="ray-10" + (f"-cpus{cpus:g}" if cpus != 1 else ""), kind="ray", clients=10,
+                     rounds=args.rounds, rep=1, cpus_per_client=cpus))
     if 1000 in clients:  # the same work as inline-1000 without Flower
         rows.append(dict(name="bare-1000", kind="bare", clients=1000, rounds=args.rounds_1000, rep=1))
     if 1000 in clients:
@@ -280,7 +278,7 @@ def federated(spec: dict, t_start: float) -> dict:
     server_app.run_rounds, rounds.save_checkpoint = run_rounds, save_checkpoint
     cfg = fl_config(spec["clients"], spec["rounds"], spec["out_dir"], spec["backbone"])
     extra = ({"cohort_size": spec["cohort_size"]} if spec["kind"] == "cohort" else
-             {"cpus_per_client": spec["cpus_per_client"], "ray_cpus": spec["ray_cpus"]} if spec["kind"] == "ray" else {})
+             {"cpus_per_client": spec["cpus_per_client"]} if spec["kind"] == "ray" else {})
     run_inprocess(cfg, engine=spec["kind"], **extra)  # (no federation() here: a second cache entry would double the data)
     import pandas as pd
 
@@ -540,8 +538,7 @@ def write_markdown(path: Path, rows: list[dict], command: str, prepared: dict | 
         f"| dates | {min(r['date'] for r in rows)} .. {max(r['date'] for r in rows)} |",
         f"| machine | {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}, torch {torch.__version__}, {versions} |",
-        "| torch threads | 1 per process (OMP_NUM_THREADS=1); Ray: 2 actors of 1 CPU "
-        "(ray-10-cpus2: 1 actor of 2 CPUs; ray-10-raycpus1: Ray of 1 CPU, 1 actor) |",
+        "| torch threads | 1 per process (OMP_NUM_THREADS=1); Ray: 2 actors of 1 CPU (ray-10-cpus2: 1 actor of 2 CPUs) |",
         f"| load average (1 min) at start .. end of the rows | {min(float(r['load_start']) for r in rows):.2f} .. "
         f"{max(float(r['load_end']) for r in rows):.2f} |",
         "| workload | FedAvg, LoRA r8 (alpha 16), shared head, 1 local epoch, batch 64, synthetic data, "
@@ -653,8 +650,6 @@ def main(argv=None) -> int:
     ap.add_argument("--cohort-size", type=int, default=32, help="clients trained together in cohort-10000")
     ap.add_argument("--cpus-per-client", type=float, default=1.0,
                     help="the ray row's Ray CPUs per client (2 on 2 cores: one actor; row ray-10-cpus2)")
-    ap.add_argument("--ray-cpus", type=int, default=0,
-                    help="the ray row's Ray CPUs (0: all; 1: one actor, one worker process; row ray-10-raycpus1)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of inline-10 and bare-10")
     ap.add_argument("--only", nargs="*", help="only these configuration names")
     ap.add_argument("--fresh", action="store_true", help="forget the finished rows in the csv")

@@ -120,10 +120,6 @@ def register(commands) -> None:
                    "actors train clients in parallel (default 1: one actor per CPU). Each actor is a process "
                    "with torch and peft (~750 MiB): the machine's CPU count gives one actor, its clients one "
                    "after the other. Torch threads per client stay --threads")
-    p.add_argument("--ray-cpus", type=int, default=0, metavar="N",
-                   help="ray engine, this run's own Ray: the CPUs it may use (default: all of the machine's). "
-                   "Ray starts as many worker processes, so with one CPU per client N actors and no idle "
-                   "worker beside them: --ray-cpus 1 is the smallest Ray run (one actor)")
     p.set_defaults(run=cmd_fl)
 
     p = commands.add_parser(
@@ -166,8 +162,7 @@ def cmd_fl(args) -> int:
         raise FedharError(f"--cohort-size must be >= 1, got {args.cohort_size}")
     check_cpus_per_client(args)
     if args.seeds is None:
-        run_one(cfg, args.engine, args.address, args.cohort_size, cpus_per_client=args.cpus_per_client,
-                ray_cpus=args.ray_cpus)
+        run_one(cfg, args.engine, args.address, args.cohort_size, cpus_per_client=args.cpus_per_client)
         return 0
     if not args.seeds or min(args.seeds) < 0:
         raise FedharError(f"--seeds must be one or more seeds >= 0, got {','.join(map(str, args.seeds))}")
@@ -176,32 +171,25 @@ def cmd_fl(args) -> int:
     root = Path(cfg.out_dir or default_out_dir())
     for seed in args.seeds:  # one federation per seed, as `fedhar lodo --seeds` runs one per seed
         run_one(replace(cfg, seed=seed, out_dir=str(root / f"seed-{seed}")), args.engine, args.address,
-                args.cohort_size, cpus_per_client=args.cpus_per_client, ray_cpus=args.ray_cpus)
+                args.cohort_size, cpus_per_client=args.cpus_per_client)
     return 0
 
 
 def check_cpus_per_client(args) -> None:
-    """--cpus-per-client: > 0, for the ray engine, and (on this run's own Ray) at most the CPUs it
-    has; --ray-cpus: >= 1, for this run's own Ray."""
+    """--cpus-per-client: > 0, for the ray engine, and (on this run's own Ray) at most the CPUs it has."""
     from fedhar.errors import FedharError
 
     x = args.cpus_per_client
     if not x > 0:
         raise FedharError(f"--cpus-per-client must be > 0, got {x:g}")
-    if args.ray_cpus < 0:
-        raise FedharError(f"--ray-cpus must be >= 1, got {args.ray_cpus}")
-    for option, given in (("--cpus-per-client", x != 1.0), ("--ray-cpus", args.ray_cpus > 0)):
-        if given and args.engine != "ray":
-            raise FedharError(f"{option} is for the ray engine, not --engine {args.engine}")
-    if args.ray_cpus and args.address:
-        raise FedharError("--ray-cpus sizes this run's own Ray; a cluster given by --address has its own CPUs")
-    cpus = args.ray_cpus or os.cpu_count() or 1
+    if x != 1.0 and args.engine != "ray":
+        raise FedharError(f"--cpus-per-client is for the ray engine, not --engine {args.engine}")
+    cpus = os.cpu_count() or 1
     if not args.address and x > cpus:  # Flower would find room for no actor
         raise FedharError(f"--cpus-per-client {x:g} is more than the {cpus} CPUs of this run's Ray: no client could run")
 
 
-def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int, cpus_per_client: float = 1.0,
-            ray_cpus: int = 0) -> None:
+def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int, cpus_per_client: float = 1.0) -> None:
     if engine == "flwr":
         from simulations.flwr_launch import launch
         from simulations.run import report
@@ -211,5 +199,4 @@ def run_one(cfg: FLConfig, engine: str, address: str, cohort_size: int, cpus_per
         return
     from simulations.run import run_inprocess
 
-    run_inprocess(cfg, engine=engine, address=address, cohort_size=cohort_size, cpus_per_client=cpus_per_client,
-                  ray_cpus=ray_cpus)
+    run_inprocess(cfg, engine=engine, address=address, cohort_size=cohort_size, cpus_per_client=cpus_per_client)

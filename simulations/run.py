@@ -35,15 +35,13 @@ ENGINES = ("ray", "inline", "cohort")
 
 @releases_out_dir
 def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ray", address: str = "",
-                  cohort_size: int = 32, ray_cpus: int = 0) -> Path:
+                  cohort_size: int = 32) -> Path:
     """Run one federation; returns the out-dir holding config.json, clients.csv, rounds.csv.
 
     ``engine``: "ray" (Flower's simulation engine) or "inline" (``simulations.inline``;
     ``cpus_per_client`` does not apply: clients run one at a time) or "cohort"
     (``simulations.cohort``, groups of up to ``cohort_size`` clients). ``address``: the Ray
-    cluster to run on; "" starts a Ray instance of this run's own (never one already running)
-    with ``ray_cpus`` CPUs (0: the machine's): Ray CPUs / ``cpus_per_client`` actors, and as
-    many pre-started worker processes.
+    cluster to run on; "" starts a Ray instance of this run's own (never one already running).
     Ctrl-C / SIGTERM stop the run within a second or so (``rounds.STOP``)."""
     if engine not in ENGINES:
         raise FedharError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -78,13 +76,12 @@ def run_inprocess(cfg: FLConfig, cpus_per_client: float = 1.0, engine: str = "ra
 
         run_cohort(server_app, client_app, n_clients, cfg.to_run_config(), fixed=cfg, cohort_size=cohort_size)
     else:
-        run_on_ray(server_app, client_app, n_clients, cpus_per_client, address, gpus_per_client(cfg, n_clients),
-                   ray_cpus)
+        run_on_ray(server_app, client_app, n_clients, cpus_per_client, address, gpus_per_client(cfg, n_clients))
     return report(cfg, out_dir, time.perf_counter() - t0)
 
 
 def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, address: str,
-               gpus_each: float = 0.0, ray_cpus: int = 0) -> None:
+               gpus_each: float = 0.0) -> None:
     """Flower's simulation engine, stoppable: Ray is started here, in the main thread (this run's
     own instance unless ``address``) and always shut down on the way out; Flower runs in a thread
     of its own while the main thread only waits, so Ctrl-C / SIGTERM reach fedhar's code, set
@@ -110,7 +107,7 @@ def run_on_ray(server_app, client_app, n_clients: int, cpus_per_client: float, a
 
     try:
         # Flower's RayBackend skips ray.init when Ray is up; its actors need this checkout on their path, as it passes it
-        ray.init(**({"address": address} if address else {"address": "local", "num_cpus": ray_cpus or os.cpu_count() or 1}),
+        ray.init(**({"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}),
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}, include_dashboard=False,
                  # actors' output (library noise) only with --verbose: failures are rows
                  log_to_driver=verbose(), logging_level="INFO" if verbose() else "ERROR")

@@ -66,8 +66,8 @@ def test_fl_cpus_per_client_reaches_the_ray_engine(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(simulations.run, "run_inprocess", lambda cfg, **k: seen.update(k))
-    assert main(["fl", "--cpus-per-client", "1.5", "--ray-cpus", "2"]) == 0
-    assert seen["cpus_per_client"] == 1.5 and seen["ray_cpus"] == 2 and seen["engine"] == "ray"
+    assert main(["fl", "--cpus-per-client", "1.5"]) == 0
+    assert seen["cpus_per_client"] == 1.5 and seen["engine"] == "ray"
 
 
 def test_fl_synthetic_seed_draws_another_population():
@@ -87,10 +87,6 @@ def test_fl_synthetic_seed_draws_another_population():
     (["fl", "--cpus-per-client", "0"], "--cpus-per-client must be > 0"),
     (["fl", "--cpus-per-client", "2", "--engine", "inline"], "--cpus-per-client is for the ray engine"),
     (["fl", "--cpus-per-client", "100000"], "CPUs of this run's Ray: no client could run"),
-    (["fl", "--cpus-per-client", "2", "--ray-cpus", "1"], "more than the 1 CPUs of this run's Ray"),
-    (["fl", "--ray-cpus", "-1"], "--ray-cpus must be >= 1"),
-    (["fl", "--ray-cpus", "1", "--engine", "cohort"], "--ray-cpus is for the ray engine"),
-    (["fl", "--ray-cpus", "1", "--address", "auto"], "--ray-cpus sizes this run's own Ray"),
 ])
 def test_fl_refuses_bad_values_of_the_new_options(capsys, argv, message):
     assert main(argv) == 2

@@ -133,7 +133,7 @@ def test_fedhar_deploy_local_takes_every_fl_option():
     fl_options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["fl"]._actions}
     deploy = build_parser()._subparsers._group_actions[0].choices["deploy"]
     local = deploy._subparsers._group_actions[0].choices["local"]
-    simulation_only = {"engine", "address", "cohort_size", "cpus_per_client", "ray_cpus", "seeds"}
+    simulation_only = {"engine", "address", "cohort_size", "cpus_per_client", "seeds"}
     assert fl_options - simulation_only <= {a.dest for a in local._actions}
     assert parse_node_data_dirs(["2=/tmp/x"]) == {2: "/tmp/x"}
     with pytest.raises(FedharError, match="PID=DIR"):
