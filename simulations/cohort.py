@@ -14,6 +14,9 @@ stored, local parts saved), so the Rule hooks, strategies and tables are those o
 inline engine. Per client: the minibatch order of ``train_local`` (its own seeded
 loader), its head-dropout masks from the generator state its inline call would start
 from, its own AdamW state; a client with fewer steps simply stops (masked, nothing padded).
+A round's messages are prepared and run ``PREPARED_AT_ONCE`` (1,024) at a time, whole
+cohorts per slice, so only a slice's client windows are in memory (10,000 clients' would be
+~4 GiB); evaluation stacks the distinct adapters of a slice.
 
 Results equal the inline engine's within float32 rounding, not bit for bit
 (tests/test_cohort.py states the tolerance). What is delivered to the ClientApp instead, one
