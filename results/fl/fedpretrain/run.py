@@ -56,12 +56,23 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--pretrain-rounds", type=int, default=20)
     p.add_argument("--pretrain-epochs", type=int, default=1, help="local epochs per pretraining round")
+    p.add_argument("--central-rounds", type=int, default=0,
+                   help="rounds of the central backbone (one client holding the union; 0 = --pretrain-rounds); with "
+                        "--fraction-train f < 1 a federated round passes over about f of the windows, so "
+                        "f x --pretrain-rounds matches the data passes")
     p.add_argument("--pretrain-strategy", default="fedavg")
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--other-epochs", type=int, default=20, help="epochs of the 'other' backbone's central pretraining")
     p.add_argument("--finetune-rounds", type=int, default=10)
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--probe-epochs", type=int, default=20)
+    p.add_argument("--partition", default="subject", choices=("subject", "dirichlet"),
+                   help="clients: one per subject, or --num-clients with Dirichlet label skew")
+    p.add_argument("--num-clients", type=int, default=100, help="clients of a Dirichlet partition")
+    p.add_argument("--dirichlet-alpha", type=float, default=0.5)
+    p.add_argument("--fraction-train", type=float, default=1.0,
+                   help="share of the clients sampled each round, in pretraining and fine-tuning")
+    p.add_argument("--server-eval-every", type=int, default=1, help="rounds between server evaluations of LoRA runs")
     p.add_argument("--work-dir", default="runs/fedpretrain", help="federated runs and backbones (not committed)")
     p.add_argument("--out", default=str(HERE), help="results.csv, pretrain.csv, table.md")
     args = p.parse_args(argv)
@@ -77,8 +88,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def base(args, seed: int) -> dict:
     """What every federation of the study shares: the same clients and the same server test subjects."""
-    return dict(data=args.data, data_dir=args.data_dir, partition="subject", server_test_fraction=0.3, seed=seed,
-                batch_size=64, head="shared")
+    return dict(data=args.data, data_dir=args.data_dir, partition=args.partition, num_clients=args.num_clients,
+                dirichlet_alpha=args.dirichlet_alpha, fraction_train=args.fraction_train, server_test_fraction=0.3,
+                seed=seed, batch_size=64, head="shared")
 
 
 def run_federation(cfg) -> tuple[Path, float]:
@@ -97,23 +109,41 @@ def run_federation(cfg) -> tuple[Path, float]:
 
 
 def append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    if new:
-        header = list(row)
-    else:
+    """One row more in ``path``; a column the file lacks widens the file (older rows get it empty)."""
+    if path.exists():
         with open(path, newline="") as f:
             header = next(csv.reader(f))
+        if set(row) - set(header):
+            pd.read_csv(path).reindex(columns=header + [k for k in row if k not in header]).to_csv(path, index=False)
+            header += [k for k in row if k not in header]
+    else:
+        header = list(row)
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=header).writeheader()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore", restval="")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        csv.DictWriter(f, fieldnames=header, restval="").writerow(row)
+
+
+def finetune_name(kind: str, data: str, fraction: float, finetune_rounds: int, pretrain_rounds: int, seed: int) -> str:
+    return f"ft-{kind}-{data}-f{fraction:g}-r{finetune_rounds}-p{pretrain_rounds}-s{seed}"
 
 
 def done(path: Path, key: tuple[str, ...]) -> set[tuple]:
     if not path.exists():
         return set()
     return {tuple(str(r[k]) for k in key) for r in pd.read_csv(path).to_dict("records")}
+
+
+def pretrain_rounds(kind: str, args) -> int:
+    """Rounds of pretraining behind a backbone kind (0: random, or `other`'s epochs are its own)."""
+    if kind == "central":
+        return args.central_rounds or args.pretrain_rounds
+    return args.pretrain_rounds if kind == "federated" else 0
+
+
+def epochs_of(kind: str, args) -> int:
+    """Epochs behind a backbone kind: local epochs per round (central, federated), or `other`'s epochs."""
+    return {"central": args.pretrain_epochs, "federated": args.pretrain_epochs, "other": args.other_epochs}.get(kind, 0)
 
 
 def backbone(kind: str, args, seed: int) -> tuple[Path, dict]:
@@ -134,10 +164,11 @@ def backbone(kind: str, args, seed: int) -> tuple[Path, dict]:
         info = json.loads(path.with_suffix(".json").read_text())
         return path, {"seconds": info.get("seconds", time.perf_counter() - t0), "bytes_up": 0, "bytes_down": 0,
                       "command": f"fedhar pretrain --data {args.other_data} --epochs {args.other_epochs} --seed {seed}"}
-    name = f"pretrain-{kind}-{args.data}-r{args.pretrain_rounds}-s{seed}"
+    rounds = pretrain_rounds(kind, args)
+    name = f"pretrain-{kind}-{args.data}-r{rounds}-s{seed}"
     cfg = FLConfig(**base(args, seed), task="pretrain", arm="centralised" if kind == "central" else "federated",
-                   strategy=args.pretrain_strategy, rounds=args.pretrain_rounds, local_epochs=args.pretrain_epochs,
-                   lr=args.pretrain_lr, client_eval_every=args.pretrain_rounds, out_dir=str(work / name))
+                   strategy=args.pretrain_strategy, rounds=rounds, local_epochs=args.pretrain_epochs,
+                   lr=args.pretrain_lr, client_eval_every=rounds, out_dir=str(work / name))
     out, seconds = run_federation(cfg)
     keep = Path(args.out) / "pretrain" / name
     keep.mkdir(parents=True, exist_ok=True)
@@ -156,15 +187,32 @@ def lora(path: Path, fraction: float, args, seed: int, name: str) -> dict:
 
     cfg = FLConfig(**base(args, seed), backbone=str(path), label_fraction=fraction, strategy=args.strategy,
                    rounds=args.finetune_rounds, client_eval_every=args.finetune_rounds,
-                   out_dir=str(Path(args.work_dir).resolve() / name))
+                   server_eval_every=args.server_eval_every, out_dir=str(Path(args.work_dir).resolve() / name))
     out, seconds = run_federation(cfg)
-    last = pd.read_csv(out / "rounds.csv").iloc[-1]
+    keep = Path(args.out) / "finetune" / name
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "rounds.csv", keep / "rounds.csv")  # the accuracy-vs-MB curve
     rounds = pd.read_csv(out / "rounds.csv")
+    last = rounds.iloc[-1]
     few = json.loads((out / "config.json").read_text()).get("few_labels", {})
     return {"accuracy": last["server_accuracy"], "macro_f1": last["server_macro_f1"], "seconds": seconds,
+            "converged_round": converged_round(rounds),
             "bytes_up": int(rounds["bytes_up"].sum()), "bytes_down": int(rounds["bytes_down"].sum()),
             "labelled_windows": few.get("labelled_windows", ""), "training_windows": few.get("training_windows", ""),
             "command": f"{command_of(cfg.settings())} --backbone {path}"}
+
+
+CONVERGED_WITHIN = 0.01
+
+
+def converged_round(rounds: pd.DataFrame) -> int:
+    """The stated convergence criterion: the first evaluated round from which the server's
+    accuracy stays within CONVERGED_WITHIN (1 point) of its value at the last round."""
+    evaluated = rounds.dropna(subset=["server_accuracy"])
+    final = evaluated["server_accuracy"].iloc[-1]
+    below = evaluated["server_accuracy"] < final - CONVERGED_WITHIN
+    after = evaluated[~below.iloc[::-1].cumsum().iloc[::-1].astype(bool)]  # rounds after the last one below
+    return int(after["round"].iloc[0])
 
 
 def probe(path: Path, fraction: float, args, seed: int) -> dict:
@@ -202,17 +250,18 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for kind in args.backbones:
             path, cost = backbone(kind, args, seed)
-            if cost and (args.data, kind, str(seed), str(args.pretrain_rounds)) not in pre_done:
-                append(pretrains, {"data": args.data, "backbone": kind, "seed": seed, "pretrain_rounds": args.pretrain_rounds,
+            if cost and (args.data, kind, str(seed), str(pretrain_rounds(kind, args))) not in pre_done:
+                append(pretrains, {"data": args.data, "backbone": kind, "seed": seed,
+                                   "pretrain_rounds": pretrain_rounds(kind, args), "pretrain_epochs": epochs_of(kind, args),
                                    **cost, "code": code_version()})
             for fraction in args.label_fractions:
                 for mode in args.modes:
                     key = {"data": args.data, "backbone": kind, "label_fraction": fraction, "mode": mode, "seed": seed,
-                           "pretrain_rounds": args.pretrain_rounds if kind in ("central", "federated") else 0,
+                           "pretrain_rounds": pretrain_rounds(kind, args),
                            "finetune_rounds": args.finetune_rounds if mode == "lora" else 0}
                     if tuple(str(key[k]) for k in KEY) in finished:
                         continue
-                    name = f"ft-{kind}-{args.data}-f{fraction:g}-r{args.finetune_rounds}-p{key['pretrain_rounds']}-s{seed}"
+                    name = finetune_name(kind, args.data, fraction, args.finetune_rounds, key["pretrain_rounds"], seed)
                     cell = lora(path, fraction, args, seed, name) if mode == "lora" else probe(path, fraction, args, seed)
                     row = {**key, **cell, "backbone_file": path.name, "code": code_version(), "device": "cpu", "threads": 1,
                            "study": command,
@@ -223,6 +272,8 @@ def main(argv=None) -> int:
     rows = pd.read_csv(results)
     (out / "table.md").write_text(table(rows))
     figure(rows, out / "accuracy_vs_labels.png", args.data)
+    if (rows["mode"] == "lora").any():
+        curves(rows, out, args.data)
     return 0
 
 
@@ -296,6 +347,49 @@ def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
     fig.suptitle(f"real {data}: backbone vs label fraction (subject clients; frozen backbone)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
+    """Federated LoRA: the server's accuracy against the MB fine-tuning has communicated (up + down),
+    mean over seeds per backbone, one panel per label fraction; the federated backbone's pretraining
+    traffic is stated in its legend (the central backbone's cost is raw data pooled, not bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lora_rows = rows[rows["mode"] == "lora"]
+    pretrains = pd.read_csv(out / "pretrain.csv") if (out / "pretrain.csv").exists() else pd.DataFrame()
+    fractions = sorted(lora_rows["label_fraction"].unique())
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5.5 * len(fractions), 4), squeeze=False, sharey=True)
+    styles = dict(zip(BACKBONES, [("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "D"), ("tab:green", "^")]))
+    for ax, fraction in zip(axes[0], fractions):
+        for kind in BACKBONES:
+            these = lora_rows[(lora_rows["label_fraction"] == fraction) & (lora_rows["backbone"] == kind)]
+            if these.empty:
+                continue
+            runs = []
+            for r in these.itertuples():
+                name = finetune_name(kind, r.data, fraction, int(r.finetune_rounds), int(r.pretrain_rounds), int(r.seed))
+                table_ = pd.read_csv(out / "finetune" / name / "rounds.csv")
+                table_["mb"] = (table_["bytes_up"] + table_["bytes_down"]).cumsum() / 1e6
+                runs.append(table_.dropna(subset=["server_accuracy"])[["round", "mb", "server_accuracy"]])
+            mean = pd.concat(runs).groupby("round").mean()
+            label = f"{kind} backbone (n={len(runs)} seeds)"
+            if kind == "federated" and not pretrains.empty:
+                pre = pretrains[pretrains["backbone"] == "federated"]
+                label += f"; +{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB pretraining"
+            colour, marker = styles[kind]
+            ax.plot(mean["mb"], mean["server_accuracy"], color=colour, marker=marker, markersize=4, label=label)
+        ax.set_xlabel("MB communicated in fine-tuning (up + down, cumulative)")
+        ax.set_title(f"federated LoRA, {fraction:.0%} labels", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("accuracy on the server's test subjects (mean over seeds)")
+    fig.suptitle(f"real {data}: accuracy vs communication", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_mb.png", dpi=150)
     plt.close(fig)
 
 
