@@ -17,7 +17,7 @@ def _groups(y, group):
             yield np.flatnonzero((group == g) & (y == label))
 
 
-def test_each_subjects_activity_keeps_one_contiguous_block_of_the_fraction():
+def test_each_activity_keeps_the_fraction_in_one_contiguous_block_per_subject():
     rng = np.random.default_rng(0)
     # two subjects, activities recorded in bouts (an activity comes back later in time)
     y = np.concatenate([np.repeat(rng.permutation(6), rng.integers(5, 40, 6)) for _ in range(4)])
@@ -25,11 +25,29 @@ def test_each_subjects_activity_keeps_one_contiguous_block_of_the_fraction():
     for fraction in (0.01, 0.05, 0.1, 0.3):
         chosen = labelled_windows(y, group, fraction, seed=[0, 3])
         assert np.all(np.diff(chosen) > 0)  # sorted, no window twice
+        for label in range(6):
+            of_label = np.flatnonzero(y == label)
+            assert np.isin(of_label, chosen).sum() == max(1, math.ceil(round(fraction * len(of_label), 9)))
         for idx in _groups(y, group):
             positions = np.flatnonzero(np.isin(idx, chosen))
-            assert len(positions) == max(1, math.ceil(round(fraction * len(idx), 9)))
             assert np.all(np.diff(positions) == 1)  # one run of that activity's windows in time order
+    # one subject (a subject client): ceil(fraction * n) of every activity, at least one
+    one = np.ones_like(y)
+    for idx in _groups(y, one):
+        assert np.isin(idx, labelled_windows(y, one, 0.1, 0)).sum() == max(1, math.ceil(round(0.1 * len(idx), 9)))
     assert len(labelled_windows(y, group, 1.0, 0)) == len(y)
+
+
+def test_a_client_with_a_few_windows_of_many_subjects_keeps_the_fraction_not_one_per_subject():
+    # a Dirichlet client: 2 scattered windows of each of 50 subjects per activity
+    y = np.tile(np.repeat([0, 1, 2], 2), 50)
+    group = np.repeat(np.arange(50), 6)
+    chosen = labelled_windows(y, group, 0.1, seed=[0, 7])
+    for label in range(3):
+        assert np.isin(np.flatnonzero(y == label), chosen).sum() == 10  # ceil(0.1 * 100), not 50
+    # proportional shares: a subject with most of an activity's windows takes most of its labels
+    y2, group2 = np.zeros(100, int), np.repeat([1, 2], [90, 10])
+    assert np.isin(np.flatnonzero(group2 == 1), labelled_windows(y2, group2, 0.1, 0)).sum() == 9
 
 
 def test_the_seed_reproduces_the_choice_and_another_seed_moves_it():

@@ -1,10 +1,14 @@
 """Few labels: which training windows carry labels, and which clients have any (issue 22).
 
 A wearable deployment labels a few minutes per user, not scattered windows. So, within one
-client, every (subject, activity) group of its training windows keeps one seeded,
-time-contiguous block of ``ceil(fraction * n)`` of its ``n`` windows as labelled (at least one
-per activity the subject performed); the other windows carry no label and serve only
-self-supervised pretraining. Windows are in time order within a subject's recording
+client, each activity keeps ``ceil(fraction * n)`` of its ``n`` training windows labelled (at
+least one), shared out over the subjects who performed it in proportion to their windows
+(largest remainder; ties drawn with the seed), and each subject's share is one seeded,
+time-contiguous block of that subject's windows of the activity. A client holding one subject
+(``--partition subject``) thus labels ``ceil(fraction * n)`` per activity. The count is fixed
+per activity, not per (subject, activity): a Dirichlet client holds a few scattered windows of
+many subjects, and "at least one per subject" would label most of them. The other windows
+carry no label and serve only self-supervised pretraining. Windows are in time order within a subject's recording
 (``fedhar.data.partition`` keeps index order), so a block of consecutive indices of one
 activity is a stretch of that activity in time.
 
@@ -31,14 +35,27 @@ def labelled_windows(y: np.ndarray, group: np.ndarray, fraction: float, seed) ->
         return np.arange(len(y))
     rng = np.random.default_rng(seed)
     chosen = []
-    for g in np.unique(group):
-        in_group = group == g
-        for label in np.unique(y[in_group]):
-            idx = np.flatnonzero(in_group & (y == label))
-            n = max(1, math.ceil(round(fraction * len(idx), 9)))  # round: 0.3 * 10 is 3.0000000000000004
-            start = int(rng.integers(0, len(idx) - n + 1))
-            chosen.append(idx[start:start + n])
+    for label in np.unique(y):
+        groups, sizes = np.unique(group[y == label], return_counts=True)
+        total = max(1, math.ceil(round(fraction * sizes.sum(), 9)))  # round: 0.3 * 10 is 3.0000000000000004
+        for g, n in zip(groups, _shares(total, sizes, rng)):
+            if n:
+                idx = np.flatnonzero((group == g) & (y == label))
+                start = int(rng.integers(0, len(idx) - n + 1))
+                chosen.append(idx[start:start + n])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def _shares(total: int, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``total`` split over groups of ``sizes`` in proportion (largest remainder, ties at random;
+    one group takes all without drawing, so subject clients keep their random stream)."""
+    if len(sizes) == 1:
+        return np.array([total])
+    exact = total * sizes / sizes.sum()
+    shares = np.floor(exact).astype(int)
+    order = np.lexsort((rng.permutation(len(sizes)), -(exact - shares)))  # largest remainder first
+    shares[order[:total - shares.sum()]] += 1
+    return shares
 
 
 def labelled_clients(n_clients: int, k: int, seed: int) -> list[int]:

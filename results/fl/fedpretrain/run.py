@@ -75,6 +75,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--server-eval-every", type=int, default=1, help="rounds between server evaluations of LoRA runs")
     p.add_argument("--work-dir", default="runs/fedpretrain", help="federated runs and backbones (not committed)")
     p.add_argument("--out", default=str(HERE), help="results.csv, pretrain.csv, table.md")
+    p.add_argument("--report-only", action="store_true", help="rewrite table.md and the figures from --out's results.csv; run nothing")
     args = p.parse_args(argv)
     args.backbones = [b for b in args.backbones.split(",") if b]
     unknown = set(args.backbones) - set(BACKBONES)
@@ -246,6 +247,10 @@ def main(argv=None) -> int:
     results, pretrains = out / "results.csv", out / "pretrain.csv"
     finished = done(results, KEY)
     pre_done = done(pretrains, ("data", "backbone", "seed", "pretrain_rounds"))
+    if args.report_only:
+        if not results.exists():
+            raise SystemExit(f"run.py: --report-only: no {results}")
+        return report(pd.read_csv(results), out, args.data)
     command = "python " + shlex.join([str(Path(sys.argv[0])), *(argv if argv is not None else sys.argv[1:])])
     for seed in args.seeds:
         for kind in args.backbones:
@@ -269,15 +274,19 @@ def main(argv=None) -> int:
                     append(results, row)
                     print(f"{kind} backbone, {fraction:.0%} labels, {mode}, seed {seed}: accuracy {row['accuracy']:.3f} "
                           f"({row['seconds']:.0f} s)", flush=True)
-    rows = pd.read_csv(results)
+    return report(pd.read_csv(results), out, args.data)
+
+
+def report(rows: pd.DataFrame, out: Path, data: str) -> int:
     (out / "table.md").write_text(table(rows))
-    figure(rows, out / "accuracy_vs_labels.png", args.data)
+    figure(rows, out / "accuracy_vs_labels.png", data)
     if (rows["mode"] == "lora").any():
-        curves(rows, out, args.data)
+        curves(rows, out, data)
     return 0
 
 
-COMPARISONS = (("federated", "random"), ("federated", "central"), ("federated", "other"), ("central", "random"))
+COMPARISONS = (("federated", "random"), ("federated", "central"), ("federated", "other"), ("central", "random"),
+               ("other", "random"))
 
 
 def table(rows: pd.DataFrame) -> str:
