@@ -89,9 +89,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def base(args, seed: int) -> dict:
     """What every federation of the study shares: the same clients and the same server test subjects."""
-    return dict(data=args.data, data_dir=args.data_dir, partition=args.partition, num_clients=args.num_clients,
-                dirichlet_alpha=args.dirichlet_alpha, fraction_train=args.fraction_train, server_test_fraction=0.3,
-                seed=seed, batch_size=64, head="shared")
+    dirichlet = dict(num_clients=args.num_clients, dirichlet_alpha=args.dirichlet_alpha) if args.partition == "dirichlet" else {}
+    return dict(data=args.data, data_dir=args.data_dir, partition=args.partition, **dirichlet,
+                fraction_train=args.fraction_train, server_test_fraction=0.3, seed=seed, batch_size=64, head="shared")
 
 
 def run_federation(cfg) -> tuple[Path, float]:
@@ -99,6 +99,8 @@ def run_federation(cfg) -> tuple[Path, float]:
     from simulations.run import run_inprocess
 
     out = Path(cfg.out_dir)
+    if (out / "config.json").exists():
+        same_run(out, cfg)
     if (out / "done").exists():
         return out, json.loads((out / "done").read_text())["seconds"]
     resume = (out / "checkpoint.pkl").exists()
@@ -107,6 +109,18 @@ def run_federation(cfg) -> tuple[Path, float]:
     seconds = time.perf_counter() - t0
     (out / "done").write_text(json.dumps({"seconds": seconds, "resumed": resume}))
     return out, seconds
+
+
+def same_run(out: Path, cfg) -> None:
+    """Refuse to reuse or resume a run folder that holds another configuration (say, a backbone
+    pretrained with other local epochs under the same folder name)."""
+    from simulations.fl_report import command_of
+
+    found = json.loads((out / "config.json").read_text())["config"]
+    asked = cfg.settings()
+    if command_of(found) != command_of(asked) or str(found.get("backbone") or "") != str(asked.get("backbone") or ""):
+        raise SystemExit(f"run.py: {out} holds `{command_of(found)}`, not the `{command_of(asked)}` asked for: "
+                         "give this study its own --work-dir")
 
 
 def append(path: Path, row: dict) -> None:
