@@ -346,7 +346,11 @@ def lora_rounds(rows: pd.DataFrame, out: Path):
     """(row, rounds.csv) of every federated LoRA row, from out/finetune/<run>/rounds.csv."""
     for r in rows[rows["mode"] == "lora"].itertuples():
         name = finetune_name(r.backbone, r.data, r.label_fraction, int(r.finetune_rounds), int(r.pretrain_rounds), int(r.seed))
-        yield r, pd.read_csv(out / "finetune" / name / "rounds.csv")
+        path = out / "finetune" / name / "rounds.csv"
+        if not path.exists():
+            raise SystemExit(f"run.py: {path} is missing (results.csv has its row): copy the run's rounds.csv there "
+                             f"from WORK_DIR/{name}/")
+        yield r, pd.read_csv(path)
 
 
 def convergence(rows: pd.DataFrame, out: Path) -> str:
