@@ -404,9 +404,15 @@ def moonshot(rows: pd.DataFrame, out: Path) -> str:
         f"| difference | {cell(diff, pairing)} |", "", *refused_section(pairing.refused)]) + "\n"
 
 
+def _counts(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
     """Accuracy against the label fraction, one series per backbone, one panel per fine-tuning mode."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -422,10 +428,12 @@ def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
             stats_ = these.groupby("label_fraction")["accuracy"].agg(["mean", "std", "count"]).sort_index()
             colour, marker = styles[kind]
             ax.errorbar(stats_.index * 100, stats_["mean"], yerr=stats_["std"].fillna(0), color=colour, marker=marker,
-                        capsize=3, label=f"{kind} (n={int(stats_['count'].min())}-{int(stats_['count'].max())} seeds)")
+                        capsize=3, label=f"{kind} (n={_counts(stats_['count'])} seeds)")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlabel("labelled share of each client's training windows (%)")
-        ax.set_title(f"{mode}", fontsize=10)
+        ax.set_title({"lora": "federated LoRA (FedAvg)", "probe": "probe (head only, pooled labelled windows)"}.get(mode, mode),
+                     fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("accuracy on the server's test subjects (mean ± std)")
@@ -472,7 +480,7 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("server test accuracy (mean over seeds)")
-    fig.suptitle(f"real {data}: accuracy on the server's test subjects vs MB communicated", fontsize=10)
+    fig.suptitle(f"real {data}\naccuracy on the server's test subjects vs MB communicated", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_mb.png", dpi=150)
     plt.close(fig)
