@@ -310,7 +310,8 @@ def table(rows: pd.DataFrame) -> str:
     from fedhar.pairing import cell, pair, refused_section
     from fedhar.stats import holm, mean_std, paired_difference
 
-    rows = rows.assign(source=[f"results.csv line {i + 2}" for i in range(len(rows))])
+    if "source" not in rows:
+        rows = rows.assign(source=[f"results.csv line {i + 2}" for i in range(len(rows))])
     cells, diffs, pairings, refused = [], [], [], []
     for (mode, fraction), group in rows.groupby(["mode", "label_fraction"], sort=True):
         for a, b in COMPARISONS:
