@@ -438,7 +438,8 @@ def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("accuracy on the server's test subjects (mean ± std)")
-    fig.suptitle(f"real {data}: backbone vs label fraction (subject clients; frozen backbone)", fontsize=10)
+    clients = "Dirichlet clients" if rows["command"].str.contains("--partition dirichlet").any() else "subject clients"
+    fig.suptitle(f"real {data}: backbone vs label fraction ({clients}; frozen backbone)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -473,7 +474,7 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
             label = f"{kind} backbone (n={len(runs)} seeds)"
             if kind == "federated" and not pretrains.empty:
                 pre = pretrains[pretrains["backbone"] == "federated"]
-                label += f"; +{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB pretraining"
+                label += f"; +{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB pretraining (up + down)"
             colour, marker = styles[kind]
             ax.plot(mean["mb"], mean["server_accuracy"], color=colour, marker=marker, markersize=4, label=label)
         ax.set_xlabel("MB communicated in fine-tuning (up + down, cumulative)")
