@@ -474,13 +474,13 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
             label = f"{kind} backbone (n={len(runs)} seeds)"
             if kind == "federated" and not pretrains.empty:
                 pre = pretrains[pretrains["backbone"] == "federated"]
-                label += f"; +{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB pretraining (up + down)"
+                label += f"\n+{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB in pretraining (up + down)"
             colour, marker = styles[kind]
             ax.plot(mean["mb"], mean["server_accuracy"], color=colour, marker=marker, markersize=4, label=label)
         ax.set_xlabel("MB communicated in fine-tuning (up + down, cumulative)")
         ax.set_title(f"federated LoRA, {fraction:.0%} labels", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")  # the curves start bottom left and end top right
     axes[0][0].set_ylabel("server test accuracy (mean over seeds)")
     fig.suptitle(f"real {data}\naccuracy on the server's test subjects vs MB communicated", fontsize=10)
     fig.tight_layout()
