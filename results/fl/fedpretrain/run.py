@@ -405,6 +405,20 @@ def moonshot(rows: pd.DataFrame, out: Path) -> str:
         f"| difference | {cell(diff, pairing)} |", "", *refused_section(pairing.refused)]) + "\n"
 
 
+STYLES = dict(zip(BACKBONES, [("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "D"), ("tab:green", "^")]))
+
+
+def _panels(n: int):
+    """(pyplot, figure, a row of n panels sharing the accuracy axis), drawn off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False, sharey=True)
+    return plt, fig, axes[0]
+
+
 def _counts(counts: pd.Series) -> str:
     low, high = int(counts.min()), int(counts.max())
     return str(low) if low == high else f"{low}-{high}"
@@ -412,22 +426,17 @@ def _counts(counts: pd.Series) -> str:
 
 def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
     """Accuracy against the label fraction, one series per backbone, one panel per fine-tuning mode."""
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     modes = sorted(rows["mode"].unique())
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False, sharey=True)
-    styles = dict(zip(BACKBONES, [("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "D"), ("tab:green", "^")]))
-    for ax, mode in zip(axes[0], modes):
+    plt, fig, axes = _panels(len(modes))
+    for ax, mode in zip(axes, modes):
         for kind in BACKBONES:
             these = rows[(rows["mode"] == mode) & (rows["backbone"] == kind)]
             if these.empty:
                 continue
             stats_ = these.groupby("label_fraction")["accuracy"].agg(["mean", "std", "count"]).sort_index()
-            colour, marker = styles[kind]
+            colour, marker = STYLES[kind]
             ax.errorbar(stats_.index * 100, stats_["mean"], yerr=stats_["std"].fillna(0), color=colour, marker=marker,
                         capsize=3, label=f"{kind} (n={_counts(stats_['count'])} seeds)")
         ax.set_xscale("log")
@@ -437,7 +446,7 @@ def figure(rows: pd.DataFrame, path: Path, data: str) -> None:
                      fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("accuracy on the server's test subjects (mean ± std)")
+    axes[0].set_ylabel("accuracy on the server's test subjects (mean ± std)")
     clients = "Dirichlet clients" if rows["command"].str.contains("--partition dirichlet").any() else "subject clients"
     fig.suptitle(f"real {data}: backbone vs label fraction ({clients}; frozen backbone)", fontsize=10)
     fig.tight_layout()
@@ -449,18 +458,12 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
     """Federated LoRA: the server's accuracy against the MB fine-tuning has communicated (up + down),
     mean over seeds per backbone, one panel per label fraction; the federated backbone's pretraining
     traffic is stated in its legend (the central backbone's cost is raw data pooled, not bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lora_rows = rows[rows["mode"] == "lora"]
     curve = {(r.label_fraction, r.backbone, r.seed): t for r, t in lora_rounds(rows, out)}
     pretrains = pd.read_csv(out / "pretrain.csv") if (out / "pretrain.csv").exists() else pd.DataFrame()
     fractions = sorted(lora_rows["label_fraction"].unique())
-    fig, axes = plt.subplots(1, len(fractions), figsize=(5.5 * len(fractions), 4), squeeze=False, sharey=True)
-    styles = dict(zip(BACKBONES, [("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "D"), ("tab:green", "^")]))
-    for ax, fraction in zip(axes[0], fractions):
+    plt, fig, axes = _panels(len(fractions))
+    for ax, fraction in zip(axes, fractions):
         for kind in BACKBONES:
             these = lora_rows[(lora_rows["label_fraction"] == fraction) & (lora_rows["backbone"] == kind)]
             if these.empty:
@@ -475,13 +478,13 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
             if kind == "federated" and not pretrains.empty:
                 pre = pretrains[pretrains["backbone"] == "federated"]
                 label += f"\n+{(pre['bytes_up'] + pre['bytes_down']).mean() / 1e9:.1f} GB in pretraining (up + down)"
-            colour, marker = styles[kind]
+            colour, marker = STYLES[kind]
             ax.plot(mean["mb"], mean["server_accuracy"], color=colour, marker=marker, markersize=4, label=label)
         ax.set_xlabel("MB communicated in fine-tuning (up + down, cumulative)")
         ax.set_title(f"federated LoRA, {fraction:.0%} labels", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")  # the curves start bottom left and end top right
-    axes[0][0].set_ylabel("server test accuracy (mean over seeds)")
+    axes[0].set_ylabel("server test accuracy (mean over seeds)")
     fig.suptitle(f"real {data}\naccuracy on the server's test subjects vs MB communicated", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_mb.png", dpi=150)
