@@ -81,10 +81,20 @@ def parse(argv=None) -> argparse.Namespace:
     unknown = set(args.backbones) - set(BACKBONES)
     if unknown:
         p.error(f"--backbones: unknown {sorted(unknown)}; known: {', '.join(BACKBONES)}")
-    args.label_fractions = [float(f) for f in args.label_fractions.split(",")]
+    args.label_fractions = _numbers(p, "--label-fractions", args.label_fractions, float)
     args.modes = [m for m in args.modes.split(",") if m]
-    args.seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = set(args.modes) - {"lora", "probe"}
+    if unknown:
+        p.error(f"--modes: unknown {sorted(unknown)}; known: lora, probe")
+    args.seeds = _numbers(p, "--seeds", args.seeds, int)
     return args
+
+
+def _numbers(p: argparse.ArgumentParser, option: str, text: str, kind: type) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"{option}: expected comma-separated {kind.__name__} values, got {text!r}")
 
 
 def base(args, seed: int) -> dict:
@@ -492,4 +502,10 @@ def curves(rows: pd.DataFrame, out: Path, data: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedhar.errors import FedharError
+
+    try:
+        sys.exit(main())
+    except FedharError as e:  # a setting FLConfig refuses (--fraction-train 1.5, --label-fractions 0): one line
+        print(f"run.py: {e}", file=sys.stderr)
+        sys.exit(2)
