@@ -76,3 +76,9 @@ def test_few_label_probes_are_paired_with_the_control_per_labelled_share():
     assert "| 30% | 0.880 ± 0.010 (n=3) | 0.910 ± 0.010 (n=3) | +3.0 pts [+3.0, +3.0] (n=3) (difference) |" in text
     # the 70% pretraining table lists no backbone that only has few-label rows
     assert "### uci-har held out (cpu)\n\n| backbone" not in text
+
+
+def test_a_study_without_the_random_init_control_has_no_empty_pretraining_heading():
+    text = comparison(rows(), "results/lodo/three_datasets/finetune")
+    assert "## Pretraining, tested" not in text  # no `none` rows: nothing to test pretraining against
+    assert "`python -m fedhar.lodo_report results/lodo/three_datasets/finetune`" in text  # the folder actually read
