@@ -2,7 +2,8 @@
 
     python -m fedhar.lodo_report results/lodo      # writes results/lodo/comparison.md
 
-Reads every ``runs.csv`` under the folder (at any depth). Sections: pretraining tested (each backbone
+Reads every ``runs.csv`` under the folder (at any depth), except inside a sub-folder with its own
+``comparison.md`` (another study, reported by running this on that folder; named in the output). Sections: pretraining tested (each backbone
 against the random-init control, paired by seed), the main table (the "other" backbone:
 pretrained on the other real data) beside the paper's Table II with the paired differences
 LoRA - full and QLoRA - LoRA, then rank ablation and training share where such rows exist.
@@ -66,9 +67,9 @@ def _arm(rows: pd.DataFrame, rank: int, **where) -> pd.DataFrame:
     return sel
 
 
-def _compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, refused: list[str], what: str, exempt=()):
+def _compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, refused: list[str], what: str, exempt=(), per_seed=()):
     """Paired difference of two arms' rows within one batch; refused pairs go to ``refused``."""
-    p = pair(a, b, metric, exempt=exempt, what=what)
+    p = pair(a, b, metric, exempt=exempt, per_seed=per_seed, what=what)
     refused += p.refused
     return paired_difference(p.a, p.b), p
 
@@ -164,8 +165,9 @@ def main_section(rows: pd.DataFrame, rank: int, refused: list[str]) -> list[str]
             "| paper LoRA - full | paper QLoRA - LoRA |",
             "|---|---|---|---|---|---|---|---|"]
     groups = list(main.groupby(["held_out", "device"], sort=True))
+    # the modes compared share each seed's backbone; a study may pretrain a new one per seed
     compared = [_compare(_arm(h, rank, mode=a), _arm(h, rank, mode=b), metric, refused,
-                         f"{held} ({device}) {a} - {b} {metric}")
+                         f"{held} ({device}) {a} - {b} {metric}", per_seed=("backbone",))
                 for (held, device), h in groups for a, b in (("lora", "full"), ("qlora", "lora"))
                 for metric in ("accuracy", "macro_f1")]
     # one Holm family per metric: accuracy and macro-F1 measure the same comparisons twice
@@ -243,10 +245,19 @@ def number_tables(lines: list[str]) -> list[str]:
     return out
 
 
+def own_studies(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder`` with a comparison.md of their own: other studies, reported on their own."""
+    return sorted(p.parent for p in folder.glob("*/**/comparison.md"))
+
+
 def read_rows(folder: Path) -> pd.DataFrame:
-    """Every runs.csv under ``folder``, each row's ``source`` its file and line."""
+    """Every runs.csv under ``folder`` but those of the studies ``own_studies`` names, each
+    row's ``source`` its file and line."""
     frames = []
+    skipped = own_studies(folder)
     for path in sorted(folder.glob("**/runs.csv")):
+        if any(study in path.parents for study in skipped):
+            continue
         frame = pd.read_csv(path)
         frames.append(frame.assign(source=[f"{path}:{i + 2}" for i in range(len(frame))]))
     if not frames:
@@ -262,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = parser.parse_args(argv).folder
     try:
         text = comparison(read_rows(folder), str(folder))
+        skipped = own_studies(folder)
+        if skipped:
+            text += "\nNot read here: " + ", ".join(f"`{p}`" for p in skipped) + " (studies with their own comparison.md).\n"
     except FedharError as e:
         print(f"lodo_report: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@ both rows of a seed come from the same batch: the same ``code``, ``device``, ``t
 ``epochs`` and backbone file (``BATCH_FIELDS``; the field a comparison varies on purpose,
 e.g. the backbone in "pretrained - random init", is exempt). A comparison's pairs must also
 all come from one batch: when its seeds span several, the batch with the most pairs is kept.
+A ``per_seed`` field must agree within each pair but may change from seed to seed: a study
+that pretrains a new backbone per seed pairs LoRA and full fine-tuning on each seed's own
+backbone, and the pretraining-seed variance enters the interval.
 Every pair left out is named, with both rows, in ``Pairing.refused``; a report prints those
 lines instead of pairing them. Two rows of one arm with the same seed are an error
 (``check_unique``): a report never averages a repeated run into a seed.
@@ -69,11 +72,12 @@ def check_unique(rows: pd.DataFrame, keys: list[str], what: str = "") -> None:
 
 
 def pair(a_rows: pd.DataFrame, b_rows: pd.DataFrame, metric: str, *, exempt: tuple[str, ...] = (),
-         fields: tuple[str, ...] = BATCH_FIELDS, what: str = "") -> Pairing:
+         per_seed: tuple[str, ...] = (), fields: tuple[str, ...] = BATCH_FIELDS, what: str = "") -> Pairing:
     """``metric`` of two arms, paired by seed within one batch; see the module docstring."""
     check_unique(a_rows, ["seed"], what)
     check_unique(b_rows, ["seed"], what)
     checked = [f for f in fields if f not in exempt and (f in a_rows or f in b_rows)]
+    shared = [f for f in checked if f not in per_seed]  # the fields every pair of the comparison shares
     a_by, b_by = a_rows.set_index("seed", drop=False), b_rows.set_index("seed", drop=False)
     refused: list[str] = []
     batches: dict[tuple, list] = {}  # the checked fields' values -> the seeds that share them
@@ -84,21 +88,21 @@ def pair(a_rows: pd.DataFrame, b_rows: pd.DataFrame, metric: str, *, exempt: tup
             what_differs = ", ".join(f"{f} {va} vs {vb}" for f, va, vb in differ)
             refused.append(f"seed {seed}: {_source(ra)} and {_source(rb)} differ in {what_differs}")
             continue
-        key = tuple(_value(ra, f) for f in checked)
+        key = tuple(_value(ra, f) for f in shared)
         batches.setdefault(key, []).append(seed)
     kept_key = max(batches, key=lambda k: (len(batches[k]), -min(batches[k])), default=None)
     for key, seeds in batches.items():
         if key == kept_key:
             continue
         assert kept_key is not None  # batches is non-empty here, so max() found a key
-        other = ", ".join(f"{f} {v}" for f, v, w in zip(checked, key, kept_key) if v != w)
+        other = ", ".join(f"{f} {v}" for f, v, w in zip(shared, key, kept_key) if v != w)
         for seed in seeds:
             refused.append(f"seed {seed}: {_source(a_by.loc[seed])} and {_source(b_by.loc[seed])} are another batch "
                            f"({other}) than the comparison's other seeds {batches[kept_key]}")
     seeds = batches[kept_key] if kept_key is not None else []
     prefix = f"{what}: " if what else ""
     return Pairing(a_by.loc[seeds, metric].astype(float), b_by.loc[seeds, metric].astype(float),
-                   [prefix + r for r in refused], dict(zip(checked, kept_key)) if kept_key else {})
+                   [prefix + r for r in refused], dict(zip(shared, kept_key)) if kept_key else {})
 
 
 def cell(diff, pairing: Pairing) -> str:

@@ -82,3 +82,16 @@ def test_a_study_without_the_random_init_control_has_no_empty_pretraining_headin
     text = comparison(rows(), "results/lodo/three_datasets/finetune")
     assert "## Pretraining, tested" not in text  # no `none` rows: nothing to test pretraining against
     assert "`python -m fedhar.lodo_report results/lodo/three_datasets/finetune`" in text  # the folder actually read
+
+
+def test_a_sub_folder_with_its_own_report_is_another_study_and_is_not_read(tmp_path):
+    from fedhar.lodo_report import main
+
+    rows().to_csv(tmp_path / "runs.csv", index=False)
+    study = tmp_path / "three_datasets" / "finetune"
+    study.mkdir(parents=True)
+    rows().to_csv(study / "runs.csv", index=False)  # the same seeds again: read together, a repeated-seed error
+    assert main([str(tmp_path)]) == 2
+    (study / "comparison.md").write_text("its own report\n")
+    assert main([str(tmp_path)]) == 0
+    assert f"Not read here: `{study}`" in (tmp_path / "comparison.md").read_text()

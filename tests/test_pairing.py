@@ -37,6 +37,18 @@ def test_the_compared_factor_is_exempt_and_an_unrecorded_field_is_a_mismatch():
     assert len(p.a) == 0 and "code abc vs unrecorded" in p.refused[0]
 
 
+def test_a_per_seed_backbone_pairs_on_each_seeds_own_checkpoint_and_refuses_a_mismatch_within_a_pair():
+    files = ["mae-s0.safetensors", "mae-s1.safetensors", "mae-s2.safetensors"]  # a new backbone per seed
+    lora = arm([0.9, 0.8, 0.7], code="x").assign(backbone=files)
+    full = arm([0.8, 0.7, 0.6], code="x").assign(backbone=files)
+    assert pair(lora, full, "accuracy").refused  # without per_seed the seeds are three batches
+    p = pair(lora, full, "accuracy", per_seed=("backbone",))
+    assert list(p.a.index) == [0, 1, 2] and not p.refused and p.batch == {"code": "x"}
+    full.loc[2, "backbone"] = "mae-s0.safetensors"  # seed 2's arms on different checkpoints: never paired
+    p = pair(lora, full, "accuracy", per_seed=("backbone",))
+    assert list(p.a.index) == [0, 1] and "differ in backbone mae-s2.safetensors vs mae-s0.safetensors" in p.refused[0]
+
+
 def test_seeds_of_two_batches_keep_the_larger_batch():
     left = arm([0.9, 0.8, 0.7, 0.6], code="new").assign(code=["old", "new", "new", "new"])
     right = arm([0.8, 0.7, 0.6, 0.5], code="new").assign(code=["old", "new", "new", "new"])
